@@ -1,0 +1,42 @@
+// Package testbed tells a test which tier of the test bed runs it, so that a
+// test expected to work on a given kernel fails instead of skipping there.
+package testbed
+
+import (
+	"os"
+	"testing"
+)
+
+// Tier names, set by the Makefile (host) and by test/vm/run.sh (vm) in
+// CTTRACE_TESTBED. Outside the test bed the variable is empty.
+const (
+	Host = "host"
+	VM   = "vm"
+)
+
+// Tier returns the test bed tier running this test, or "".
+func Tier() string { return os.Getenv("CTTRACE_TESTBED") }
+
+// VMKernel is the label of the kernel the VM tier booted (6.1, 6.12).
+func VMKernel() string { return os.Getenv("CTTRACE_VM_KERNEL") }
+
+// RequireRoot fails the test when not root: privileged tests are only built
+// with -tags privileged, so running them unprivileged is a set-up mistake,
+// not a reason to skip.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("privileged test run without root: run it through `make test-host` or as root")
+	}
+}
+
+// SkipOutsideTestbed skips with the reason when no expectation covers this
+// kernel and the test bed did not start the test; inside the test bed the
+// missing expectation is a failure.
+func SkipOutsideTestbed(t testing.TB, why string) {
+	t.Helper()
+	if Tier() != "" {
+		t.Fatalf("%s (test bed tier %q must have an expectation)", why, Tier())
+	}
+	t.Skip(why)
+}

@@ -1,0 +1,90 @@
+package probe
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Backend is the kind of BPF program the hooks are attached with.
+type Backend string
+
+const (
+	BackendAuto       Backend = "auto"
+	BackendFentry     Backend = "fentry"
+	BackendKprobe     Backend = "kprobe"
+	BackendTracepoint Backend = "tracepoint"
+)
+
+// Backends in order of preference: fentry costs least per hit and reads
+// arguments directly; kprobes serve kernels without BTF trampolines; the
+// tracepoint only sees the freed skb and must infer the reason.
+var Backends = []Backend{BackendFentry, BackendKprobe, BackendTracepoint}
+
+// ParseBackend validates a --backend value.
+func ParseBackend(s string) (Backend, error) {
+	b := Backend(strings.ToLower(strings.TrimSpace(s)))
+	if b == BackendAuto {
+		return b, nil
+	}
+	for _, x := range Backends {
+		if b == x {
+			return b, nil
+		}
+	}
+	return "", fmt.Errorf("unknown backend %q (want auto, fentry, kprobe or tracepoint)", s)
+}
+
+// needs lists the features a backend cannot run without.
+func (b Backend) needs() []string {
+	switch b {
+	case BackendFentry:
+		return []string{FeatConntrackBTF, FeatFentry, FeatFexit}
+	case BackendKprobe:
+		return []string{FeatConntrackBTF, FeatKprobe, FeatKretprobe}
+	case BackendTracepoint:
+		return []string{FeatKernelBTF, FeatTpBTF}
+	}
+	return nil
+}
+
+// Usable says whether the kernel allows backend b, and if not, why.
+func (f *Features) BackendUsable(b Backend) (bool, string) {
+	var why []string
+	for _, n := range b.needs() {
+		x, ok := f.Get(n)
+		if !ok {
+			why = append(why, n+": not probed")
+		} else if !x.Usable {
+			why = append(why, fmt.Sprintf("%s: %s", n, x.Error))
+		}
+	}
+	if len(b.needs()) == 0 {
+		return false, "unknown backend"
+	}
+	return len(why) == 0, strings.Join(why, "; ")
+}
+
+// ChooseBackend resolves --backend: auto takes the first usable backend in
+// order of preference; a forced backend must be usable. The returned reason
+// is meant for the operator (printed on stderr at start).
+func (f *Features) ChooseBackend(want Backend) (Backend, string, error) {
+	if want != BackendAuto {
+		ok, why := f.BackendUsable(want)
+		if !ok {
+			return "", "", fmt.Errorf("backend %s is not usable on kernel %s: %s", want, f.Kernel, why)
+		}
+		return want, "forced with --backend", nil
+	}
+	var skipped []string
+	for _, b := range Backends {
+		ok, why := f.BackendUsable(b)
+		if ok {
+			if len(skipped) == 0 {
+				return b, "preferred backend, usable", nil
+			}
+			return b, strings.Join(skipped, "; "), nil
+		}
+		skipped = append(skipped, fmt.Sprintf("%s unusable (%s)", b, why))
+	}
+	return "", "", fmt.Errorf("no backend is usable on kernel %s: %s", f.Kernel, strings.Join(skipped, "; "))
+}

@@ -1,0 +1,117 @@
+package probe
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// features builds a Features value in which exactly the named trials passed.
+func features(usable ...string) *Features {
+	f := &Features{Kernel: "test"}
+	ok := map[string]bool{}
+	for _, u := range usable {
+		ok[u] = true
+	}
+	for _, n := range featureOrder {
+		x := Feature{Name: n, Usable: ok[n]}
+		if !x.Usable {
+			x.Error = "refused in test"
+		}
+		f.List = append(f.List, x)
+	}
+	return f
+}
+
+func TestChooseBackendPrefersFentryThenKprobeThenTracepoint(t *testing.T) {
+	all := []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF}
+	cases := []struct {
+		name   string
+		usable []string
+		want   Backend
+	}{
+		{"everything", all, BackendFentry},
+		{"no fexit", []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatKprobe, FeatKretprobe, FeatTpBTF}, BackendKprobe},
+		{"this machine", []string{FeatKernelBTF, FeatConntrackBTF, FeatTpBTF, FeatRawTracepoint, FeatNetfilterLink}, BackendTracepoint},
+		{"conntrack not loaded", []string{FeatKernelBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF}, BackendTracepoint},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, why, err := features(tc.usable...).ChooseBackend(BackendAuto)
+			if err != nil {
+				t.Fatalf("ChooseBackend: %v", err)
+			}
+			if got != tc.want {
+				t.Fatalf("got %s (%s), want %s", got, why, tc.want)
+			}
+			if why == "" {
+				t.Fatal("no reason given for the choice")
+			}
+		})
+	}
+}
+
+func TestChooseBackendExplainsRefusal(t *testing.T) {
+	f := features(FeatKernelBTF, FeatTpBTF)
+	if _, _, err := f.ChooseBackend(BackendFentry); err == nil || !strings.Contains(err.Error(), "fentry: refused in test") {
+		t.Fatalf("forcing an unusable backend: got %v, want the kernel's refusal", err)
+	}
+	if _, _, err := features().ChooseBackend(BackendAuto); err == nil || !strings.Contains(err.Error(), "no backend is usable") {
+		t.Fatalf("nothing usable: got %v", err)
+	}
+	got, why, err := f.ChooseBackend(BackendTracepoint)
+	if err != nil || got != BackendTracepoint || why != "forced with --backend" {
+		t.Fatalf("forced tracepoint: %s %q %v", got, why, err)
+	}
+}
+
+func TestParseBackend(t *testing.T) {
+	for _, s := range []string{"auto", "fentry", "KPROBE", " tracepoint "} {
+		if _, err := ParseBackend(s); err != nil {
+			t.Errorf("ParseBackend(%q): %v", s, err)
+		}
+	}
+	if _, err := ParseBackend("ebpf"); err == nil {
+		t.Error("ParseBackend(ebpf) accepted an unknown backend")
+	}
+}
+
+// Every program in the object must belong to exactly one backend, and every
+// backend must have programs: a new hook without a wrapper for each backend,
+// or a misspelt section, fails here rather than on an operator's kernel.
+func TestEveryProgramBelongsToABackend(t *testing.T) {
+	spec, err := loadCttrace()
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[Backend][]string{}
+	for name, p := range spec.Programs {
+		b := sectionBackend(p.SectionName)
+		if b == "" {
+			t.Errorf("program %s in section %q belongs to no backend", name, p.SectionName)
+		}
+		per[b] = append(per[b], name)
+	}
+	for _, b := range Backends {
+		if len(per[b]) == 0 {
+			t.Errorf("backend %s has no programs", b)
+		}
+	}
+	// The fentry and kprobe backends hook the same kernel functions, at
+	// entry and at exit alike.
+	edge := map[string]string{"fentry": "entry", "kprobe": "entry", "fexit": "exit", "kretprobe": "exit"}
+	hooks := func(b Backend) map[string]bool {
+		m := map[string]bool{}
+		for _, p := range spec.Programs {
+			if sectionBackend(p.SectionName) == b {
+				kind, fn, _ := strings.Cut(p.SectionName, "/")
+				m[edge[kind]+" "+fn] = true
+			}
+		}
+		return m
+	}
+	fe, kp := hooks(BackendFentry), hooks(BackendKprobe)
+	if !reflect.DeepEqual(fe, kp) {
+		t.Errorf("fentry hooks %v and kprobe hooks %v differ", fe, kp)
+	}
+}

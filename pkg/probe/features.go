@@ -1,0 +1,303 @@
+package probe
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Feature names, as shown by `cttrace features` and used in the test bed's
+// expected matrix.
+const (
+	FeatKernelBTF     = "kernel-btf"
+	FeatConntrackBTF  = "conntrack-btf"
+	FeatFentry        = "fentry"
+	FeatFexit         = "fexit"
+	FeatKprobe        = "kprobe"
+	FeatKretprobe     = "kretprobe"
+	FeatTpBTF         = "tp_btf"
+	FeatRawTracepoint = "raw_tracepoint"
+	FeatNetfilterLink = "netfilter-link"
+)
+
+// featureOrder is the order in which features are probed and shown.
+var featureOrder = []string{
+	FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe,
+	FeatKretprobe, FeatTpBTF, FeatRawTracepoint, FeatNetfilterLink,
+}
+
+// The function where conntrack decides "table full": the hook every backend
+// attaches to, so it is also what each trial attaches to.
+const allocFunc = "__nf_conntrack_alloc"
+
+// A fallback target in vmlinux for the fentry and kprobe trials when
+// nf_conntrack is not loaded, so that "this kernel cannot do fentry" and
+// "there is no conntrack to trace" are reported apart.
+const coreFunc = "kfree_skb_reason"
+
+// Feature is the outcome of one trial.
+type Feature struct {
+	Name   string `json:"name"`
+	Usable bool   `json:"usable"`
+	// Detail says what was tried (the attach target) or where it was found.
+	Detail string `json:"detail"`
+	// Error is the kernel's answer when the trial failed, empty otherwise.
+	Error string `json:"error"`
+}
+
+// Features is what the running kernel allows cttrace to do.
+type Features struct {
+	Kernel string    `json:"kernel"`
+	List   []Feature `json:"features"`
+	// ConntrackModule is true when nf_conntrack's types come from its own
+	// split BTF (nf_conntrack built as a module).
+	ConntrackModule bool `json:"conntrack_module"`
+}
+
+// Usable reports whether the named feature passed its trial.
+func (f *Features) Usable(name string) bool {
+	for _, x := range f.List {
+		if x.Name == name {
+			return x.Usable
+		}
+	}
+	return false
+}
+
+// Get returns the named feature's result.
+func (f *Features) Get(name string) (Feature, bool) {
+	for _, x := range f.List {
+		if x.Name == name {
+			return x, true
+		}
+	}
+	return Feature{}, false
+}
+
+var (
+	detectOnce   sync.Once
+	detected     *Features
+	errDetection error
+)
+
+// DetectFeatures runs the trials once per process and returns the cached
+// result afterwards. Results are not cached across runs: loading a module
+// (nf_conntrack) or changing lockdown changes the answer.
+func DetectFeatures() (*Features, error) {
+	detectOnce.Do(func() {
+		detected, errDetection = detectFeatures()
+	})
+	return detected, errDetection
+}
+
+// ErrPrivileges is returned when the process cannot load BPF programs at all,
+// so no trial would say anything about the kernel.
+var ErrPrivileges = errors.New("cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")
+
+func detectFeatures() (*Features, error) {
+	if err := checkCapabilities(); err != nil {
+		return nil, err
+	}
+	f := &Features{Kernel: kernelRelease()}
+
+	kernelSpec, kernelErr := btf.LoadKernelSpec()
+	f.add(result(FeatKernelBTF, "/sys/kernel/btf/vmlinux", kernelErr))
+
+	ct := detectConntrackBTF(kernelSpec)
+	f.ConntrackModule = ct.Usable && strings.HasPrefix(ct.Detail, "module")
+	f.add(ct)
+
+	target := allocFunc
+	if !ct.Usable {
+		target = coreFunc
+	}
+	f.add(trialTracing(FeatFentry, ebpf.AttachTraceFEntry, target))
+	f.add(trialTracing(FeatFexit, ebpf.AttachTraceFExit, target))
+	f.add(trialKprobe(FeatKprobe, false, target))
+	f.add(trialKprobe(FeatKretprobe, true, target))
+	f.add(trialTracing(FeatTpBTF, ebpf.AttachTraceRawTp, "kfree_skb"))
+	f.add(trialRawTracepoint("kfree_skb"))
+	f.add(trialNetfilterLink())
+	return f, nil
+}
+
+func (f *Features) add(x Feature) { f.List = append(f.List, x) }
+
+// refusal words the kernel's answer for an operator: cilium/ebpf appends a
+// RLIMIT_MEMLOCK hint to every EPERM at load, but memory is charged to the
+// memory cgroup since 5.11 and checkCapabilities has already ruled out a
+// privilege problem, so an EPERM here means the kernel refuses that kind of
+// program (lockdown, or a hardened build that disallows trampolines).
+func refusal(stage string, err error) error {
+	switch {
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("%s: refused by the kernel: %w", stage, unix.EPERM)
+	}
+	return fmt.Errorf("%s: %w", stage, err)
+}
+
+func kprobePMU() bool {
+	_, err := os.Stat("/sys/bus/event_source/devices/kprobe")
+	return err == nil
+}
+
+func result(name, detail string, err error) Feature {
+	if err != nil {
+		return Feature{Name: name, Detail: detail, Error: err.Error()}
+	}
+	return Feature{Name: name, Usable: true, Detail: detail}
+}
+
+// detectConntrackBTF finds where struct nf_conn is described: in vmlinux when
+// nf_conntrack is built in, in /sys/kernel/btf/nf_conntrack when it is a
+// module (every mainstream distribution). CO-RE relocations and fentry
+// targets must use that split BTF.
+func detectConntrackBTF(kernel *btf.Spec) Feature {
+	const name = FeatConntrackBTF
+	if kernel != nil {
+		var conn *btf.Struct
+		if err := kernel.TypeByName("nf_conn", &conn); err == nil {
+			return Feature{Name: name, Usable: true, Detail: "built in (vmlinux)"}
+		}
+	}
+	if _, err := os.Stat("/sys/module/nf_conntrack"); err != nil {
+		return Feature{Name: name, Detail: "nf_conntrack",
+			Error: "nf_conntrack is not loaded: no connection tracking is in use on this host (load it with `modprobe nf_conntrack` or any stateful firewall rule)"}
+	}
+	spec, err := btf.LoadKernelModuleSpec("nf_conntrack")
+	if err != nil {
+		return result(name, "module nf_conntrack", fmt.Errorf("load split btf: %w", err))
+	}
+	var conn *btf.Struct
+	if err := spec.TypeByName("nf_conn", &conn); err != nil {
+		return result(name, "module nf_conntrack", fmt.Errorf("find struct nf_conn: %w", err))
+	}
+	return Feature{Name: name, Usable: true, Detail: "module nf_conntrack (split BTF)"}
+}
+
+// returnZero is the smallest valid program: every trial loads it, so a
+// failure is about the program type or attach point, never about the code.
+func returnZero(ret int32) asm.Instructions {
+	return asm.Instructions{asm.Mov.Imm(asm.R0, ret), asm.Return()}
+}
+
+func trialTracing(name string, at ebpf.AttachType, target string) Feature {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "cttrace_trial", Type: ebpf.Tracing, AttachType: at, AttachTo: target,
+		Instructions: returnZero(0), License: "GPL",
+	})
+	if err != nil {
+		return result(name, target, refusal("load", err))
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: at})
+	if err != nil {
+		return result(name, target, refusal("attach", err))
+	}
+	return result(name, target, l.Close())
+}
+
+func trialKprobe(name string, ret bool, target string) Feature {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "cttrace_trial", Type: ebpf.Kprobe, Instructions: returnZero(0), License: "GPL",
+	})
+	if err != nil {
+		return result(name, target, refusal("load", err))
+	}
+	defer prog.Close()
+	attach := link.Kprobe
+	if ret {
+		attach = link.Kretprobe
+	}
+	l, err := attach(target, prog, nil)
+	if err != nil && !kprobePMU() {
+		// cilium/ebpf falls back to tracefs when the PMU is missing, and its
+		// error then speaks of tracefs; the PMU's absence is the real cause.
+		return result(name, target, errors.New("attach: no kprobe PMU in /sys/bus/event_source/devices and the tracefs fallback failed (kernel built without CONFIG_KPROBES?)"))
+	}
+	if err != nil {
+		return result(name, target, refusal("attach", err))
+	}
+	return result(name, target, l.Close())
+}
+
+func trialRawTracepoint(tp string) Feature {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "cttrace_trial", Type: ebpf.RawTracepoint, Instructions: returnZero(0), License: "GPL",
+	})
+	if err != nil {
+		return result(FeatRawTracepoint, tp, refusal("load", err))
+	}
+	defer prog.Close()
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: prog})
+	if err != nil {
+		return result(FeatRawTracepoint, tp, refusal("attach", err))
+	}
+	return result(FeatRawTracepoint, tp, l.Close())
+}
+
+// trialNetfilterLink attaches an accept-everything program at the lowest
+// priority of this namespace's IPv4 LOCAL_OUT hook for the time of the trial;
+// BPF netfilter links exist since 6.4 (commit 84601d6ee68a).
+func trialNetfilterLink() Feature {
+	const detail = "ipv4 local-out"
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "cttrace_trial", Type: ebpf.Netfilter, AttachType: ebpf.AttachNetfilter,
+		Instructions: returnZero(1 /* NF_ACCEPT */), License: "GPL",
+	})
+	if err != nil {
+		return result(FeatNetfilterLink, detail, refusal("load", err))
+	}
+	defer prog.Close()
+	l, err := link.AttachNetfilter(link.NetfilterOptions{
+		Program: prog, ProtocolFamily: link.NetfilterProtoIPv4,
+		Hook: link.NetfilterInetLocalOut, Priority: 1<<31 - 2, // NF_IP_PRI_LAST is INT_MAX and excluded
+	})
+	if err != nil {
+		return result(FeatNetfilterLink, detail, refusal("attach", err))
+	}
+	return result(FeatNetfilterLink, detail, l.Close())
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// checkCapabilities fails early, with a message a person can act on, when
+// the process lacks what loading any BPF program needs.
+func checkCapabilities() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(unix.CAP_SYS_ADMIN) {
+		return nil
+	}
+	var missing []string
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{unix.CAP_BPF, "CAP_BPF"}, {unix.CAP_PERFMON, "CAP_PERFMON"}, {unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"}} {
+		if !has(c.bit) {
+			missing = append(missing, c.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w (missing %s)", ErrPrivileges, strings.Join(missing, ", "))
+	}
+	return nil
+}
