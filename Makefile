@@ -74,8 +74,12 @@ test-vm:
 	done
 	test/vm/run.sh $(VMBIN)/manifest 2>&1 | tee $(LOGS)/vm.log
 
-test: deps check-generated vet test-unit test-host test-vm
-	@test/summary.sh $(LOGS)/unit.log $(LOGS)/host.log $(LOGS)/vm.log
+# Every tier runs even when an earlier one failed, so one run shows them all.
+test: deps check-generated vet
+	@rm -f $(LOGS)/*.log; rc=0; \
+	for tier in test-unit test-host test-vm; do $(MAKE) --no-print-directory $$tier || rc=1; done; \
+	test/summary.sh $(LOGS)/unit.log $(LOGS)/host.log $(LOGS)/vm.log || rc=1; \
+	exit $$rc
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...

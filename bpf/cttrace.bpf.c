@@ -136,7 +136,10 @@ static __always_inline void alloc_done(const void *ret)
 {
 	__u32 zero = 0;
 	struct alloc_scratch *s = bpf_map_lookup_elem(&alloc_state, &zero);
+	const struct nf_conntrack_tuple *orig;
+	const struct nf_conntrack_zone *zone;
 	struct ct_event *e;
+	struct net *net;
 	__u32 type;
 
 	if (!s || !IS_ERR_VALUE(ret))
@@ -145,10 +148,18 @@ static __always_inline void alloc_done(const void *ret)
 	e = event_reserve(type, CT_CONF_EXACT);
 	if (!e)
 		return;
-	e->netns = BPF_CORE_READ((struct net *)s->net, ns.inum);
-	if (s->zone)
-		e->zone = BPF_CORE_READ((struct nf_conntrack_zone *)s->zone, id);
-	tuple_from_ct(&e->tuple, (struct nf_conntrack_tuple *)s->orig);
+	/*
+	 * Copy the pointers out of the scratch before BPF_CORE_READ: inside its
+	 * __builtin_preserve_access_index the s->net access would itself become
+	 * a CO-RE relocation against a struct the kernel has never heard of.
+	 */
+	net = (struct net *)s->net;
+	zone = (const struct nf_conntrack_zone *)s->zone;
+	orig = (const struct nf_conntrack_tuple *)s->orig;
+	e->netns = BPF_CORE_READ(net, ns.inum);
+	if (zone)
+		e->zone = BPF_CORE_READ(zone, id);
+	tuple_from_ct(&e->tuple, orig);
 	bpf_ringbuf_submit(e, 0);
 }
 

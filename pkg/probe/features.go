@@ -40,8 +40,9 @@ const allocFunc = "__nf_conntrack_alloc"
 
 // A fallback target in vmlinux for the fentry and kprobe trials when
 // nf_conntrack is not loaded, so that "this kernel cannot do fentry" and
-// "there is no conntrack to trace" are reported apart.
-const coreFunc = "kfree_skb_reason"
+// "there is no conntrack to trace" are reported apart. nf_hook_slow is
+// netfilter's core, built in wherever netfilter is, and never inlined.
+const coreFunc = "nf_hook_slow"
 
 // Feature is the outcome of one trial.
 type Feature struct {
@@ -156,31 +157,31 @@ func result(name, detail string, err error) Feature {
 	return Feature{Name: name, Usable: true, Detail: detail}
 }
 
-// detectConntrackBTF finds where struct nf_conn is described: in vmlinux when
-// nf_conntrack is built in, in /sys/kernel/btf/nf_conntrack when it is a
-// module (every mainstream distribution). CO-RE relocations and fentry
-// targets must use that split BTF.
+// detectConntrackBTF finds where nf_conntrack's types are described. When
+// it is a module (every mainstream distribution), its split BTF holds the
+// types private to it (struct nf_conntrack_net) and the functions fentry
+// attaches to, while the shared ones (nf_conn, nf_conntrack_tuple) are
+// deduplicated into vmlinux; CO-RE must then search both.
 func detectConntrackBTF(kernel *btf.Spec) Feature {
 	const name = FeatConntrackBTF
-	if kernel != nil {
-		var conn *btf.Struct
-		if err := kernel.TypeByName("nf_conn", &conn); err == nil {
-			return Feature{Name: name, Usable: true, Detail: "built in (vmlinux)"}
+	if _, err := os.Stat("/sys/kernel/btf/nf_conntrack"); err == nil {
+		if _, err := btf.LoadKernelModuleSpec("nf_conntrack"); err != nil {
+			return result(name, "module nf_conntrack", fmt.Errorf("load split btf: %w", err))
 		}
+		return Feature{Name: name, Usable: true, Detail: "module nf_conntrack (split BTF)"}
 	}
 	if _, err := os.Stat("/sys/module/nf_conntrack"); err != nil {
 		return Feature{Name: name, Detail: "nf_conntrack",
 			Error: "nf_conntrack is not loaded: no connection tracking is in use on this host (load it with `modprobe nf_conntrack` or any stateful firewall rule)"}
 	}
-	spec, err := btf.LoadKernelModuleSpec("nf_conntrack")
-	if err != nil {
-		return result(name, "module nf_conntrack", fmt.Errorf("load split btf: %w", err))
+	if kernel != nil {
+		var fn *btf.Func
+		if err := kernel.TypeByName(allocFunc, &fn); err == nil {
+			return Feature{Name: name, Usable: true, Detail: "built in (vmlinux)"}
+		}
 	}
-	var conn *btf.Struct
-	if err := spec.TypeByName("nf_conn", &conn); err != nil {
-		return result(name, "module nf_conntrack", fmt.Errorf("find struct nf_conn: %w", err))
-	}
-	return Feature{Name: name, Usable: true, Detail: "module nf_conntrack (split BTF)"}
+	return Feature{Name: name, Detail: "nf_conntrack",
+		Error: "nf_conntrack is loaded but its functions have no BTF (kernel built without CONFIG_DEBUG_INFO_BTF_MODULES?)"}
 }
 
 // returnZero is the smallest valid program: every trial loads it, so a

@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# Runs Go test binaries inside real Debian kernels booted under QEMU (TCG, no KVM).
+#
+#   test/vm/run.sh MANIFEST
+#
+# MANIFEST: one `PKGDIR BINARY` per non-empty line (absolute paths; '#' starts a comment
+# line). Each kernel in $KERNELS is booted once and runs every binary in turn, chrooted into
+# this machine's root (shared read-only over 9p). See test/vm/README.md.
+set -euo pipefail
+
+# Modules loaded at boot, in this order. A trailing "!" marks a required module: if it is
+# missing from the kernel or fails to load, the run fails. The others only warn.
+VM_MODULES="virtio_pci! virtio_console 9pnet_virtio! 9p! crc32c_generic libcrc32c nfnetlink nf_defrag_ipv4 nf_defrag_ipv6 nf_conntrack! nf_conntrack_netlink nf_tables! nft_ct nf_nat nft_chain_nat veth"
+# Module paths (prefixes under lib/modules/VERSION/) also put in the initramfs, with their
+# dependencies, but not loaded at boot: the kernel loads them on demand (nft expressions,
+# tc, bridges, ...) through the initramfs's modprobe.
+VM_EXTRA_MODULES="kernel/net/netfilter/ kernel/net/ipv4/netfilter/ kernel/net/ipv6/netfilter/ kernel/net/bridge/ kernel/net/sched/ kernel/drivers/net/dummy. kernel/drivers/net/veth."
+# Bump to force every cached initramfs to be rebuilt.
+INITRAMFS_FORMAT=1
+
+# Pinned kernel package per label (override: CTTRACE_VM_PKG_<label, dots as _>), and the
+# packages to fall back to (newest first) when the pinned one cannot be downloaded.
+declare -A PKG_PINNED=([6.1]=linux-image-6.1.0-56-amd64 [6.12]=linux-image-6.12.117+deb12-amd64)
+declare -A PKG_FALLBACK=([6.1]='^linux-image-6\.1\.0-[0-9]+-amd64$' [6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64$')
+
+KERNELS=${KERNELS:-6.1 6.12}
+VM_TIMEOUT=${VM_TIMEOUT:-1200}
+VM_MEM=${VM_MEM:-2048}
+VM_SMP=${VM_SMP:-2}
+VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-15m}
+CACHE=${CTTRACE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cttrace/vm}
+export PATH=$PATH:/usr/sbin:/sbin
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(git -C "$here" rev-parse --show-toplevel 2>/dev/null || (cd "$here/../.." && pwd))
+shopt -s nullglob
+
+say() { printf 'vm: %s\n' "$*" >&2; }
+die() {
+	say "error: $*"
+	exit 2
+}
+usage() {
+	echo "usage: $0 MANIFEST   (lines: PKGDIR BINARY; see test/vm/README.md)" >&2
+	exit 2
+}
+# squote VALUE: VALUE as one single-quoted word for sh.
+squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+tmp_dirs=()
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+	local d
+	for d in "${tmp_dirs[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------- checks
+
+[[ $# -eq 1 ]] || usage
+manifest=$1
+[[ -f $manifest && -r $manifest ]] || die "cannot read manifest $manifest"
+for v in VM_TIMEOUT VM_MEM VM_SMP; do
+	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+
+missing=()
+for t in qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod modprobe:kmod xz:xz-utils \
+	dpkg-deb:dpkg apt-get:apt flock:util-linux timeout:coreutils sha256sum:coreutils; do
+	command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}")
+done
+busybox=
+for b in /bin/busybox /usr/bin/busybox; do
+	if [[ -x $b && $(LC_ALL=C ldd "$b" 2>&1 || true) =~ not\ a\ dynamic|statically\ linked ]]; then
+		busybox=$b
+		break
+	fi
+done
+[[ -n $busybox ]] || missing+=(busybox-static)
+if ((${#missing[@]})); then
+	die "missing tools; install them with: apt-get install -y $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+fi
+
+entries=()
+while read -r pkgdir bin extra || [[ -n ${pkgdir:-} ]]; do
+	[[ -z ${pkgdir:-} || $pkgdir == \#* ]] && continue
+	[[ -n ${bin:-} && -z ${extra:-} ]] || die "$manifest: want 'PKGDIR BINARY', got: $pkgdir ${bin:-} ${extra:-}"
+	[[ $pkgdir == /* && $bin == /* ]] || die "$manifest: paths must be absolute: $pkgdir $bin"
+	[[ -d $pkgdir ]] || die "$manifest: no such directory: $pkgdir"
+	[[ -f $bin && -x $bin ]] || die "$manifest: not an executable file: $bin"
+	entries+=("$pkgdir $bin")
+done <"$manifest"
+((${#entries[@]})) || die "$manifest lists no test binaries"
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+	say "another run holds $CACHE/.lock; waiting (one VM at a time)"
+	flock 9
+fi
+
+# ---------------------------------------------------------------------------- kernels
+
+# These functions run in the main shell (not in $(...)) and return results in globals.
+
+# pkg_dir PKG: set PKGDIR_FOUND to the newest cache dir holding a downloaded PKG, if any.
+pkg_dir() {
+	local d
+	d=$(printf '%s\n' "$CACHE/$1"_*/*.deb | sort -V | tail -n 1)
+	PKGDIR_FOUND=${d%/*}
+	[[ -n $d ]]
+}
+
+# unpack DIR: unpack DIR's .deb into DIR/tree and index its modules, unless done already.
+unpack() {
+	local dir=$1 deb kver
+	[[ -e $dir/tree/.complete ]] && return 0
+	deb=("$dir"/*.deb)
+	say "unpacking $(basename "${deb[0]}")"
+	rm -rf "$dir/tree" "$dir/tree.tmp"
+	dpkg-deb -x "${deb[0]}" "$dir/tree.tmp" || return 1
+	if [[ ! -d $dir/tree.tmp/lib/modules && -d $dir/tree.tmp/usr/lib/modules ]]; then
+		ln -s usr/lib "$dir/tree.tmp/lib"
+	fi
+	kver=$(basename "$(printf '%s\n' "$dir/tree.tmp/lib/modules"/*/ | head -n 1)")
+	if [[ -z $kver || ! -f $dir/tree.tmp/boot/vmlinuz-$kver ]]; then
+		say "no kernel or modules in ${deb[0]}"
+		return 1
+	fi
+	depmod -b "$dir/tree.tmp" "$kver" || return 1
+	echo "$kver" >"$dir/tree.tmp/.complete"
+	mv "$dir/tree.tmp" "$dir/tree"
+}
+
+# fetch PKG: make sure PKG is downloaded and unpacked in the cache; set KDIR to its dir.
+fetch() {
+	local pkg=$1 tmp debs opts=()
+	if pkg_dir "$pkg"; then
+		KDIR=$PKGDIR_FOUND
+	else
+		tmp=$(mktemp -d "$CACHE/.fetch.XXXXXX")
+		tmp_dirs+=("$tmp")
+		say "downloading $pkg"
+		[[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
+		if ! (cd "$tmp" && apt-get download "${opts[@]}" "$pkg") >"$tmp/log" 2>&1; then
+			sed 's/^/vm:   apt: /' "$tmp/log" >&2
+			return 1
+		fi
+		debs=("$tmp"/*.deb)
+		((${#debs[@]} == 1)) || return 1
+		KDIR=$CACHE/$(basename "${debs[0]}" .deb)
+		rm -rf "$KDIR"
+		mkdir -p "$KDIR"
+		mv "${debs[0]}" "$KDIR/" || return 1
+	fi
+	unpack "$KDIR"
+}
+
+# lists_fresh: were apt's package lists updated within the hour (by anyone, or by us)?
+# (apt keeps the server's date on lists that had not changed, hence our own stamp.)
+lists_fresh() {
+	[[ -n $(find /var/lib/apt/lists -maxdepth 1 -name '*Release' -mmin -60 2>/dev/null) ||
+		-n $(find "$CACHE/.apt-updated" -mmin -60 2>/dev/null) ]]
+}
+
+apt_updated=
+apt_update() {
+	[[ -z $apt_updated ]] || return 0
+	apt_updated=1
+	if [[ $EUID -ne 0 ]]; then
+		say "not root: cannot run apt-get update"
+		return 0
+	fi
+	say "running apt-get update"
+	if apt-get update -qq >&2; then
+		touch "$CACHE/.apt-updated"
+	else
+		say "apt-get update failed"
+	fi
+}
+
+# kernel_dir LABEL: fetch (or find cached) the kernel package for LABEL; set KDIR.
+kernel_dir() {
+	local label=$1 var pkg cand
+	var=CTTRACE_VM_PKG_${label//[^A-Za-z0-9]/_}
+	pkg=${!var:-${PKG_PINNED[$label]:-}}
+	if [[ -z $pkg ]]; then
+		say "no kernel package known for label '$label' (set $var)"
+		return 1
+	fi
+	fetch "$pkg" && return 0
+	if ! lists_fresh; then
+		apt_update
+		fetch "$pkg" && return 0
+	fi
+	[[ -n ${PKG_FALLBACK[$label]:-} ]] || return 1
+	while read -r cand; do
+		[[ $cand == "$pkg" ]] && continue
+		say "warning: cannot download $pkg for $label; falling back to $cand"
+		fetch "$cand" && return 0
+	done < <(apt-cache search --names-only "${PKG_FALLBACK[$label]}" | awk '{print $1}' |
+		grep -Ev -- '-(dbg|rt|cloud|unsigned)(-|$)' | sort -rV | head -n 3)
+	say "no kernel package for $label could be downloaded"
+	return 1
+}
+
+# initramfs DIR: set INITRD to DIR's initramfs, building it if missing.
+initramfs() {
+	local dir=$1 kver key stage mroot mdst names f rel dst
+	kver=$(cat "$dir/tree/.complete")
+	key=$({
+		cat "$here/init.sh"
+		echo "$VM_MODULES|$VM_EXTRA_MODULES|$INITRAMFS_FORMAT"
+		sha256sum <"$busybox"
+	} | sha256sum | cut -c1-16)
+	INITRD=$dir/initramfs-$key.cpio
+	[[ -s $INITRD ]] && return 0
+	say "building initramfs for $kver"
+	stage=$(mktemp -d "$CACHE/.stage.XXXXXX")
+	tmp_dirs+=("$stage")
+	mroot=$dir/tree/lib/modules/$kver
+	mdst=$stage/lib/modules/$kver
+	mkdir -p "$stage"/{bin,dev,etc,proc,sys,tmp,host,results} "$mdst"
+	ln -s bin "$stage/sbin"
+	cp "$busybox" "$stage/bin/busybox"
+	for f in $("$busybox" --list); do
+		[[ $f == busybox ]] || ln -s busybox "$stage/bin/$f"
+	done
+	install -m 0755 "$here/init.sh" "$stage/init"
+	tr -s ' ' '\n' <<<"$VM_MODULES" >"$stage/etc/vm-modules"
+	if [[ $EUID -eq 0 ]]; then mknod -m 600 "$stage/dev/console" c 5 1; fi
+
+	names=${VM_MODULES//!/}
+	names=${names//-/_}
+	while read -r rel; do
+		case $rel in
+		*.ko.xz | *.ko.zst | *.ko.gz) dst=$mdst/${rel%.*} ;;
+		*) dst=$mdst/$rel ;;
+		esac
+		mkdir -p "${dst%/*}"
+		case $rel in
+		*.ko.xz) xz -dc "$mroot/$rel" >"$dst" ;;
+		*.ko.zst) zstd -qdc "$mroot/$rel" >"$dst" ;;
+		*.ko.gz) gzip -dc "$mroot/$rel" >"$dst" ;;
+		*) cp "$mroot/$rel" "$dst" ;;
+		esac || return 1
+	done < <(awk -v want="$names" -v prefixes="$VM_EXTRA_MODULES" '
+		BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) W[w[i]] = 1; np = split(prefixes, P, " ") }
+		{
+			path = $1; sub(/:$/, "", path)
+			name = path; sub(/.*\//, "", name); sub(/\.ko.*$/, "", name); gsub(/-/, "_", name)
+			sel = (name in W)
+			for (i = 1; i <= np && !sel; i++) if (index(path, P[i]) == 1) sel = 1
+			if (sel) { print path; for (i = 2; i <= NF; i++) print $i }
+		}' "$mroot/modules.dep" | sort -u)
+	for f in modules.order modules.builtin modules.builtin.modinfo; do
+		if [[ -f $mroot/$f ]]; then cp "$mroot/$f" "$mdst/"; fi
+	done
+	depmod -b "$stage" "$kver" || return 1
+	for f in $names; do
+		f=${f//_/[-_]}
+		grep -q "/$f\.ko:" "$mdst/modules.dep" || grep -q "/$f\.ko\$" "$mdst/modules.builtin" ||
+			say "note: module ${f//\[-_\]/_} is not in $kver (the guest skips it, or fails if it is required)"
+	done
+	(cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z |
+		cpio --null -o -H newc -R 0:0 --quiet) >"$INITRD.tmp" || return 1
+	rm -f "$dir"/initramfs-*.cpio
+	mv "$INITRD.tmp" "$INITRD"
+	rm -rf "$stage"
+}
+
+# ---------------------------------------------------------------------------- running
+
+# relpkg PKGDIR: PKGDIR relative to the repository root when inside it.
+relpkg() {
+	case $1 in
+	"$repo") echo . ;;
+	"$repo"/*) echo "${1#"$repo"/}" ;;
+	*) echo "$1" ;;
+	esac
+}
+
+console_tail() {
+	echo "--- last lines of the guest console ($1) ---"
+	tail -n "${2:-40}" "$1" 2>/dev/null || true
+	echo "--- end of console ---"
+}
+
+verdicts=()
+overall=0
+
+# run_kernel LABEL: boot LABEL's kernel once, run every binary, print outputs, record verdict.
+run_kernel() {
+	local label=$1 kdir kver initrd run share rc start i n release why failed entry pkgdir status
+	local kstart=$SECONDS
+	if ! kernel_dir "$label"; then
+		verdicts+=("vm $label: FAIL (cannot fetch the kernel package)")
+		overall=1
+		return
+	fi
+	kdir=$KDIR
+	kver=$(cat "$kdir/tree/.complete")
+	if ! initramfs "$kdir"; then
+		verdicts+=("vm $label: FAIL (cannot build the initramfs)")
+		overall=1
+		return
+	fi
+
+	initrd=$INITRD
+	run=$(mktemp -d "${TMPDIR:-/tmp}/cttrace-vm.XXXXXX")
+	share=$run/share
+	mkdir "$share"
+	printf '%s\n' "${entries[@]}" >"$share/manifest"
+	{
+		echo "VM_LABEL=$(squote "$label")"
+		echo "VM_TEST_TIMEOUT=$(squote "$VM_TEST_TIMEOUT")"
+	} >"$share/config"
+	while IFS= read -r n; do
+		[[ $n == CTTRACE_* && $n != CTTRACE_TESTBED && $n != CTTRACE_VM_KERNEL ]] || continue
+		printf '%s=%s\nexport %s\n' "$n" "$(squote "${!n}")" "$n"
+	done < <(compgen -e) >"$share/env.sh"
+
+	say "booting $label ($kver) to run ${#entries[@]} test binaries (limit ${VM_TIMEOUT}s)"
+	start=$SECONDS
+	rc=0
+	timeout -k 15 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -nographic -no-reboot \
+		-m "$VM_MEM" -smp "$VM_SMP" -nic none -monitor none \
+		-serial "file:$run/console.log" \
+		-kernel "$kdir/tree/boot/vmlinuz-$kver" -initrd "$initrd" \
+		-append "console=ttyS0 quiet loglevel=3 panic=-1" \
+		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+		-virtfs "local,path=$share,mount_tag=results,security_model=none" \
+		</dev/null >"$run/qemu.log" 2>&1 || rc=$?
+	say "$label: guest ran for $((SECONDS - start))s"
+
+	release=$(cat "$share/release" 2>/dev/null || echo "$kver")
+	if [[ -f $share/modules.txt ]]; then
+		awk -v l="$label" '$2 != "loaded" && $2 != "builtin" { printf "vm: %s: module %s %s\n", l, $1, $2 }' \
+			"$share/modules.txt" >&2
+	fi
+	why=
+	if ((rc == 124 || rc == 137)); then
+		why="timed out after ${VM_TIMEOUT}s"
+	elif [[ ! -e $share/booted ]]; then
+		why=$(grep -ao 'cttrace-vm: FATAL: .*' "$run/console.log" 2>/dev/null | tail -n 1 || true)
+		why="boot failed (${why:-qemu exit $rc})"
+	elif [[ -s $share/fatal ]]; then
+		why=$(head -n 1 "$share/fatal")
+	elif grep -aq 'Kernel panic' "$run/console.log" 2>/dev/null; then
+		why="kernel panic"
+	elif [[ ! -e $share/done ]]; then
+		why="the guest stopped before running every binary (qemu exit $rc)"
+	fi
+	failed=()
+	i=0
+	for entry in "${entries[@]}"; do
+		i=$((i + 1))
+		pkgdir=${entry%% *}
+		[[ -e $share/booted && ! -s $share/fatal ]] || continue
+		echo "=== vm $label ($release): $(relpkg "$pkgdir") ==="
+		cat "$share/$i.out" 2>/dev/null || echo "(no output: the binary did not run)"
+		status=$(cat "$share/$i.status" 2>/dev/null || true)
+		if [[ -z $status ]]; then
+			failed+=("$(relpkg "$pkgdir") (no exit status)")
+		elif [[ $status != 0 ]]; then
+			failed+=("$(relpkg "$pkgdir") (exit $status)")
+		fi
+	done
+	if [[ -n $why ]]; then
+		console_tail "$run/console.log"
+		if [[ -s $run/qemu.log ]]; then sed 's/^/qemu: /' "$run/qemu.log"; fi
+	fi
+	if ((${#failed[@]})); then
+		why=${why:+$why; }"failed: $(printf '%s, ' "${failed[@]}")"
+		why=${why%, }
+	fi
+	if [[ -z $why ]]; then
+		verdicts+=("vm $label: PASS")
+		rm -rf "$run"
+	else
+		verdicts+=("vm $label: FAIL ($why)")
+		overall=1
+		say "$label: results kept in $run"
+	fi
+	say "$label: ${verdicts[-1]#"vm $label: "} after $((SECONDS - kstart))s in all"
+}
+
+read -ra labels <<<"$KERNELS"
+((${#labels[@]})) || die "KERNELS is empty"
+total_start=$SECONDS
+for label in "${labels[@]}"; do
+	run_kernel "$label"
+done
+printf '%s\n' "${verdicts[@]}"
+say "total $((SECONDS - total_start))s"
+exit "$overall"
