@@ -27,6 +27,11 @@ KERNELS=${KERNELS:-6.1 6.12}
 VM_TIMEOUT=${VM_TIMEOUT:-1200}
 VM_MEM=${VM_MEM:-2048}
 VM_SMP=${VM_SMP:-2}
+# One host thread runs every vCPU. Multi-threaded TCG races with the kernel's
+# live code patching (text_poke through int3): Debian's 6.12 was seen to die
+# at boot with "Oops: int3" in sched_clock_cpu, and attaching fentry and
+# kprobes patches code too.
+VM_ACCEL=${VM_ACCEL:-tcg,thread=single}
 VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-15m}
 CACHE=${CTTRACE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cttrace/vm}
 export PATH=$PATH:/usr/sbin:/sbin
@@ -323,7 +328,7 @@ run_kernel() {
 	say "booting $label ($kver) to run ${#entries[@]} test binaries (limit ${VM_TIMEOUT}s)"
 	start=$SECONDS
 	rc=0
-	timeout -k 15 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -nographic -no-reboot \
+	timeout -k 15 "$VM_TIMEOUT" qemu-system-x86_64 -accel "$VM_ACCEL" -nographic -no-reboot \
 		-m "$VM_MEM" -smp "$VM_SMP" -nic none -monitor none \
 		-serial "file:$run/console.log" \
 		-kernel "$kdir/tree/boot/vmlinuz-$kver" -initrd "$initrd" \
