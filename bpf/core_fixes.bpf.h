@@ -8,17 +8,31 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+
+#define NFCT_INFOMASK 7ULL
 
 /*
  * skb->_nfct holds the conntrack entry pointer with the ctinfo in its low
- * three bits (NFCT_INFOMASK). A packet refused by conntrack itself never had
- * an entry attached; one dropped by a rule after conntrack has one.
+ * three bits. A packet refused by conntrack itself never had an entry
+ * attached; one dropped by a rule after conntrack has one. Untracked packets
+ * (notrack) carry IP_CT_UNTRACKED and no pointer.
  */
-static __always_inline __u64 skb_nfct(const struct sk_buff *skb)
+static __always_inline __u64 skb_nfct_raw(const struct sk_buff *skb)
 {
 	if (!bpf_core_field_exists(skb->_nfct))
 		return 0;
-	return BPF_CORE_READ(skb, _nfct) & ~7ULL;
+	return BPF_CORE_READ(skb, _nfct);
+}
+
+static __always_inline struct nf_conn *skb_conn(const struct sk_buff *skb)
+{
+	return (struct nf_conn *)(skb_nfct_raw(skb) & ~NFCT_INFOMASK);
+}
+
+static __always_inline bool skb_untracked(const struct sk_buff *skb)
+{
+	return skb_nfct_raw(skb) == IP_CT_UNTRACKED;
 }
 
 /*
@@ -32,6 +46,36 @@ static __always_inline __u32 netfilter_drop_reason(void)
 	if (!bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP))
 		return 0;
 	return bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP);
+}
+
+/*
+ * nf_conn.timeout became a u32 expiry in jiffies in 4.10 ("netfilter:
+ * conntrack: get rid of conntrack timer"); before, it was a timer_list,
+ * whose expiry is not worth chasing for an age.
+ */
+static __always_inline __s32 conn_timeout_left(const struct nf_conn *ct)
+{
+	if (bpf_core_field_size(ct->timeout) != sizeof(__u32))
+		return 0;
+	return (__s32)(BPF_CORE_READ(ct, timeout) - (__u32)bpf_jiffies64());
+}
+
+/* ct->zone exists only with CONFIG_NF_CONNTRACK_ZONES. */
+static __always_inline __u16 conn_zone(const struct nf_conn *ct)
+{
+	if (!bpf_core_field_exists(ct->zone))
+		return 0;
+	return BPF_CORE_READ(ct, zone.id);
+}
+
+/*
+ * The chaintoolong statistic and the drop it counts arrived in 5.15 (commit
+ * d7e7747ac5c2, "netfilter: refuse insertion if chain has grown too large").
+ * Before it, a confirmation that failed for no other reason has no name.
+ */
+static __always_inline bool kernel_limits_chains(void)
+{
+	return bpf_core_field_exists(struct ip_conntrack_stat, chaintoolong);
 }
 
 #endif

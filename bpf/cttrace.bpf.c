@@ -2,9 +2,15 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /*
  * cttrace's kernel side. Each conntrack decision is handled by one static
- * function below; the fentry, kprobe and tracepoint sections at the end are
- * thin wrappers that only fetch arguments and call it. User space loads the
+ * function; the fentry, kprobe and tracepoint sections at the end are thin
+ * wrappers that only fetch arguments and call it. User space loads the
  * wrappers of one backend and deletes the others from the spec before load.
+ *
+ * Per-CPU scratch state links a function's entry to its exit (and to the
+ * functions it calls). Conntrack runs inside netfilter hooks under
+ * rcu_read_lock, with bottom halves off on the receive path and the
+ * confirmation itself under local_bh_disable(), so entry and exit happen on
+ * one CPU.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -19,10 +25,20 @@ char LICENSE[] SEC("license") = "GPL";
 #define MAX_ERRNO 4095
 #define IS_ERR_VALUE(x) ((unsigned long)(void *)(x) >= (unsigned long)-MAX_ERRNO)
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
+#define NF_DROP 0
+#define NF_ACCEPT 1
 #define NFPROTO_IPV4 2
 #define NFPROTO_IPV6 10
+#define IPS_CONFIRMED (1U << 3)
+#define IPS_DYING (1U << 9)
+
+/* Event types streamed through the ring buffer (bit 1 << type); the others
+ * are only counted. Set by user space before load. */
+volatile const __u32 stream_mask = 0xffffffff;
+
+/* nf_conntrack_max as user space last read it: the limit is a global that
+ * has no BTF-visible symbol, and non-init namespaces only see it read-only. */
+__u32 ct_max;
 
 /* Sized by user space before load (--ring-size); a power of two pages. */
 struct {
@@ -38,17 +54,23 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/*
- * The state of the allocation in progress on this CPU. Conntrack runs in
- * netfilter hooks under rcu_read_lock with bottom halves off on the receive
- * path, so entry, the nested early_drop() and exit happen on one CPU.
- */
+/* Every event produced, streamed or not, by type: the exact totals. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_EV_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} produced SEC(".maps");
+
+/* The allocation in progress on this CPU, and whether early_drop() ran
+ * inside it. Kernel pointers are kept as integers so that bpf2go can
+ * generate the Go type of the map value. */
 struct alloc_scratch {
-	/* Kernel pointers kept as integers so bpf2go can generate the type. */
 	__u64 net;
 	__u64 zone;
 	__u64 orig;
 	__u8 early_drop_called;
+	__u8 in_early_drop;
 	__u8 early_drop_evicted;
 };
 
@@ -59,9 +81,46 @@ struct {
 	__type(value, struct alloc_scratch);
 } alloc_state SEC(".maps");
 
+/* The confirmation in progress on this CPU. */
+enum clash_outcome { CLASH_NONE, CLASH_FAILED, CLASH_RESOLVED };
 
-/* Keeps struct ct_event in the object's BTF so bpf2go can emit its Go type. */
+struct confirm_scratch {
+	__u64 skb;
+	__u64 ct;
+	__u8 dying_at_entry;
+	__u8 clash;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct confirm_scratch);
+} confirm_state SEC(".maps");
+
+/* Tasks (kworkers) inside gc_worker: the gc may sleep between buckets and
+ * move to another CPU, so it is tracked by task, not by CPU. Bounded: one
+ * gc work item runs per netns at a time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} gc_tasks SEC(".maps");
+
+/* Keep the ABI types in the object's BTF so bpf2go emits their Go types. */
 const struct ct_event *unused_ct_event __attribute__((unused));
+const enum ct_event_type *unused_ct_event_type __attribute__((unused));
+const enum ct_detail *unused_ct_detail __attribute__((unused));
+const enum ct_confidence *unused_ct_confidence __attribute__((unused));
+
+static __always_inline void count_event(__u32 type)
+{
+	__u64 *n = bpf_map_lookup_elem(&produced, &type);
+
+	if (n)
+		(*n)++;
+}
 
 static __always_inline void count_lost(void)
 {
@@ -72,10 +131,15 @@ static __always_inline void count_lost(void)
 		(*n)++;
 }
 
+/* Counts the event and, when its type is streamed, reserves its record. */
 static __always_inline struct ct_event *event_reserve(__u32 type, __u8 confidence)
 {
-	struct ct_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct ct_event *e;
 
+	count_event(type);
+	if (!(stream_mask & (1U << type)))
+		return NULL;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return NULL;
@@ -85,6 +149,7 @@ static __always_inline struct ct_event *event_reserve(__u32 type, __u8 confidenc
 	e->type = type;
 	e->cpu = bpf_get_smp_processor_id();
 	e->confidence = confidence;
+	e->max = ct_max;
 	return e;
 }
 
@@ -98,13 +163,39 @@ static __always_inline void tuple_from_ct(struct ct_tuple *t, const struct nf_co
 	t->proto = BPF_CORE_READ(ct, dst.protonum);
 }
 
+/* Fills what an event says about an existing entry: its original tuple,
+ * namespace, zone, status, timeout and TCP state. */
+static __always_inline void describe_conn(struct ct_event *e, const struct nf_conn *ct)
+{
+	tuple_from_ct(&e->tuple, &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple);
+	e->netns = BPF_CORE_READ(ct, ct_net.net, ns.inum);
+	e->zone = conn_zone(ct);
+	e->status = BPF_CORE_READ(ct, status);
+	e->timeout_left = conn_timeout_left(ct);
+	if (e->tuple.proto == IPPROTO_TCP)
+		e->proto_state = BPF_CORE_READ(ct, proto.tcp.state);
+}
+
+static __always_inline struct alloc_scratch *alloc_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&alloc_state, &zero);
+}
+
+static __always_inline struct confirm_scratch *confirm_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&confirm_state, &zero);
+}
+
 /* ---- the allocation decision: __nf_conntrack_alloc() and early_drop() ---- */
 
 static __always_inline void alloc_begin(struct net *net, const struct nf_conntrack_zone *zone,
 					const struct nf_conntrack_tuple *orig)
 {
-	__u32 zero = 0;
-	struct alloc_scratch *s = bpf_map_lookup_elem(&alloc_state, &zero);
+	struct alloc_scratch *s = alloc_scratch();
 
 	if (!s)
 		return;
@@ -112,17 +203,27 @@ static __always_inline void alloc_begin(struct net *net, const struct nf_conntra
 	s->zone = (__u64)zone;
 	s->orig = (__u64)orig;
 	s->early_drop_called = 0;
+	s->in_early_drop = 0;
 	s->early_drop_evicted = 0;
 }
 
-static __always_inline void early_drop_done(int evicted)
+static __always_inline void early_drop_begin(void)
 {
-	__u32 zero = 0;
-	struct alloc_scratch *s = bpf_map_lookup_elem(&alloc_state, &zero);
+	struct alloc_scratch *s = alloc_scratch();
 
 	if (!s)
 		return;
 	s->early_drop_called = 1;
+	s->in_early_drop = 1;
+}
+
+static __always_inline void early_drop_done(int evicted)
+{
+	struct alloc_scratch *s = alloc_scratch();
+
+	if (!s)
+		return;
+	s->in_early_drop = 0;
 	s->early_drop_evicted = evicted > 0;
 }
 
@@ -134,18 +235,17 @@ static __always_inline void early_drop_done(int evicted)
  */
 static __always_inline void alloc_done(const void *ret)
 {
-	__u32 zero = 0;
-	struct alloc_scratch *s = bpf_map_lookup_elem(&alloc_state, &zero);
+	struct alloc_scratch *s = alloc_scratch();
 	const struct nf_conntrack_tuple *orig;
 	const struct nf_conntrack_zone *zone;
 	struct ct_event *e;
 	struct net *net;
-	__u32 type;
+	bool full;
 
 	if (!s || !IS_ERR_VALUE(ret))
 		return;
-	type = s->early_drop_called && !s->early_drop_evicted ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED;
-	e = event_reserve(type, CT_CONF_EXACT);
+	full = s->early_drop_called && !s->early_drop_evicted;
+	e = event_reserve(full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, CT_CONF_EXACT);
 	if (!e)
 		return;
 	/*
@@ -160,7 +260,159 @@ static __always_inline void alloc_done(const void *ret)
 	if (zone)
 		e->zone = BPF_CORE_READ(zone, id);
 	tuple_from_ct(&e->tuple, orig);
+	/* Refused only when the count would pass the max: the table is at it. */
+	if (full)
+		e->count = e->max;
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- removal: nf_ct_delete(), the one path every entry leaves by ---- */
+
+static __always_inline void gc_begin(void)
+{
+	__u64 task = bpf_get_current_pid_tgid();
+	__u8 one = 1;
+
+	bpf_map_update_elem(&gc_tasks, &task, &one, BPF_ANY);
+}
+
+static __always_inline void gc_done(void)
+{
+	__u64 task = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&gc_tasks, &task);
+}
+
+static __always_inline bool in_gc(void)
+{
+	__u64 task = bpf_get_current_pid_tgid();
+
+	return bpf_map_lookup_elem(&gc_tasks, &task) != NULL;
+}
+
+/*
+ * An entry whose IPS_DYING bit is already set is on its way out by another
+ * path; nf_ct_delete() returns false for it and nothing changes. Entries
+ * that are not expired and are deleted from inside early_drop() are the
+ * evictions the kernel counts as early_drop; expired ones reaped there are
+ * not counted by the kernel and are reported as expiries. gc_worker kills
+ * unexpired, unassured entries only under pressure (count >= 95% of max).
+ */
+static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid)
+{
+	struct alloc_scratch *s = alloc_scratch();
+	__u32 status = BPF_CORE_READ(ct, status);
+	bool expired = conn_timeout_left(ct) <= 0;
+	__u32 type = CT_EV_DELETE;
+	__u8 detail = CT_DETAIL_OTHER;
+	bool for_alloc = false;
+	struct ct_event *e;
+
+	if (status & IPS_DYING || !(status & IPS_CONFIRMED))
+		return;
+	if (expired) {
+		detail = CT_DETAIL_EXPIRED;
+	} else if (s && s->in_early_drop) {
+		type = CT_EV_EARLY_DROP;
+		detail = CT_DETAIL_EVICT_ALLOC;
+		for_alloc = true;
+	} else if (in_gc()) {
+		type = CT_EV_EARLY_DROP;
+		detail = CT_DETAIL_EVICT_GC;
+	} else if (portid) {
+		detail = CT_DETAIL_NETLINK;
+	}
+	e = event_reserve(type, CT_CONF_EXACT);
+	if (!e)
+		return;
+	describe_conn(e, ct);
+	e->detail = detail;
+	if (for_alloc && s) {
+		const struct nf_conntrack_tuple *orig = (const struct nf_conntrack_tuple *)s->orig;
+
+		tuple_from_ct(&e->trigger, orig);
+		e->count = e->max;
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- confirmation: __nf_conntrack_confirm() and nf_ct_resolve_clash() ---- */
+
+static __always_inline void confirm_begin(const struct sk_buff *skb)
+{
+	struct confirm_scratch *s = confirm_scratch();
+	struct nf_conn *ct = skb_conn(skb);
+
+	if (!s)
+		return;
+	s->skb = (__u64)skb;
+	s->ct = (__u64)ct;
+	s->dying_at_entry = ct && (BPF_CORE_READ(ct, status) & IPS_DYING);
+	s->clash = CLASH_NONE;
+}
+
+/* nf_ct_resolve_clash() returns NF_ACCEPT when the packet could be moved to
+ * the entry already in the table (only UDP, UDPlite and GRE may), NF_DROP
+ * when it could not. */
+static __always_inline void clash_done(int verdict)
+{
+	struct confirm_scratch *s = confirm_scratch();
+	const struct nf_conn *ct;
+	struct ct_event *e;
+
+	if (!s || !s->ct)
+		return;
+	s->clash = verdict == NF_ACCEPT ? CLASH_RESOLVED : CLASH_FAILED;
+	if (s->clash != CLASH_RESOLVED)
+		return;
+	e = event_reserve(CT_EV_CLASH_RESOLVED, CT_CONF_EXACT);
+	if (!e)
+		return;
+	ct = (const struct nf_conn *)s->ct;
+	describe_conn(e, ct);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline __u8 insert_failure_detail(const struct confirm_scratch *s)
+{
+	if (s->dying_at_entry)
+		return CT_DETAIL_DYING;
+	if (s->clash == CLASH_FAILED)
+		return CT_DETAIL_CLASH;
+	/* What remains is the chain limit (and, rarely, an extension that a
+	 * module unload invalidated, which the kernel does not tell apart). */
+	return kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
+}
+
+static __always_inline void confirm_done(int verdict)
+{
+	struct confirm_scratch *s = confirm_scratch();
+	const struct sk_buff *skb;
+	const struct nf_conn *ct;
+	struct ct_event *e;
+	__u32 type;
+
+	if (!s || !s->ct)
+		return;
+	ct = (const struct nf_conn *)s->ct;
+	skb = (const struct sk_buff *)s->skb;
+	if (verdict == NF_DROP) {
+		type = CT_EV_INSERT_FAILED;
+	} else if (skb_conn(skb) == ct && (BPF_CORE_READ(ct, status) & IPS_CONFIRMED)) {
+		type = CT_EV_INSERT;
+	} else {
+		/* Merged into the entry already there: counted as a resolved clash. */
+		s->ct = 0;
+		return;
+	}
+	e = event_reserve(type, CT_CONF_EXACT);
+	if (e) {
+		describe_conn(e, ct);
+		if (type == CT_EV_INSERT_FAILED)
+			e->detail = insert_failure_detail(s);
+		bpf_ringbuf_submit(e, 0);
+	}
+	s->ct = 0;
 }
 
 /* ---- the tracepoint fallback: kfree_skb with the netfilter drop reason ---- */
@@ -178,14 +430,13 @@ static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_bu
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
 	__u32 l4off;
 	__u8 ver;
 
 	if (bpf_probe_read_kernel(&ver, 1, head + nh))
 		return -1;
 	ver >>= 4;
-	if (ver == 4 || (proto == ETH_P_IP && ver == 4)) {
+	if (ver == 4) {
 		struct iphdr ip;
 
 		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
@@ -222,27 +473,48 @@ static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_bu
 }
 
 /*
- * Without kprobes or trampolines the drop is only visible when nf_hook_slow()
- * frees the skb with SKB_DROP_REASON_NETFILTER_DROP. A packet that conntrack
- * itself refused carries no entry; one dropped by a rule after conntrack
- * does. A rule in a hook before conntrack (raw table, priority -300) looks
- * the same as conntrack's own drop, hence "inferred".
+ * Without kprobes or trampolines a drop is only visible when nf_hook_slow()
+ * frees the skb with SKB_DROP_REASON_NETFILTER_DROP, and the cause must be
+ * inferred from the entry the skb carries:
+ * - none: conntrack refused to create one, which under load is the table
+ *   being full (a slab failure, a protocol handler's drop, or a rule in a
+ *   hook before conntrack, like the raw table, look the same);
+ * - an unconfirmed one: confirmation refused it (a rule after conntrack that
+ *   drops new flows looks the same);
+ * - a confirmed one: a rule dropped a packet of a known flow; not ours.
  */
 static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 {
 	__u32 nf_drop = netfilter_drop_reason();
+	struct nf_conn *ct;
 	struct ct_event *e;
+	__u32 status;
 
-	if (!nf_drop || reason != nf_drop || skb_nfct(skb))
+	if (!nf_drop || reason != nf_drop || skb_untracked(skb))
 		return;
-	e = event_reserve(CT_EV_CONNTRACK_DROP, CT_CONF_INFERRED);
-	if (!e)
-		return;
-	e->netns = skb_netns(skb);
-	if (tuple_from_skb(&e->tuple, skb)) {
-		bpf_ringbuf_discard(e, 0);
+	ct = skb_conn(skb);
+	if (!ct) {
+		e = event_reserve(CT_EV_TABLE_FULL, CT_CONF_INFERRED);
+		if (!e)
+			return;
+		e->netns = skb_netns(skb);
+		if (tuple_from_skb(&e->tuple, skb)) {
+			bpf_ringbuf_discard(e, 0);
+			return;
+		}
+		e->count = e->max;
+		bpf_ringbuf_submit(e, 0);
 		return;
 	}
+	status = BPF_CORE_READ(ct, status);
+	if (status & IPS_CONFIRMED)
+		return;
+	e = event_reserve(CT_EV_INSERT_FAILED, CT_CONF_INFERRED);
+	if (!e)
+		return;
+	describe_conn(e, ct);
+	e->detail = status & IPS_DYING ? CT_DETAIL_DYING
+		    : kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -250,10 +522,25 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 
 SEC("fentry/__nf_conntrack_alloc")
 int BPF_PROG(fentry_ct_alloc, struct net *net, const struct nf_conntrack_zone *zone,
-	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp,
-	     u32 hash)
+	     const struct nf_conntrack_tuple *orig)
 {
 	alloc_begin(net, zone, orig);
+	return 0;
+}
+
+SEC("fexit/__nf_conntrack_alloc")
+int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zone,
+	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp,
+	     u32 hash, struct nf_conn *ret)
+{
+	alloc_done(ret);
+	return 0;
+}
+
+SEC("fentry/early_drop")
+int BPF_PROG(fentry_early_drop)
+{
+	early_drop_begin();
 	return 0;
 }
 
@@ -264,12 +551,46 @@ int BPF_PROG(fexit_early_drop, struct net *net, unsigned int hash, int ret)
 	return 0;
 }
 
-SEC("fexit/__nf_conntrack_alloc")
-int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zone,
-	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp,
-	     u32 hash, struct nf_conn *ret)
+SEC("fentry/nf_ct_delete")
+int BPF_PROG(fentry_ct_delete, struct nf_conn *ct, u32 portid)
 {
-	alloc_done(ret);
+	conn_deleting(ct, portid);
+	return 0;
+}
+
+SEC("fentry/gc_worker")
+int BPF_PROG(fentry_gc_worker)
+{
+	gc_begin();
+	return 0;
+}
+
+SEC("fexit/gc_worker")
+int BPF_PROG(fexit_gc_worker)
+{
+	gc_done();
+	return 0;
+}
+
+SEC("fentry/__nf_conntrack_confirm")
+int BPF_PROG(fentry_ct_confirm, struct sk_buff *skb)
+{
+	confirm_begin(skb);
+	return 0;
+}
+
+SEC("fexit/__nf_conntrack_confirm")
+int BPF_PROG(fexit_ct_confirm, struct sk_buff *skb, int ret)
+{
+	confirm_done(ret);
+	return 0;
+}
+
+SEC("fexit/nf_ct_resolve_clash")
+int BPF_PROG(fexit_resolve_clash, struct sk_buff *skb, struct nf_conntrack_tuple_hash *h,
+	     u32 repl_idx, int ret)
+{
+	clash_done(ret);
 	return 0;
 }
 
@@ -283,6 +604,20 @@ int BPF_KPROBE(kprobe_ct_alloc, struct net *net, const struct nf_conntrack_zone 
 	return 0;
 }
 
+SEC("kretprobe/__nf_conntrack_alloc")
+int BPF_KRETPROBE(kretprobe_ct_alloc, struct nf_conn *ret)
+{
+	alloc_done(ret);
+	return 0;
+}
+
+SEC("kprobe/early_drop")
+int BPF_KPROBE(kprobe_early_drop)
+{
+	early_drop_begin();
+	return 0;
+}
+
 SEC("kretprobe/early_drop")
 int BPF_KRETPROBE(kretprobe_early_drop, int ret)
 {
@@ -290,10 +625,45 @@ int BPF_KRETPROBE(kretprobe_early_drop, int ret)
 	return 0;
 }
 
-SEC("kretprobe/__nf_conntrack_alloc")
-int BPF_KRETPROBE(kretprobe_ct_alloc, struct nf_conn *ret)
+SEC("kprobe/nf_ct_delete")
+int BPF_KPROBE(kprobe_ct_delete, struct nf_conn *ct, u32 portid)
 {
-	alloc_done(ret);
+	conn_deleting(ct, portid);
+	return 0;
+}
+
+SEC("kprobe/gc_worker")
+int BPF_KPROBE(kprobe_gc_worker)
+{
+	gc_begin();
+	return 0;
+}
+
+SEC("kretprobe/gc_worker")
+int BPF_KRETPROBE(kretprobe_gc_worker)
+{
+	gc_done();
+	return 0;
+}
+
+SEC("kprobe/__nf_conntrack_confirm")
+int BPF_KPROBE(kprobe_ct_confirm, struct sk_buff *skb)
+{
+	confirm_begin(skb);
+	return 0;
+}
+
+SEC("kretprobe/__nf_conntrack_confirm")
+int BPF_KRETPROBE(kretprobe_ct_confirm, int ret)
+{
+	confirm_done(ret);
+	return 0;
+}
+
+SEC("kretprobe/nf_ct_resolve_clash")
+int BPF_KRETPROBE(kretprobe_resolve_clash, int ret)
+{
+	clash_done(ret);
 	return 0;
 }
 

@@ -29,6 +29,7 @@ func newApp() *cli.App {
 			"and reports table-full drops, evictions and insert failures as they happen.\n" +
 			"It needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and kernel BTF.",
 		Commands: []*cli.Command{
+			dropsCommand(),
 			featuresCommand(),
 		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

@@ -19,21 +19,72 @@ type cttraceAllocScratch struct {
 	Zone             uint64
 	Orig             uint64
 	EarlyDropCalled  uint8
+	InEarlyDrop      uint8
 	EarlyDropEvicted uint8
-	_                [6]byte
+	_                [5]byte
 }
 
-type cttraceCtEvent struct {
-	_          structs.HostLayout
-	TsBootNs   uint64
-	Type       uint32
-	Cpu        uint32
-	Netns      uint32
-	Zone       uint16
-	Confidence uint8
-	Pad        uint8
-	Tuple      cttraceCtTuple
+type cttraceConfirmScratch struct {
+	_            structs.HostLayout
+	Skb          uint64
+	Ct           uint64
+	DyingAtEntry uint8
+	Clash        uint8
+	_            [6]byte
 }
+
+type cttraceCtConfidence uint32
+
+const (
+	cttraceCtConfidenceCT_CONF_EXACT    cttraceCtConfidence = 0
+	cttraceCtConfidenceCT_CONF_INFERRED cttraceCtConfidence = 1
+)
+
+type cttraceCtDetail uint32
+
+const (
+	cttraceCtDetailCT_DETAIL_NONE           cttraceCtDetail = 0
+	cttraceCtDetailCT_DETAIL_EVICT_ALLOC    cttraceCtDetail = 1
+	cttraceCtDetailCT_DETAIL_EVICT_GC       cttraceCtDetail = 2
+	cttraceCtDetailCT_DETAIL_CLASH          cttraceCtDetail = 3
+	cttraceCtDetailCT_DETAIL_CHAIN_TOO_LONG cttraceCtDetail = 4
+	cttraceCtDetailCT_DETAIL_DYING          cttraceCtDetail = 5
+	cttraceCtDetailCT_DETAIL_EXPIRED        cttraceCtDetail = 6
+	cttraceCtDetailCT_DETAIL_NETLINK        cttraceCtDetail = 7
+	cttraceCtDetailCT_DETAIL_OTHER          cttraceCtDetail = 8
+)
+
+type cttraceCtEvent struct {
+	_           structs.HostLayout
+	TsBootNs    uint64
+	Type        uint32
+	Cpu         uint32
+	Netns       uint32
+	Count       uint32
+	Max         uint32
+	Status      uint32
+	TimeoutLeft int32
+	Zone        uint16
+	Confidence  uint8
+	Detail      uint8
+	ProtoState  uint8
+	Pad         [7]uint8
+	Tuple       cttraceCtTuple
+	Trigger     cttraceCtTuple
+}
+
+type cttraceCtEventType uint32
+
+const (
+	cttraceCtEventTypeCT_EV_TABLE_FULL     cttraceCtEventType = 1
+	cttraceCtEventTypeCT_EV_ALLOC_FAILED   cttraceCtEventType = 2
+	cttraceCtEventTypeCT_EV_EARLY_DROP     cttraceCtEventType = 3
+	cttraceCtEventTypeCT_EV_INSERT_FAILED  cttraceCtEventType = 4
+	cttraceCtEventTypeCT_EV_INSERT         cttraceCtEventType = 5
+	cttraceCtEventTypeCT_EV_DELETE         cttraceCtEventType = 6
+	cttraceCtEventTypeCT_EV_CLASH_RESOLVED cttraceCtEventType = 7
+	cttraceCtEventTypeCT_EV_MAX            cttraceCtEventType = 8
+)
 
 type cttraceCtTuple struct {
 	_      structs.HostLayout
@@ -50,17 +101,39 @@ type cttraceCtTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	cttraceMapAllocState          = "alloc_state"
-	cttraceMapEvents              = "events"
-	cttraceMapLost                = "lost"
-	cttraceProgFentryCtAlloc      = "fentry_ct_alloc"
-	cttraceProgFexitCtAlloc       = "fexit_ct_alloc"
-	cttraceProgFexitEarlyDrop     = "fexit_early_drop"
-	cttraceProgKprobeCtAlloc      = "kprobe_ct_alloc"
-	cttraceProgKretprobeCtAlloc   = "kretprobe_ct_alloc"
-	cttraceProgKretprobeEarlyDrop = "kretprobe_early_drop"
-	cttraceProgTpBtfKfreeSkb      = "tp_btf_kfree_skb"
-	cttraceVarUnusedCtEvent       = "unused_ct_event"
+	cttraceMapAllocState             = "alloc_state"
+	cttraceMapConfirmState           = "confirm_state"
+	cttraceMapEvents                 = "events"
+	cttraceMapGcTasks                = "gc_tasks"
+	cttraceMapLost                   = "lost"
+	cttraceMapProduced               = "produced"
+	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
+	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
+	cttraceProgFentryCtDelete        = "fentry_ct_delete"
+	cttraceProgFentryEarlyDrop       = "fentry_early_drop"
+	cttraceProgFentryGcWorker        = "fentry_gc_worker"
+	cttraceProgFexitCtAlloc          = "fexit_ct_alloc"
+	cttraceProgFexitCtConfirm        = "fexit_ct_confirm"
+	cttraceProgFexitEarlyDrop        = "fexit_early_drop"
+	cttraceProgFexitGcWorker         = "fexit_gc_worker"
+	cttraceProgFexitResolveClash     = "fexit_resolve_clash"
+	cttraceProgKprobeCtAlloc         = "kprobe_ct_alloc"
+	cttraceProgKprobeCtConfirm       = "kprobe_ct_confirm"
+	cttraceProgKprobeCtDelete        = "kprobe_ct_delete"
+	cttraceProgKprobeEarlyDrop       = "kprobe_early_drop"
+	cttraceProgKprobeGcWorker        = "kprobe_gc_worker"
+	cttraceProgKretprobeCtAlloc      = "kretprobe_ct_alloc"
+	cttraceProgKretprobeCtConfirm    = "kretprobe_ct_confirm"
+	cttraceProgKretprobeEarlyDrop    = "kretprobe_early_drop"
+	cttraceProgKretprobeGcWorker     = "kretprobe_gc_worker"
+	cttraceProgKretprobeResolveClash = "kretprobe_resolve_clash"
+	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
+	cttraceVarCtMax                  = "ct_max"
+	cttraceVarStreamMask             = "stream_mask"
+	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
+	cttraceVarUnusedCtDetail         = "unused_ct_detail"
+	cttraceVarUnusedCtEvent          = "unused_ct_event"
+	cttraceVarUnusedCtEventType      = "unused_ct_event_type"
 )
 
 // loadCttrace returns the embedded CollectionSpec for cttrace.
@@ -105,29 +178,51 @@ type cttraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceProgramSpecs struct {
-	FentryCtAlloc      *ebpf.ProgramSpec `ebpf:"fentry_ct_alloc"`
-	FexitCtAlloc       *ebpf.ProgramSpec `ebpf:"fexit_ct_alloc"`
-	FexitEarlyDrop     *ebpf.ProgramSpec `ebpf:"fexit_early_drop"`
-	KprobeCtAlloc      *ebpf.ProgramSpec `ebpf:"kprobe_ct_alloc"`
-	KretprobeCtAlloc   *ebpf.ProgramSpec `ebpf:"kretprobe_ct_alloc"`
-	KretprobeEarlyDrop *ebpf.ProgramSpec `ebpf:"kretprobe_early_drop"`
-	TpBtfKfreeSkb      *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
+	FentryCtAlloc         *ebpf.ProgramSpec `ebpf:"fentry_ct_alloc"`
+	FentryCtConfirm       *ebpf.ProgramSpec `ebpf:"fentry_ct_confirm"`
+	FentryCtDelete        *ebpf.ProgramSpec `ebpf:"fentry_ct_delete"`
+	FentryEarlyDrop       *ebpf.ProgramSpec `ebpf:"fentry_early_drop"`
+	FentryGcWorker        *ebpf.ProgramSpec `ebpf:"fentry_gc_worker"`
+	FexitCtAlloc          *ebpf.ProgramSpec `ebpf:"fexit_ct_alloc"`
+	FexitCtConfirm        *ebpf.ProgramSpec `ebpf:"fexit_ct_confirm"`
+	FexitEarlyDrop        *ebpf.ProgramSpec `ebpf:"fexit_early_drop"`
+	FexitGcWorker         *ebpf.ProgramSpec `ebpf:"fexit_gc_worker"`
+	FexitResolveClash     *ebpf.ProgramSpec `ebpf:"fexit_resolve_clash"`
+	KprobeCtAlloc         *ebpf.ProgramSpec `ebpf:"kprobe_ct_alloc"`
+	KprobeCtConfirm       *ebpf.ProgramSpec `ebpf:"kprobe_ct_confirm"`
+	KprobeCtDelete        *ebpf.ProgramSpec `ebpf:"kprobe_ct_delete"`
+	KprobeEarlyDrop       *ebpf.ProgramSpec `ebpf:"kprobe_early_drop"`
+	KprobeGcWorker        *ebpf.ProgramSpec `ebpf:"kprobe_gc_worker"`
+	KretprobeCtAlloc      *ebpf.ProgramSpec `ebpf:"kretprobe_ct_alloc"`
+	KretprobeCtConfirm    *ebpf.ProgramSpec `ebpf:"kretprobe_ct_confirm"`
+	KretprobeEarlyDrop    *ebpf.ProgramSpec `ebpf:"kretprobe_early_drop"`
+	KretprobeGcWorker     *ebpf.ProgramSpec `ebpf:"kretprobe_gc_worker"`
+	KretprobeResolveClash *ebpf.ProgramSpec `ebpf:"kretprobe_resolve_clash"`
+	TpBtfKfreeSkb         *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
 }
 
 // cttraceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceMapSpecs struct {
-	AllocState *ebpf.MapSpec `ebpf:"alloc_state"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Lost       *ebpf.MapSpec `ebpf:"lost"`
+	AllocState   *ebpf.MapSpec `ebpf:"alloc_state"`
+	ConfirmState *ebpf.MapSpec `ebpf:"confirm_state"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	GcTasks      *ebpf.MapSpec `ebpf:"gc_tasks"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	Produced     *ebpf.MapSpec `ebpf:"produced"`
 }
 
 // cttraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceVariableSpecs struct {
-	UnusedCtEvent *ebpf.VariableSpec `ebpf:"unused_ct_event"`
+	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
+	StreamMask         *ebpf.VariableSpec `ebpf:"stream_mask"`
+	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
+	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
+	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
+	UnusedCtEventType  *ebpf.VariableSpec `ebpf:"unused_ct_event_type"`
 }
 
 // cttraceObjects contains all objects after they have been loaded into the kernel.
@@ -150,16 +245,22 @@ func (o *cttraceObjects) Close() error {
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceMaps struct {
-	AllocState *ebpf.Map `ebpf:"alloc_state"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Lost       *ebpf.Map `ebpf:"lost"`
+	AllocState   *ebpf.Map `ebpf:"alloc_state"`
+	ConfirmState *ebpf.Map `ebpf:"confirm_state"`
+	Events       *ebpf.Map `ebpf:"events"`
+	GcTasks      *ebpf.Map `ebpf:"gc_tasks"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	Produced     *ebpf.Map `ebpf:"produced"`
 }
 
 func (m *cttraceMaps) Close() error {
 	return _CttraceClose(
 		m.AllocState,
+		m.ConfirmState,
 		m.Events,
+		m.GcTasks,
 		m.Lost,
+		m.Produced,
 	)
 }
 
@@ -167,30 +268,63 @@ func (m *cttraceMaps) Close() error {
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceVariables struct {
-	UnusedCtEvent *ebpf.Variable `ebpf:"unused_ct_event"`
+	CtMax              *ebpf.Variable `ebpf:"ct_max"`
+	StreamMask         *ebpf.Variable `ebpf:"stream_mask"`
+	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
+	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
+	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`
+	UnusedCtEventType  *ebpf.Variable `ebpf:"unused_ct_event_type"`
 }
 
 // cttracePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttracePrograms struct {
-	FentryCtAlloc      *ebpf.Program `ebpf:"fentry_ct_alloc"`
-	FexitCtAlloc       *ebpf.Program `ebpf:"fexit_ct_alloc"`
-	FexitEarlyDrop     *ebpf.Program `ebpf:"fexit_early_drop"`
-	KprobeCtAlloc      *ebpf.Program `ebpf:"kprobe_ct_alloc"`
-	KretprobeCtAlloc   *ebpf.Program `ebpf:"kretprobe_ct_alloc"`
-	KretprobeEarlyDrop *ebpf.Program `ebpf:"kretprobe_early_drop"`
-	TpBtfKfreeSkb      *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
+	FentryCtAlloc         *ebpf.Program `ebpf:"fentry_ct_alloc"`
+	FentryCtConfirm       *ebpf.Program `ebpf:"fentry_ct_confirm"`
+	FentryCtDelete        *ebpf.Program `ebpf:"fentry_ct_delete"`
+	FentryEarlyDrop       *ebpf.Program `ebpf:"fentry_early_drop"`
+	FentryGcWorker        *ebpf.Program `ebpf:"fentry_gc_worker"`
+	FexitCtAlloc          *ebpf.Program `ebpf:"fexit_ct_alloc"`
+	FexitCtConfirm        *ebpf.Program `ebpf:"fexit_ct_confirm"`
+	FexitEarlyDrop        *ebpf.Program `ebpf:"fexit_early_drop"`
+	FexitGcWorker         *ebpf.Program `ebpf:"fexit_gc_worker"`
+	FexitResolveClash     *ebpf.Program `ebpf:"fexit_resolve_clash"`
+	KprobeCtAlloc         *ebpf.Program `ebpf:"kprobe_ct_alloc"`
+	KprobeCtConfirm       *ebpf.Program `ebpf:"kprobe_ct_confirm"`
+	KprobeCtDelete        *ebpf.Program `ebpf:"kprobe_ct_delete"`
+	KprobeEarlyDrop       *ebpf.Program `ebpf:"kprobe_early_drop"`
+	KprobeGcWorker        *ebpf.Program `ebpf:"kprobe_gc_worker"`
+	KretprobeCtAlloc      *ebpf.Program `ebpf:"kretprobe_ct_alloc"`
+	KretprobeCtConfirm    *ebpf.Program `ebpf:"kretprobe_ct_confirm"`
+	KretprobeEarlyDrop    *ebpf.Program `ebpf:"kretprobe_early_drop"`
+	KretprobeGcWorker     *ebpf.Program `ebpf:"kretprobe_gc_worker"`
+	KretprobeResolveClash *ebpf.Program `ebpf:"kretprobe_resolve_clash"`
+	TpBtfKfreeSkb         *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
 }
 
 func (p *cttracePrograms) Close() error {
 	return _CttraceClose(
 		p.FentryCtAlloc,
+		p.FentryCtConfirm,
+		p.FentryCtDelete,
+		p.FentryEarlyDrop,
+		p.FentryGcWorker,
 		p.FexitCtAlloc,
+		p.FexitCtConfirm,
 		p.FexitEarlyDrop,
+		p.FexitGcWorker,
+		p.FexitResolveClash,
 		p.KprobeCtAlloc,
+		p.KprobeCtConfirm,
+		p.KprobeCtDelete,
+		p.KprobeEarlyDrop,
+		p.KprobeGcWorker,
 		p.KretprobeCtAlloc,
+		p.KretprobeCtConfirm,
 		p.KretprobeEarlyDrop,
+		p.KretprobeGcWorker,
+		p.KretprobeResolveClash,
 		p.TpBtfKfreeSkb,
 	)
 }

@@ -98,7 +98,7 @@ func TestAttachEveryUsableBackend(t *testing.T) {
 			continue
 		}
 		t.Run(string(b), func(t *testing.T) {
-			p, err := Attach(f, b)
+			p, err := Attach(f, b, Options{StreamMask: ^uint32(0)})
 			if err != nil {
 				t.Fatalf("attach: %v", err)
 			}

@@ -3,6 +3,8 @@ package probe
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -13,8 +15,29 @@ import (
 // Probe is one backend's programs, loaded and attached.
 type Probe struct {
 	Backend Backend
+	// Missing lists what this run cannot see because an optional hook did
+	// not attach, in words for the operator.
+	Missing []string
 	coll    *ebpf.Collection
 	links   []link.Link
+}
+
+// Options says what to load.
+type Options struct {
+	// StreamMask selects the kernel event types (bit 1<<type) written to the
+	// ring buffer; every type is counted whatever the mask.
+	StreamMask uint32
+	// RingBytes sizes the ring buffer: a power of two, a multiple of the
+	// page size. Zero keeps the object's default (4 MiB).
+	RingBytes uint32
+}
+
+// optionalHooks are functions whose absence only costs detail: the compiler
+// may inline them (both are static), and a kernel without them still shows
+// every drop.
+var optionalHooks = map[string]string{
+	"gc_worker":           "evictions by the gc worker are reported as deletes",
+	"nf_ct_resolve_clash": "resolved clashes are not counted and failed ones are reported as chain_too_long",
 }
 
 // sectionBackend maps a program's ELF section prefix to its backend: each
@@ -34,7 +57,7 @@ func sectionBackend(section string) Backend {
 // Attach loads the programs of backend b (never auto) and attaches them. The
 // other backends' programs are deleted from the spec before load, so a kernel
 // that refuses them never sees them.
-func Attach(f *Features, b Backend) (*Probe, error) {
+func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	spec, err := loadCttrace()
 	if err != nil {
 		return nil, fmt.Errorf("read bpf object: %w", err)
@@ -47,16 +70,22 @@ func Attach(f *Features, b Backend) (*Probe, error) {
 	if len(spec.Programs) == 0 {
 		return nil, fmt.Errorf("no programs for backend %q", b)
 	}
-	opts := ebpf.CollectionOptions{}
+	if err := spec.Variables["stream_mask"].Set(opts.StreamMask); err != nil {
+		return nil, fmt.Errorf("set stream mask: %w", err)
+	}
+	if opts.RingBytes != 0 {
+		spec.Maps["events"].MaxEntries = opts.RingBytes
+	}
+	collOpts := ebpf.CollectionOptions{}
 	if f != nil && f.ConntrackModule {
-		// nf_conntrack's types live in its split BTF, not in vmlinux.
+		// nf_conntrack's own types live in its split BTF, not in vmlinux.
 		mod, err := btf.LoadKernelModuleSpec("nf_conntrack")
 		if err != nil {
 			return nil, fmt.Errorf("load nf_conntrack btf: %w", err)
 		}
-		opts.Programs.ExtraRelocationTargets = []*btf.Spec{mod}
+		collOpts.Programs.ExtraRelocationTargets = []*btf.Spec{mod}
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
+	coll, err := ebpf.NewCollectionWithOptions(spec, collOpts)
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -65,15 +94,34 @@ func Attach(f *Features, b Backend) (*Probe, error) {
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
 	p := &Probe{Backend: b, coll: coll}
+	if err := p.attachAll(spec); err != nil {
+		p.Close()
+		return nil, err
+	}
+	if err := p.RefreshMax(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Probe) attachAll(spec *ebpf.CollectionSpec) error {
+	missing := map[string]bool{}
 	for name, ps := range spec.Programs {
-		l, err := attachProgram(ps, coll.Programs[name])
+		l, err := attachProgram(ps, p.coll.Programs[name])
 		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("attach %s (%s): %w", name, ps.SectionName, err)
+			if why, ok := optionalHooks[ps.AttachTo]; ok {
+				if !missing[ps.AttachTo] {
+					p.Missing = append(p.Missing, fmt.Sprintf("%s not hooked (%v): %s", ps.AttachTo, err, why))
+				}
+				missing[ps.AttachTo] = true
+				continue
+			}
+			return fmt.Errorf("attach %s (%s): %w", name, ps.SectionName, err)
 		}
 		p.links = append(p.links, l)
 	}
-	return p, nil
+	return nil
 }
 
 func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program) (link.Link, error) {
@@ -89,8 +137,26 @@ func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program) (link.Link, error) 
 	return nil, fmt.Errorf("no attach rule for section %q", ps.SectionName)
 }
 
-// Events is the ring buffer the programs write to.
-func (p *Probe) Events() *ebpf.Map { return p.coll.Maps["events"] }
+// MaxPath is where the global table limit is read; the kernel keeps it in a
+// variable BPF cannot name, so user space tells the programs.
+const MaxPath = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+// RefreshMax copies nf_conntrack_max into the programs, for the max field of
+// the events. Called at attach and then periodically by the reader.
+func (p *Probe) RefreshMax() error {
+	b, err := os.ReadFile(MaxPath)
+	if err != nil {
+		return fmt.Errorf("read table max: %w", err)
+	}
+	max, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return fmt.Errorf("parse %s: %w", MaxPath, err)
+	}
+	if err := p.coll.Variables["ct_max"].Set(uint32(max)); err != nil {
+		return fmt.Errorf("set table max: %w", err)
+	}
+	return nil
+}
 
 // Lost sums, over CPUs, the events the kernel side could not deliver.
 func (p *Probe) Lost() (uint64, error) {
@@ -98,11 +164,29 @@ func (p *Probe) Lost() (uint64, error) {
 	if err := p.coll.Maps["lost"].Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("read lost counter: %w", err)
 	}
-	var n uint64
-	for _, v := range perCPU {
-		n += v
+	return sum(perCPU), nil
+}
+
+// Produced returns how many events of each kernel type the programs
+// produced, streamed or not, indexed by type.
+func (p *Probe) Produced() ([]uint64, error) {
+	counts := make([]uint64, cttraceCtEventTypeCT_EV_MAX)
+	for t := range counts {
+		var perCPU []uint64
+		if err := p.coll.Maps["produced"].Lookup(uint32(t), &perCPU); err != nil {
+			return nil, fmt.Errorf("read event counters: %w", err)
+		}
+		counts[t] = sum(perCPU)
 	}
-	return n, nil
+	return counts, nil
+}
+
+func sum(xs []uint64) uint64 {
+	var n uint64
+	for _, x := range xs {
+		n += x
+	}
+	return n
 }
 
 // Programs lists the attached programs by name, for status and tests.

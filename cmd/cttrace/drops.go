@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/output"
+	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
+)
+
+func dropsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "drops",
+		Usage: "print every packet conntrack refuses and every entry it evicts, live, with the reason",
+		Description: "Streams table_full, alloc_failed, early_drop and insert_failed events as they\n" +
+			"happen (insert, delete and clash_resolved with --reason). Text by default;\n" +
+			"--output json writes NDJSON (docs/drops.md). Ctrl-C prints a summary on stderr.",
+		Flags: append(traceFlags(),
+			outputFlag(),
+			&cli.StringSliceFlag{Name: "reason", Usage: "only these reasons (repeatable or comma-separated): " + reasonNames()},
+			&cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"},
+			&cli.StringSliceFlag{Name: "src", Usage: "only flows from this CIDR or address (repeatable)"},
+			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to this CIDR or address (repeatable)"},
+			&cli.StringSliceFlag{Name: "proto", Usage: "only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
+			&cli.Uint64Flag{Name: "count", Usage: "exit after printing `N` events (0: no limit)"},
+			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
+		),
+		Action: runDrops,
+	}
+}
+
+// traceFlags are the flags of every command that attaches probes.
+func traceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "auto, fentry, kprobe or tracepoint (see cttrace features)"},
+		&cli.DurationFlag{Name: "duration", Usage: "exit after `D` (for example 30s; 0: until Ctrl-C)"},
+		&cli.StringFlag{Name: "ready-file", Usage: "write `PATH` once the probes are attached (for scripts)"},
+		&cli.StringFlag{Name: "ring-size", Value: "4M", Usage: "kernel ring buffer `SIZE`: a power of two, at least the page size (K and M suffixes)"},
+	}
+}
+
+func reasonNames() string {
+	var names []string
+	for _, r := range event.Reasons() {
+		names = append(names, string(r))
+	}
+	return strings.Join(names, ", ")
+}
+
+// dropsOptions is the command line, validated.
+type dropsOptions struct {
+	trace  traceOptions
+	format string
+	filter event.Filter
+	stream []event.Reason
+	count  uint64
+	utc    bool
+}
+
+// traceOptions are the validated traceFlags.
+type traceOptions struct {
+	backend   probe.Backend
+	duration  time.Duration
+	readyFile string
+	ringBytes uint32
+}
+
+func parseTraceOptions(c *cli.Context) (traceOptions, error) {
+	var o traceOptions
+	var err error
+	if o.backend, err = probe.ParseBackend(c.String("backend")); err != nil {
+		return o, usageError(err)
+	}
+	if o.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
+		return o, usageError(err)
+	}
+	if o.duration = c.Duration("duration"); o.duration < 0 {
+		return o, usageError(fmt.Errorf("invalid --duration %s", o.duration))
+	}
+	o.readyFile = c.String("ready-file")
+	return o, nil
+}
+
+func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
+	o := dropsOptions{count: c.Uint64("count"), utc: c.Bool("utc")}
+	var err error
+	if o.trace, err = parseTraceOptions(c); err != nil {
+		return o, err
+	}
+	if o.format, err = outputFormat(c); err != nil {
+		return o, err
+	}
+	o.stream = event.DropReasons()
+	if rs := splitList(c.StringSlice("reason")); len(rs) > 0 {
+		o.stream = nil
+		o.filter.Reasons = map[event.Reason]bool{}
+		for _, s := range rs {
+			r, err := event.ParseReason(s)
+			if err != nil {
+				return o, usageError(err)
+			}
+			o.stream = append(o.stream, r)
+			o.filter.Reasons[r] = true
+		}
+	}
+	for _, s := range splitList(c.StringSlice("netns")) {
+		ino, err := parseNetns(s)
+		if err != nil {
+			return o, usageError(err)
+		}
+		if o.filter.Netns == nil {
+			o.filter.Netns = map[uint32]bool{}
+		}
+		o.filter.Netns[ino] = true
+	}
+	if o.filter.Src, err = parseCIDRs("src", c.StringSlice("src")); err != nil {
+		return o, err
+	}
+	if o.filter.Dst, err = parseCIDRs("dst", c.StringSlice("dst")); err != nil {
+		return o, err
+	}
+	for _, s := range splitList(c.StringSlice("proto")) {
+		p, err := event.ParseProto(s)
+		if err != nil {
+			return o, usageError(err)
+		}
+		if o.filter.Protos == nil {
+			o.filter.Protos = map[uint8]bool{}
+		}
+		o.filter.Protos[p] = true
+	}
+	return o, nil
+}
+
+func runDrops(c *cli.Context) error {
+	o, err := parseDropsOptions(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := traceContext(c.Context, o.trace.duration)
+	defer cancel()
+	s, err := startSession(o.trace, o.stream)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	w := newWriter(o.format, o.utc)
+	shown := uint64(0)
+	err = s.Run(ctx, session.Handler{
+		Event: func(ev *event.Event) error {
+			if !o.filter.Match(ev) {
+				return nil
+			}
+			if err := w.Event(ev); err != nil {
+				return err
+			}
+			if shown++; o.count > 0 && shown >= o.count {
+				return session.ErrStop
+			}
+			return nil
+		},
+		Idle: w.Flush,
+		Tick: func(lost uint64) error {
+			if lost == 0 {
+				return nil
+			}
+			if err := w.Lost(lost, s.Lost(), time.Now()); err != nil {
+				return err
+			}
+			return w.Flush()
+		},
+	})
+	if closedPipe(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return writeSummary(s, w, o.format)
+}
+
+// traceContext ends on Ctrl-C, SIGTERM or after d (if not zero). SIGPIPE is
+// turned into EPIPE errors, so that `cttrace drops | head` ends cleanly.
+func traceContext(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	ignoreSIGPIPE()
+	ctx, stop := signalContext(parent)
+	if d <= 0 {
+		return ctx, stop
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, func() { cancel(); stop() }
+}
+
+// startSession attaches the probes and writes the ready file.
+func startSession(o traceOptions, stream []event.Reason) (*session.Session, error) {
+	s, err := session.Start(session.Config{Backend: o.backend, Stream: stream, RingBytes: o.ringBytes, Log: os.Stderr})
+	if err != nil {
+		return nil, err
+	}
+	if o.readyFile != "" {
+		if err := os.WriteFile(o.readyFile, []byte(string(s.Backend)+"\n"), 0o644); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("write ready file: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func newWriter(format string, utc bool) output.Writer {
+	if format == "json" {
+		return output.NewJSON(os.Stdout)
+	}
+	t := output.NewText(os.Stdout)
+	t.UTC = utc
+	return t
+}
+
+// writeSummary prints what the kernel saw during the run on stderr, and in
+// the JSON stream as its last record.
+func writeSummary(s *session.Session, w output.Writer, format string) error {
+	totals, err := s.Totals()
+	if err != nil {
+		return err
+	}
+	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Lost: s.Lost(), Duration: s.Elapsed()}
+	if format == "json" {
+		if err := w.Summary(sum); err != nil && !closedPipe(err) {
+			return err
+		}
+		if err := w.Flush(); err != nil && !closedPipe(err) {
+			return err
+		}
+	}
+	stderr := output.NewText(os.Stderr)
+	if err := stderr.Summary(sum); err != nil {
+		return err
+	}
+	return stderr.Flush()
+}
+
+// parseRingSize reads 4M, 64K or 262144 and checks what the kernel demands
+// of a ring buffer: a power of two, at least one page.
+func parseRingSize(s string) (uint32, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "k"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"), strings.HasSuffix(s, "m"):
+		mult, s = 1<<20, s[:len(s)-1]
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	size := n * mult
+	if err != nil || size > 1<<30 || size < uint64(os.Getpagesize()) || size&(size-1) != 0 {
+		return 0, fmt.Errorf("invalid --ring-size %q: want a power of two from %d bytes to 1G", s, os.Getpagesize())
+	}
+	return uint32(size), nil
+}
+
+// parseNetns accepts an inode number or a path to a namespace file.
+func parseNetns(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(s, &st); err != nil {
+		return 0, fmt.Errorf("invalid --netns %q: not an inode number, and %w", s, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+func parseCIDRs(flag string, values []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range splitList(values) {
+		p, err := event.ParseCIDR(s)
+		if err != nil {
+			return nil, usageError(fmt.Errorf("invalid --%s: %w", flag, err))
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// splitList flattens repeated and comma-separated flag values.
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,278 @@
+package output
+
+import (
+	"bufio"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// Column widths of the text format. A value wider than its column (an IPv6
+// address, a count in the millions) pushes the rest of its line right
+// rather than being cut: a truncated address is worse than a ragged line.
+const (
+	widthTime   = 15 // 15:04:05.000000
+	widthReason = 15 // clash_resolved plus the inferred mark
+	widthProto  = 7  // udplite
+	widthAddr   = 21 // 255.255.255.255:65535
+	widthNetns  = 10 // inode numbers are 10 digits (4026531840...)
+	widthCount  = 13 // 262144/262144, a common nf_conntrack_max
+)
+
+// textTime is the time of day with microseconds, as conntrack -E and
+// tcpdump print it; a session long enough to cross midnight is rare enough
+// not to spend eleven columns on the date.
+const textTime = "15:04:05.000000"
+
+// inferredMark follows the reason of an event whose cause was deduced, not
+// seen (confidence "inferred"): "table_full?". It sits on the reason, where
+// the doubt applies, and `grep table_full` still finds the line.
+const inferredMark = '?'
+
+// TextWriter writes one aligned line per event for people, after a header
+// line printed before the first event or loss.
+type TextWriter struct {
+	// UTC prints times in UTC instead of the local time zone (--utc).
+	UTC bool
+
+	w       *bufio.Writer
+	buf     []byte
+	scratch []byte
+	header  bool // written
+}
+
+// NewText returns a TextWriter buffering into w. Call Flush to write out.
+// A TextWriter used only for Summary writes no header, so the summary can go
+// to a writer of its own (stderr) while events go to stdout.
+func NewText(w io.Writer) *TextWriter {
+	return &TextWriter{w: bufio.NewWriterSize(w, 32<<10), buf: make([]byte, 0, 256), scratch: make([]byte, 0, 64)}
+}
+
+// Event writes one event line: time, reason, protocol, the flow, the
+// network namespace, the table's fill and the detail. For an early_drop
+// the flow is the evicted entry and the detail names the flow it made room
+// for ("for udp 10.0.0.1:5000 → 10.0.0.2:53").
+func (t *TextWriter) Event(e *event.Event) error {
+	if err := t.writeHeader(); err != nil {
+		return err
+	}
+	b := t.appendTime(t.buf[:0], e.Time)
+	b = append(b, ' ')
+
+	start := len(b)
+	b = append(b, e.Reason...)
+	if e.Confidence == event.ConfidenceInferred {
+		b = append(b, inferredMark)
+	}
+	b = pad(b, start, widthReason)
+
+	start = len(b)
+	if e.Flow.Valid() {
+		b = append(b, e.Flow.ProtoName()...)
+	} else {
+		b = append(b, '-')
+	}
+	b = pad(b, start, widthProto)
+
+	b = t.appendFlow(b, &e.Flow)
+
+	start = len(b)
+	b = strconv.AppendUint(b, uint64(e.Netns), 10)
+	b = pad(b, start, widthNetns)
+
+	start = len(b)
+	b = appendFill(b, e.Count, e.Max)
+	b = pad(b, start, widthCount)
+
+	b = append(b, e.Detail...)
+	if e.Trigger != nil && e.Trigger.Valid() {
+		if e.Detail != "" {
+			b = append(b, ' ')
+		}
+		b = append(b, "for "...)
+		b = appendTuple(b, e.Trigger)
+	}
+	return t.writeLine(b)
+}
+
+// Lost writes a line saying how many events the kernel dropped because user
+// space did not read them in time.
+func (t *TextWriter) Lost(n, total uint64, at time.Time) error {
+	if err := t.writeHeader(); err != nil {
+		return err
+	}
+	b := t.appendTime(t.buf[:0], at)
+	b = append(b, " -- lost "...)
+	b = strconv.AppendUint(b, n, 10)
+	if n == 1 {
+		b = append(b, " event"...)
+	} else {
+		b = append(b, " events"...)
+	}
+	b = append(b, " (kernel ring buffer full; "...)
+	b = strconv.AppendUint(b, total, 10)
+	b = append(b, " in all)"...)
+	return t.writeLine(b)
+}
+
+// Summary writes the run's totals as a short block:
+//
+//	-- 1m0.5s with backend fentry
+//	events: table_full=3 alloc_failed=0 early_drop=1 insert_failed=1 lost=0
+//
+// Only the reasons present as keys in s.Events are listed (see Summary).
+func (t *TextWriter) Summary(s Summary) error {
+	b := append(t.buf[:0], "-- "...)
+	b = append(b, s.Duration.Round(time.Millisecond).String()...)
+	if s.Backend != "" {
+		b = append(b, " with backend "...)
+		b = append(b, s.Backend...)
+	}
+	b = append(b, "\nevents:"...)
+	for _, r := range event.Reasons() {
+		n, ok := s.Events[r]
+		if !ok {
+			continue
+		}
+		b = append(b, ' ')
+		b = append(b, r...)
+		b = append(b, '=')
+		b = strconv.AppendUint(b, n, 10)
+	}
+	b = append(b, " lost="...)
+	b = strconv.AppendUint(b, s.Lost, 10)
+	return t.writeLine(b)
+}
+
+// Flush writes out the buffered lines.
+func (t *TextWriter) Flush() error { return t.w.Flush() }
+
+func (t *TextWriter) writeHeader() error {
+	if t.header {
+		return nil
+	}
+	t.header = true
+	b := t.buf[:0]
+	start := len(b)
+	if t.UTC {
+		b = append(b, "TIME (UTC)"...)
+	} else {
+		b = append(b, "TIME"...)
+	}
+	b = pad(b, start, widthTime)
+	start = len(b)
+	b = append(b, "REASON"...)
+	b = pad(b, start, widthReason)
+	start = len(b)
+	b = append(b, "PROTO"...)
+	b = pad(b, start, widthProto)
+	b = padLeft(b, []byte("SOURCE"), widthAddr)
+	b = append(b, " → "...)
+	start = len(b)
+	b = append(b, "DESTINATION"...)
+	b = pad(b, start, widthAddr)
+	start = len(b)
+	b = append(b, "NETNS"...)
+	b = pad(b, start, widthNetns)
+	start = len(b)
+	b = append(b, "COUNT/MAX"...)
+	b = pad(b, start, widthCount)
+	b = append(b, "DETAIL"...)
+	return t.writeLine(b)
+}
+
+func (t *TextWriter) appendTime(b []byte, at time.Time) []byte {
+	if t.UTC {
+		at = at.UTC()
+	} else {
+		at = at.Local()
+	}
+	return at.AppendFormat(b, textTime)
+}
+
+// appendFlow writes "source → destination" with the source right-aligned,
+// so the arrows line up and each side reads as one column.
+func (t *TextWriter) appendFlow(b []byte, f *event.Tuple) []byte {
+	if !f.Valid() {
+		b = padLeft(b, []byte("-"), widthAddr)
+		b = append(b, " → "...)
+		start := len(b)
+		b = append(b, '-')
+		return pad(b, start, widthAddr)
+	}
+	t.scratch = f.AppendEndpoint(t.scratch[:0], f.Src)
+	b = padLeft(b, t.scratch, widthAddr)
+	b = append(b, " → "...)
+	start := len(b)
+	b = f.AppendEndpoint(b, f.Dst)
+	return pad(b, start, widthAddr)
+}
+
+// writeLine ends a line, dropping the spaces padding left after the last
+// column, and buffers it.
+func (t *TextWriter) writeLine(b []byte) error {
+	for len(b) > 0 && b[len(b)-1] == ' ' {
+		b = b[:len(b)-1]
+	}
+	b = append(b, '\n')
+	t.buf = b
+	_, err := t.w.Write(b)
+	return err
+}
+
+// appendFill writes the table's fill, "count/max", with "-" for what the
+// kernel did not know (it sends 0 then).
+func appendFill(b []byte, count, max uint32) []byte {
+	if count == 0 && max == 0 {
+		return append(b, '-')
+	}
+	b = appendOrDash(b, count)
+	b = append(b, '/')
+	return appendOrDash(b, max)
+}
+
+func appendOrDash(b []byte, v uint32) []byte {
+	if v == 0 {
+		return append(b, '-')
+	}
+	return strconv.AppendUint(b, uint64(v), 10)
+}
+
+// appendTuple writes "udp 10.0.0.1:5000 → 10.0.0.2:53" without padding.
+func appendTuple(b []byte, f *event.Tuple) []byte {
+	b = append(b, f.ProtoName()...)
+	b = append(b, ' ')
+	b = f.AppendEndpoint(b, f.Src)
+	b = append(b, " → "...)
+	return f.AppendEndpoint(b, f.Dst)
+}
+
+// pad fills the column begun at start to width and adds the one-space
+// separator; a value already as wide still gets the separator.
+func pad(b []byte, start, width int) []byte {
+	for n := runeCount(b[start:]); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return append(b, ' ')
+}
+
+// padLeft writes s right-aligned in width columns.
+func padLeft(b, s []byte, width int) []byte {
+	for n := runeCount(s); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return append(b, s...)
+}
+
+// runeCount counts columns: everything written is ASCII but the arrow.
+func runeCount(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if c&0xc0 != 0x80 {
+			n++
+		}
+	}
+	return n
+}

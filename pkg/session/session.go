@@ -1,0 +1,215 @@
+// Package session runs one live trace: it picks the backend the kernel
+// allows, attaches it, and feeds every event to the caller until asked to
+// stop, reporting on the way what the kernel could not deliver.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/probe"
+)
+
+// Config says what to trace and where to tell the operator about it.
+type Config struct {
+	Backend probe.Backend
+	// Stream lists the reasons whose events user space wants one by one;
+	// every reason is counted in the kernel whatever this says.
+	Stream    []event.Reason
+	RingBytes uint32
+	// Log receives the start-up lines (backend and why, missing hooks).
+	Log io.Writer
+}
+
+// Session is an attached probe and its reader.
+type Session struct {
+	Backend probe.Backend
+	Probe   *probe.Probe
+	reader  *probe.Reader
+	start   time.Time
+	lost    uint64
+}
+
+// ErrNoConntrack says that there is no connection tracking to watch.
+var ErrNoConntrack = errors.New("nf_conntrack is not loaded, so no connection tracking is in use on this host " +
+	"(check with `lsmod | grep nf_conntrack` or `ls /proc/sys/net/netfilter/nf_conntrack_max`; " +
+	"any stateful firewall rule, NAT or Kubernetes loads it)")
+
+// Start detects what the kernel allows, chooses the backend and attaches it.
+func Start(cfg Config) (*Session, error) {
+	if _, err := os.Stat(probe.MaxPath); errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoConntrack
+	}
+	f, err := probe.DetectFeatures()
+	if err != nil {
+		return nil, err
+	}
+	b, why, err := f.ChooseBackend(cfg.Backend)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cfg.Log, "cttrace: backend %s (%s)\n", b, why)
+	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: cfg.RingBytes})
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range p.Missing {
+		fmt.Fprintf(cfg.Log, "cttrace: warning: %s\n", m)
+	}
+	if b == probe.BackendTracepoint {
+		fmt.Fprintln(cfg.Log, "cttrace: the tracepoint backend sees only dropped packets: table_full and insert_failed are inferred, "+
+			"early_drop, insert and delete are not visible")
+	}
+	r, err := p.NewReader()
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	return &Session{Backend: b, Probe: p, reader: r, start: time.Now()}, nil
+}
+
+// streamMask turns reasons into the kernel's bit mask of event types.
+func streamMask(reasons []event.Reason) uint32 {
+	var m uint32
+	for t := uint32(1); event.ReasonFromKernel(t) != ""; t++ {
+		if slices.Contains(reasons, event.ReasonFromKernel(t)) {
+			m |= 1 << t
+		}
+	}
+	return m
+}
+
+// Tick is how often Run reports lost events.
+const Tick = time.Second
+
+// maxRefresh is how often the kernel side is told nf_conntrack_max, which
+// operators change under attack: events carry the value at most this old.
+const maxRefresh = 100 * time.Millisecond
+
+// Handler receives what a session sees. Any callback may return ErrStop to
+// end the run cleanly; another error ends it and is returned.
+type Handler struct {
+	// Event is called for every event read, in the kernel's order per CPU.
+	Event func(*event.Event) error
+	// Idle is called when the ring buffer has been drained: the moment to
+	// flush output, so a live view lags the kernel by no more than a read.
+	Idle func() error
+	// Tick is called every Tick with the events the kernel could not
+	// deliver since the last call, and once more at the end.
+	Tick func(lost uint64) error
+}
+
+// Run feeds events to h until ctx is done or a callback stops it.
+func (s *Session) Run(ctx context.Context, h Handler) error {
+	stop := context.AfterFunc(ctx, func() { s.reader.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var ev event.Event
+	next := time.Now().Add(Tick)
+	nextMax := time.Now().Add(maxRefresh)
+	for {
+		if ctx.Err() != nil {
+			return stopped(s.finish(h, &ev))
+		}
+		s.reader.SetDeadline(nextMax)
+		err := s.reader.Read(&ev)
+		switch {
+		case err == nil:
+			if err := h.Event(&ev); err != nil {
+				return stopped(err)
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		default:
+			return fmt.Errorf("read events: %w", err)
+		}
+		if s.reader.Drained() {
+			if err := h.Idle(); err != nil {
+				return stopped(err)
+			}
+		}
+		if !time.Now().Before(nextMax) {
+			nextMax = time.Now().Add(maxRefresh)
+			if err := s.Probe.RefreshMax(); err != nil {
+				return err
+			}
+		}
+		if !time.Now().Before(next) {
+			next = time.Now().Add(Tick)
+			if err := s.tick(h.Tick); err != nil {
+				return stopped(err)
+			}
+		}
+	}
+}
+
+// finish hands over what the kernel wrote before the stop, so that every
+// event is either delivered or counted as lost, then reports the losses.
+func (s *Session) finish(h Handler, ev *event.Event) error {
+	s.reader.SetDeadline(time.Time{})
+	for !s.reader.Drained() {
+		if err := s.reader.Read(ev); err != nil {
+			return fmt.Errorf("read events: %w", err)
+		}
+		if err := h.Event(ev); err != nil {
+			return err
+		}
+	}
+	if err := h.Idle(); err != nil {
+		return err
+	}
+	return s.tick(h.Tick)
+}
+
+// ErrStop ends Run without an error, for callbacks that have seen enough.
+var ErrStop = errors.New("stop")
+
+func stopped(err error) error {
+	if errors.Is(err, ErrStop) {
+		return nil
+	}
+	return err
+}
+
+func (s *Session) tick(onTick func(uint64) error) error {
+	total, err := s.Probe.Lost()
+	if err != nil {
+		return err
+	}
+	delta := total - s.lost
+	s.lost = total
+	return onTick(delta)
+}
+
+// Lost is the number of events the kernel could not deliver in this run.
+func (s *Session) Lost() uint64 { return s.lost }
+
+// Totals returns, by reason, the events the kernel produced during this
+// session, streamed or not (the maps are created at attach, so they start
+// at zero).
+func (s *Session) Totals() (map[event.Reason]uint64, error) {
+	counts, err := s.Probe.Produced()
+	if err != nil {
+		return nil, err
+	}
+	totals := map[event.Reason]uint64{}
+	for t, n := range counts {
+		if r := event.ReasonFromKernel(uint32(t)); r.Valid() {
+			totals[r] = n
+		}
+	}
+	return totals, nil
+}
+
+// Elapsed is how long the session has run.
+func (s *Session) Elapsed() time.Duration { return time.Since(s.start) }
+
+// Close detaches everything; nothing is left in the kernel afterwards.
+func (s *Session) Close() error {
+	s.reader.Close()
+	return s.Probe.Close()
+}
