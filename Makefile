@@ -66,7 +66,7 @@ test-host:
 # QEMU (KERNELS="6.1" picks a subset). One boot per kernel runs them all.
 test-vm:
 	@mkdir -p $(LOGS) $(VMBIN); rm -f $(VMBIN)/*; echo "=== tier vm: kernels $${KERNELS:-6.1 6.12} ==="
-	@for dir in $$($(GO) list -f '{{if .TestGoFiles}}{{.Dir}}{{end}}' ./...); do \
+	@for dir in $$($(GO) list -tags privileged -f '{{if .TestGoFiles}}{{.Dir}}{{end}}' ./...); do \
 		grep -qs '^//go:build privileged' "$$dir"/*_test.go || continue; \
 		bin=$(CURDIR)/$(VMBIN)/$$(realpath --relative-to=$(CURDIR) "$$dir" | tr / _).test; \
 		$(GO) test -c -tags privileged -o "$$bin" "$$dir"; \

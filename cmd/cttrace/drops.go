@@ -93,6 +93,9 @@ func parseTraceOptions(c *cli.Context) (traceOptions, error) {
 
 func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	o := dropsOptions{count: c.Uint64("count"), utc: c.Bool("utc")}
+	if c.NArg() > 0 {
+		return o, usageError(fmt.Errorf("unexpected argument %q (filters are flags: see cttrace drops --help)", c.Args().First()))
+	}
 	var err error
 	if o.trace, err = parseTraceOptions(c); err != nil {
 		return o, err

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cttrace/cttrace/pkg/probe"
 )
@@ -35,11 +36,24 @@ func TestUsageErrorsExitWithStatus2(t *testing.T) {
 		{"no-such-command"},
 		{"features", "--no-such-flag"},
 		{"features", "--output", "yaml"},
+		{"drops", "--src", "300.1.1.1"},
+		{"drops", "--dst", "10.0.0.0/33"},
+		{"drops", "--reason", "table_ful"},
+		{"drops", "--proto", "tcpp"},
+		{"drops", "--ring-size", "5000"},
+		{"drops", "--backend", "ebpf"},
+		{"drops", "--netns", "/nonexistent"},
+		{"drops", "extra-argument"},
 	} {
 		cmd := cttrace(args...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
+		// Run as root, a command line that is wrongly accepted would trace
+		// until stopped: bound it.
+		cmd.WaitDelay = time.Second
+		timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
 		err := cmd.Run()
+		timer.Stop()
 		ee, ok := err.(*exec.ExitError)
 		if !ok || ee.ExitCode() != exitUsage {
 			t.Errorf("cttrace %v: %v, want exit status %d; stderr: %s", args, err, exitUsage, stderr.String())

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/cttrace/cttrace/internal/testbed"
 )
 
@@ -107,42 +105,11 @@ func TestAttachEveryUsableBackend(t *testing.T) {
 			if err := p.Close(); err != nil {
 				t.Fatalf("close: %v", err)
 			}
-			if left := loadedPrograms(t, names); len(left) > 0 {
-				t.Fatalf("programs still loaded after Close: %v", left)
-			}
+			testbed.AssertUnloaded(t, names)
 		})
 		attached++
 	}
 	if attached == 0 {
 		t.Fatal("no backend could attach")
 	}
-}
-
-// loadedPrograms returns which of names are still loaded in the kernel. The
-// kernel keeps at most 15 characters of a program's name.
-func loadedPrograms(t *testing.T, names []string) []string {
-	t.Helper()
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n[:min(len(n), 15)]] = true
-	}
-	var left []string
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			break
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && want[info.Name] {
-			left = append(left, info.Name)
-		}
-	}
-	return left
 }

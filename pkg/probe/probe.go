@@ -208,3 +208,17 @@ func (p *Probe) Close() error {
 	p.coll.Close()
 	return errors.Join(errs...)
 }
+
+// ProgramNames lists the names of every program in the object, for checks
+// that none is left loaded.
+func ProgramNames() ([]string, error) {
+	spec, err := loadCttrace()
+	if err != nil {
+		return nil, fmt.Errorf("read bpf object: %w", err)
+	}
+	var names []string
+	for name := range spec.Programs {
+		names = append(names, name)
+	}
+	return names, nil
+}

@@ -24,7 +24,7 @@ declare -A PKG_PINNED=([6.1]=linux-image-6.1.0-56-amd64 [6.12]=linux-image-6.12.
 declare -A PKG_FALLBACK=([6.1]='^linux-image-6\.1\.0-[0-9]+-amd64$' [6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64$')
 
 KERNELS=${KERNELS:-6.1 6.12}
-VM_TIMEOUT=${VM_TIMEOUT:-1200}
+VM_TIMEOUT=${VM_TIMEOUT:-900}
 VM_MEM=${VM_MEM:-2048}
 VM_SMP=${VM_SMP:-2}
 # One host thread runs every vCPU. Multi-threaded TCG races with the kernel's
@@ -32,7 +32,7 @@ VM_SMP=${VM_SMP:-2}
 # at boot with "Oops: int3" in sched_clock_cpu, and attaching fentry and
 # kprobes patches code too.
 VM_ACCEL=${VM_ACCEL:-tcg,thread=single}
-VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-15m}
+VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-8m}
 CACHE=${CTTRACE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cttrace/vm}
 export PATH=$PATH:/usr/sbin:/sbin
 
@@ -53,12 +53,18 @@ usage() {
 squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 tmp_dirs=()
+qemu_pid=
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
 	local d
+	# timeout(1) puts itself in a process group of its own, so a signal to
+	# ours never reaches it: stop the guest explicitly.
+	if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null || true; fi
 	for d in "${tmp_dirs[@]}"; do rm -rf "$d"; done
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------- checks
 
@@ -335,7 +341,10 @@ run_kernel() {
 		-append "console=ttyS0 quiet loglevel=3 panic=-1" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 		-virtfs "local,path=$share,mount_tag=results,security_model=none" \
-		</dev/null >"$run/qemu.log" 2>&1 || rc=$?
+		</dev/null >"$run/qemu.log" 2>&1 &
+	qemu_pid=$!
+	wait "$qemu_pid" || rc=$?
+	qemu_pid=
 	say "$label: guest ran for $((SECONDS - start))s"
 
 	release=$(cat "$share/release" 2>/dev/null || echo "$kver")

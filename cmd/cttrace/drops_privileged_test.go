@@ -1,0 +1,288 @@
+//go:build privileged
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/probe"
+)
+
+// process is a cttrace run under test.
+type process struct {
+	cmd    *exec.Cmd
+	stdout *bytes.Buffer
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startDrops starts `cttrace drops args...` and waits until its probes are
+// attached (the ready file). stdout is captured unless the caller set it.
+func startDrops(t *testing.T, stdout io.Writer, args ...string) *process {
+	t.Helper()
+	testbed.RequireRoot(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	r := &process{cmd: cttrace(append([]string{"drops", "--ready-file", ready}, args...)...), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	if stdout == nil {
+		r.stdout = &bytes.Buffer{}
+		stdout = r.stdout
+	}
+	r.cmd.Stdout, r.cmd.Stderr = stdout, r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() { r.cmd.Process.Kill() })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			return r
+		}
+		select {
+		case err := <-r.done:
+			t.Fatalf("cttrace drops exited before attaching: %v\n%s", err, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cttrace drops did not attach within a minute\n%s", r.stderr)
+		}
+	}
+}
+
+// stop sends sig and returns the exit status.
+func (r *process) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	r.cmd.Process.Signal(sig)
+	select {
+	case <-r.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("cttrace did not exit within a minute of %v\n%s", sig, r.stderr)
+	}
+	return r.cmd.ProcessState.ExitCode()
+}
+
+// fullTable returns a Lab whose table holds max ASSURED entries, so every
+// new flow is refused.
+func fullTable(t *testing.T, max int) *ctlab.Lab {
+	lab := ctlab.New(t)
+	ctlab.SetMax(t, max)
+	if err := lab.HoldEstablished(max); err != nil {
+		t.Fatalf("fill the table: %v", err)
+	}
+	return lab
+}
+
+// refuse sends n new flows from src into a full table and checks all were refused.
+func refuse(t *testing.T, lab *ctlab.Lab, src string, n int) {
+	t.Helper()
+	sent, refused, err := lab.SendNewFlows(netip.MustParseAddr(src), netip.MustParseAddrPort("127.0.0.1:9"), n)
+	if err != nil || sent != 0 || refused != n {
+		t.Fatalf("send from %s: %d through, %d refused, err %v; want %d refused", src, sent, refused, err, n)
+	}
+}
+
+func compileSchema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	s, err := jsonschema.NewCompiler().Compile("../../docs/drops-schema-v1.json")
+	if err != nil {
+		t.Fatalf("compile schema: %v", err)
+	}
+	return s
+}
+
+// records parses NDJSON output, validating every line against the schema.
+func records(t *testing.T, out []byte) []map[string]any {
+	t.Helper()
+	schema := compileSchema(t)
+	var recs []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		v, err := jsonschema.UnmarshalJSON(bytes.NewReader(sc.Bytes()))
+		if err != nil {
+			t.Fatalf("not JSON: %q: %v", sc.Text(), err)
+		}
+		if err := schema.Validate(v); err != nil {
+			t.Fatalf("line does not match docs/drops-schema-v1.json: %s\n%v", sc.Text(), err)
+		}
+		var m map[string]any
+		json.Unmarshal(sc.Bytes(), &m)
+		recs = append(recs, m)
+	}
+	return recs
+}
+
+// The NDJSON stream of a real run: every line valid against the schema,
+// the namespace filter applied, one table_full event per refused packet as
+// the kernel counted them, a summary last, and a summary on stderr.
+func TestDropsStreamsEveryRefusalAsSchemaValidJSON(t *testing.T) {
+	lab := fullTable(t, 32)
+	r := startDrops(t, nil, "-o", "json", "--netns", "/run/netns/"+lab.Name())
+	before, _ := lab.Stats()
+	refuse(t, lab, "127.40.0.1", 30)
+	refuse(t, lab, "127.40.0.2", 10)
+	after, _ := lab.Stats()
+	time.Sleep(500 * time.Millisecond)
+	if code := r.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("exit status %d after Ctrl-C\n%s", code, r.stderr)
+	}
+	recs := records(t, r.stdout.Bytes())
+	perSrc := map[string]int{}
+	for _, m := range recs[:len(recs)-1] {
+		if m["type"] != "event" {
+			t.Fatalf("unexpected record %v", m)
+		}
+		if uint32(m["netns"].(float64)) != lab.Inode() {
+			t.Fatalf("--netns let through an event of netns %v", m["netns"])
+		}
+		perSrc[m["src"].(string)]++
+	}
+	if drop := after.Sub(before).Drop; len(recs)-1 != int(drop) {
+		t.Errorf("%d events, kernel drop delta %d", len(recs)-1, drop)
+	}
+	if perSrc["127.40.0.1"] != 30 || perSrc["127.40.0.2"] != 10 {
+		t.Errorf("events per source %v, want 30 and 10", perSrc)
+	}
+	last := recs[len(recs)-1]
+	if last["type"] != "summary" || last["events"].(map[string]any)["table_full"].(float64) < 40 {
+		t.Errorf("last record is not a summary counting the drops: %v", last)
+	}
+	if !strings.Contains(r.stderr.String(), "table_full=") {
+		t.Errorf("no summary on stderr:\n%s", r.stderr)
+	}
+}
+
+// With a ring buffer of one page and the reader stopped, the kernel must
+// count what it could not deliver: delivered + lost = the kernel's drops,
+// and the loss is reported in the stream.
+func TestDropsReportsEveryLostEvent(t *testing.T) {
+	lab := fullTable(t, 32)
+	r := startDrops(t, nil, "-o", "json", "--ring-size", "4K")
+	before, _ := lab.Stats()
+	r.cmd.Process.Signal(syscall.SIGSTOP)
+	refuse(t, lab, "127.41.0.1", 300)
+	r.cmd.Process.Signal(syscall.SIGCONT)
+	refuse(t, lab, "127.41.0.2", 20)
+	delta, _ := lab.Stats()
+	delta = delta.Sub(before)
+	time.Sleep(1500 * time.Millisecond) // past a tick, so the loss is reported live
+	if code := r.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM\n%s", code, r.stderr)
+	}
+	var delivered, lost int
+	var summaryLost float64
+	for _, m := range records(t, r.stdout.Bytes()) {
+		switch m["type"] {
+		case "event":
+			delivered++
+		case "lost":
+			lost += int(m["lost"].(float64))
+		case "summary":
+			summaryLost = m["lost"].(float64)
+		}
+	}
+	t.Logf("kernel drops %d: delivered %d, lost %d (summary says %v)", delta.Drop, delivered, lost, summaryLost)
+	if lost == 0 {
+		t.Fatal("nothing was lost: the ring buffer did not fill, the test proves nothing")
+	}
+	if delivered+lost != int(delta.Drop) || float64(lost) != summaryLost {
+		t.Errorf("delivered %d + lost %d != kernel drops %d (summary lost %v)", delivered, lost, delta.Drop, summaryLost)
+	}
+}
+
+// `cttrace drops | head -1`: the reader goes away, cttrace ends quietly
+// with status 0 and leaves nothing loaded.
+func TestDropsEndsQuietlyOnClosedPipe(t *testing.T) {
+	lab := fullTable(t, 32)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startDrops(t, pw, "-o", "json")
+	pw.Close()
+	refuse(t, lab, "127.42.0.1", 5)
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil || !strings.Contains(line, `"table_full"`) {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	pr.Close()
+	refuse(t, lab, "127.42.0.2", 5) // the next write meets the closed pipe
+	select {
+	case <-r.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("cttrace kept running after its reader went away")
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != 0 || strings.Contains(r.stderr.String(), "broken pipe") {
+		t.Fatalf("exit status %d, stderr:\n%s", code, r.stderr)
+	}
+	assertNothingLoaded(t)
+}
+
+// Ctrl-C, SIGTERM and SIGKILL all leave no program or link behind.
+func TestDropsLeavesNothingLoaded(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			r := startDrops(t, nil)
+			names, _ := probe.ProgramNames()
+			if len(testbed.LoadedPrograms(names)) == 0 {
+				t.Fatal("no cttrace program is loaded while it runs: the check would prove nothing")
+			}
+			code := r.stop(t, sig)
+			if sig != syscall.SIGKILL && code != 0 {
+				t.Fatalf("exit status %d\n%s", code, r.stderr)
+			}
+			assertNothingLoaded(t)
+		})
+	}
+}
+
+// assertNothingLoaded fails if any of cttrace's programs outlives it.
+func assertNothingLoaded(t *testing.T) {
+	t.Helper()
+	names, err := probe.ProgramNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	testbed.AssertUnloaded(t, names)
+}
+
+// Without the capabilities, cttrace says which are missing and exits 1.
+func TestDropsWithoutPrivilegesSaysWhatIsMissing(t *testing.T) {
+	testbed.RequireRoot(t)
+	dir, err := os.MkdirTemp("", "cttrace-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "cttrace")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "drops")
+	cmd.Env = append(os.Environ(), "CTTRACE_TEST_AS_MAIN=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != exitRuntime || !strings.Contains(string(out), "CAP_BPF") {
+		t.Fatalf("as nobody: exit %d (%v), output:\n%s", code, err, out)
+	}
+}

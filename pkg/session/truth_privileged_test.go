@@ -1,0 +1,313 @@
+//go:build privileged
+
+package session
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/probe"
+)
+
+// These tests hold cttrace's events against the kernel's own per-namespace
+// counters, for every backend this kernel allows. The matrix test in
+// pkg/probe asserts which backends that must be on each test-bed kernel.
+
+// scale shrinks flow counts under emulation, where everything is slower;
+// the assertions stay exact.
+func scale(n int) int {
+	if testbed.Tier() == testbed.VM {
+		return n / 4
+	}
+	return n
+}
+
+// tally collects the events of one namespace, by reason and by source.
+type tally struct {
+	netns uint32
+	mu    sync.Mutex
+	n     map[event.Reason]int
+	src   map[event.Reason]map[netip.Addr]int
+	evs   []event.Event
+}
+
+func newTally(netns uint32) *tally {
+	return &tally{netns: netns, n: map[event.Reason]int{}, src: map[event.Reason]map[netip.Addr]int{}}
+}
+
+func (t *tally) add(ev *event.Event) error {
+	if ev.Netns != t.netns {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n[ev.Reason]++
+	if t.src[ev.Reason] == nil {
+		t.src[ev.Reason] = map[netip.Addr]int{}
+	}
+	t.src[ev.Reason][ev.Flow.Src.Addr()]++
+	if len(t.evs) < 100000 {
+		t.evs = append(t.evs, *ev)
+	}
+	return nil
+}
+
+func (t *tally) count(r event.Reason) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n[r]
+}
+
+// trace runs a session of backend b in the background and returns the
+// tally and a stop function that waits for the session to drain.
+func trace(t *testing.T, b probe.Backend, netns uint32, stream ...event.Reason) (*tally, *Session, func()) {
+	t.Helper()
+	s, err := Start(Config{Backend: b, Stream: stream, Log: testWriter{t}})
+	if err != nil {
+		t.Fatalf("start %s session: %v", b, err)
+	}
+	tl := newTally(netns)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var lost uint64
+	go func() {
+		done <- s.Run(ctx, Handler{
+			Event: tl.add,
+			Idle:  func() error { return nil },
+			Tick:  func(n uint64) error { lost += n; return nil },
+		})
+	}()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("session run: %v", err)
+			}
+			if lost != 0 {
+				t.Errorf("%d events lost with the default ring buffer", lost)
+			}
+			s.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return tl, s, stop
+}
+
+// waitFor polls until the tally has want events of reason r (they cross the
+// ring buffer asynchronously) or 30 s pass.
+func waitFor(tl *tally, r event.Reason, want int) {
+	deadline := time.Now().Add(30 * time.Second)
+	for tl.count(r) < want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+var _ io.Writer = testWriter{}
+
+// usableBackends runs fn as a subtest for each backend the kernel allows.
+func usableBackends(t *testing.T, fn func(t *testing.T, b probe.Backend)) {
+	testbed.RequireRoot(t)
+	f, err := probe.DetectFeatures()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := 0
+	for _, b := range probe.Backends {
+		if ok, why := f.BackendUsable(b); !ok {
+			t.Logf("%s: not usable on this kernel: %s", b, why)
+			continue
+		}
+		ran++
+		t.Run(string(b), func(t *testing.T) { fn(t, b) })
+	}
+	if ran == 0 {
+		t.Fatal("no backend usable")
+	}
+}
+
+func stats(t *testing.T, lab *ctlab.Lab) ctlab.Stats {
+	t.Helper()
+	s, err := lab.Stats()
+	if err != nil {
+		t.Fatalf("read kernel counters: %v", err)
+	}
+	return s
+}
+
+// A table full of ASSURED entries (which early_drop may not evict) refuses
+// every new flow: the kernel's drop counter, the senders' EPERMs and
+// cttrace's table_full events must agree exactly, source by source.
+func TestTableFullEventsMatchKernelDrops(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		const max = 64
+		lab := ctlab.New(t)
+		ctlab.SetMax(t, max)
+		if err := lab.HoldEstablished(max); err != nil {
+			t.Fatalf("fill the table: %v", err)
+		}
+		tl, _, stop := trace(t, b, lab.Inode(), event.DropReasons()...)
+		before := stats(t, lab)
+
+		dst := netip.MustParseAddrPort("127.0.0.1:9")
+		want := map[netip.Addr]int{}
+		refused := 0
+		for i, n := range []int{scale(400), scale(200), scale(40)} {
+			src := netip.AddrFrom4([4]byte{127, 10, 0, byte(1 + i)})
+			sent, ref, err := lab.SendNewFlows(src, dst, n)
+			if err != nil {
+				t.Fatalf("send from %s: %v", src, err)
+			}
+			if sent != 0 || ref != n {
+				t.Fatalf("%s: %d flows got through and %d were refused, want all %d refused (table not full?)", src, sent, ref, n)
+			}
+			want[src] = ref
+			refused += ref
+		}
+		delta := stats(t, lab).Sub(before)
+		waitFor(tl, event.ReasonTableFull, int(delta.Drop))
+		stop()
+
+		t.Logf("%s: refused %d, kernel drop delta %d, table_full events %d", b, refused, delta.Drop, tl.count(event.ReasonTableFull))
+		if int(delta.Drop) != refused {
+			t.Fatalf("kernel drop delta %d != %d refused at the senders: the test bed is off", delta.Drop, refused)
+		}
+		if got := tl.count(event.ReasonTableFull); got != int(delta.Drop) {
+			t.Errorf("table_full events %d, kernel drop delta %d", got, delta.Drop)
+		}
+		for src, n := range want {
+			if got := tl.src[event.ReasonTableFull][src]; got != n {
+				t.Errorf("source %s: %d table_full events, %d refused", src, got, n)
+			}
+		}
+		for _, ev := range tl.evs {
+			if ev.Reason != event.ReasonTableFull {
+				t.Errorf("unexpected %s event: %+v", ev.Reason, ev)
+				break
+			}
+			if ev.Max != max || ev.Count != max || ev.Flow.Dst != dst || ev.Flow.Proto != event.ProtoUDP {
+				t.Errorf("event does not describe the refused flow in a full table: %+v", ev)
+				break
+			}
+		}
+	})
+}
+
+// A table full of unreplied UDP flows admits new flows by evicting them:
+// every eviction is an early_drop event naming the victim (one of the
+// filling flows) and the new flow it made room for, and their number is the
+// kernel's early_drop counter.
+func TestEvictionEventsMatchKernelEarlyDrops(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend sees only freed packets; an eviction frees none (see README, Backends)")
+		}
+		const max = 256
+		lab := ctlab.New(t)
+		ctlab.SetMax(t, max)
+		if err := lab.FillUnassured(max); err != nil {
+			t.Fatalf("fill the table: %v", err)
+		}
+		tl, _, stop := trace(t, b, lab.Inode(), event.ReasonEarlyDrop, event.ReasonTableFull)
+		before := stats(t, lab)
+
+		src := netip.MustParseAddr("127.20.0.1")
+		dst := netip.MustParseAddrPort("127.0.0.1:9")
+		sent, refused, err := lab.SendNewFlows(src, dst, scale(400))
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := stats(t, lab).Sub(before)
+		waitFor(tl, event.ReasonEarlyDrop, int(delta.EarlyDrop))
+		stop()
+
+		t.Logf("%s: %d admitted, %d refused; kernel early_drop delta %d, drop delta %d; events early_drop %d table_full %d",
+			b, sent, refused, delta.EarlyDrop, delta.Drop, tl.count(event.ReasonEarlyDrop), tl.count(event.ReasonTableFull))
+		if delta.EarlyDrop == 0 {
+			t.Fatal("the kernel evicted nothing: the test bed is off")
+		}
+		if got := tl.count(event.ReasonEarlyDrop); got != int(delta.EarlyDrop) {
+			t.Errorf("early_drop events %d, kernel early_drop delta %d", got, delta.EarlyDrop)
+		}
+		if got := tl.count(event.ReasonTableFull); got != int(delta.Drop) {
+			t.Errorf("table_full events %d, kernel drop delta %d", got, delta.Drop)
+		}
+		fill := netip.PrefixFrom(ctlab.FillSourceBase, 16)
+		for _, ev := range tl.evs {
+			if ev.Reason != event.ReasonEarlyDrop {
+				continue
+			}
+			if ev.Detail != event.DetailEvictedForNewFlow || !fill.Contains(ev.Flow.Src.Addr()) || ev.Flow.Dst != ctlab.FillDst {
+				t.Fatalf("victim is not one of the filling flows: %+v", ev)
+			}
+			if ev.Trigger == nil || ev.Trigger.Src.Addr() != src || ev.Trigger.Dst != dst {
+				t.Fatalf("early_drop does not name the new flow it made room for: %+v trigger %+v", ev, ev.Trigger)
+			}
+			if ev.Status&(1<<2) != 0 {
+				t.Fatalf("an ASSURED entry was reported evicted: %+v", ev)
+			}
+		}
+	})
+}
+
+// With the hash shrunk to its minimum, chains grow past the kernel's limit
+// and confirmations fail: insert_failed events (chain_too_long) must equal
+// both the insert_failed and the chaintoolong counters, and the refusals.
+func TestInsertFailedEventsMatchKernelChainTooLong(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		lab := ctlab.New(t)
+		ctlab.SetBuckets(t, 512)
+		ctlab.SetMax(t, 1<<20)
+		tl, _, stop := trace(t, b, lab.Inode(), event.DropReasons()...)
+		before := stats(t, lab)
+		if !before.HasChainTooLong {
+			t.Skip("this kernel has no chaintoolong counter (before 5.15)")
+		}
+		var srcs []netip.Addr
+		for i := 0; i < 16; i++ {
+			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 30, 0, byte(1 + i)}))
+		}
+		sent, refused, err := lab.RawFlood(srcs, netip.MustParseAddrPort("127.0.0.1:9"), scale(50000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta := stats(t, lab).Sub(before)
+		waitFor(tl, event.ReasonInsertFailed, int(delta.InsertFailed))
+		stop()
+
+		t.Logf("%s: %d confirmed, %d refused; kernel insert_failed %d chaintoolong %d drop %d; events insert_failed %d",
+			b, sent, refused, delta.InsertFailed, delta.ChainTooLong, delta.Drop, tl.count(event.ReasonInsertFailed))
+		if delta.ChainTooLong == 0 || delta.ChainTooLong != delta.InsertFailed || int(delta.InsertFailed) != refused {
+			t.Fatalf("test bed off: chaintoolong %d, insert_failed %d, refused %d", delta.ChainTooLong, delta.InsertFailed, refused)
+		}
+		if got := tl.count(event.ReasonInsertFailed); got != int(delta.InsertFailed) {
+			t.Errorf("insert_failed events %d, kernel insert_failed delta %d", got, delta.InsertFailed)
+		}
+		details := map[event.Detail]int{}
+		for _, ev := range tl.evs {
+			if ev.Reason == event.ReasonInsertFailed {
+				details[ev.Detail]++
+			}
+		}
+		if details[event.DetailChainTooLong] != int(delta.ChainTooLong) {
+			t.Errorf("insert_failed by detail %v, want %d chain_too_long", details, delta.ChainTooLong)
+		}
+		if n := tl.count(event.ReasonTableFull); n != 0 {
+			t.Errorf("%d table_full events with the table far from full", n)
+		}
+	})
+}
+
+func (t *tally) String() string { return fmt.Sprint(t.n) }
