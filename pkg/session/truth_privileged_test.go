@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -311,3 +312,50 @@ func TestInsertFailedEventsMatchKernelChainTooLong(t *testing.T) {
 }
 
 func (t *tally) String() string { return fmt.Sprint(t.n) }
+
+// Every entry confirmed is an insert event and every entry removed a delete
+// event naming the cause: here, a ctnetlink flush (conntrack -F).
+func TestInsertAndDeleteEventsFollowTheTable(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend sees only freed packets; inserts and deletes free none (see README, Backends)")
+		}
+		lab := ctlab.New(t)
+		tl, _, stop := trace(t, b, lab.Inode(), event.ReasonInsert, event.ReasonDelete)
+		before := stats(t, lab)
+		n := scale(200)
+		sent, refused, err := lab.SendNewFlows(netip.MustParseAddr("127.50.0.1"), netip.MustParseAddrPort("127.0.0.1:9"), n)
+		if err != nil || sent != n || refused != 0 {
+			t.Fatalf("send: %d sent, %d refused, %v", sent, refused, err)
+		}
+		added := stats(t, lab).Entries - before.Entries
+		waitFor(tl, event.ReasonInsert, int(added))
+		if err := lab.Do(func() error {
+			out, err := exec.Command("conntrack", "-F").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("conntrack -F: %v: %s", err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(tl, event.ReasonDelete, int(added))
+		stop()
+
+		t.Logf("%s: %d flows sent, %d entries added; %d insert and %d delete events", b, sent, added, tl.count(event.ReasonInsert), tl.count(event.ReasonDelete))
+		if added != int64(n) {
+			t.Fatalf("test bed off: %d entries added for %d new flows", added, n)
+		}
+		if got := tl.count(event.ReasonInsert); got != n {
+			t.Errorf("%d insert events for %d new entries", got, n)
+		}
+		if got := tl.count(event.ReasonDelete); got != n {
+			t.Errorf("%d delete events for %d flushed entries", got, n)
+		}
+		for _, ev := range tl.evs {
+			if ev.Reason == event.ReasonDelete && ev.Detail != event.DetailNetlink {
+				t.Fatalf("flushed entry reported deleted by %q: %+v", ev.Detail, ev)
+			}
+		}
+	})
+}
