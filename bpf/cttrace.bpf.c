@@ -36,6 +36,12 @@ char LICENSE[] SEC("license") = "GPL";
  * are only counted. Set by user space before load. */
 volatile const __u32 stream_mask = 0xffffffff;
 
+/* Whether events are also counted per source in the sources map (for
+ * top-sources), and the prefix lengths sources are grouped by. */
+volatile const __u32 aggregate_sources = 0;
+volatile const __u32 group_v4_bits = 32;
+volatile const __u32 group_v6_bits = 128;
+
 /* nf_conntrack_max as user space last read it: the limit is a global that
  * has no BTF-visible symbol, and non-init namespaces only see it read-only. */
 __u32 ct_max;
@@ -61,6 +67,32 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } produced SEC(".maps");
+
+/* Per-source totals, by event type. LRU and sized by user space
+ * (--max-sources), so a flood from spoofed sources cannot grow it: the
+ * least recently active sources are dropped, and user space accounts what
+ * they had as "other" (kernel totals minus the rows). Not per-CPU: with
+ * per-CPU values the map would cost max_entries * nr_cpus values. */
+struct src_key {
+	__u32 netns;
+	__u8 family;
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+
+struct src_stats {
+	__u64 events[CT_EV_MAX];
+	__u64 last_drop_ns;
+	__u32 last_drop_type;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct src_key);
+	__type(value, struct src_stats);
+} sources SEC(".maps");
 
 /* The allocation in progress on this CPU, and whether early_drop() ran
  * inside it. Kernel pointers are kept as integers so that bpf2go can
@@ -131,26 +163,79 @@ static __always_inline void count_lost(void)
 		(*n)++;
 }
 
-/* Counts the event and, when its type is streamed, reserves its record. */
-static __always_inline struct ct_event *event_reserve(__u32 type, __u8 confidence)
+static __always_inline bool is_drop(__u32 type)
 {
-	struct ct_event *e;
+	return type == CT_EV_TABLE_FULL || type == CT_EV_ALLOC_FAILED || type == CT_EV_INSERT_FAILED;
+}
 
+/* Counts the event, and says whether anyone wants its details: user space
+ * one by one (stream_mask) or per source (aggregate_sources). */
+static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
+{
 	count_event(type);
-	if (!(stream_mask & (1U << type)))
-		return NULL;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		return NULL;
-	}
+	if (!(stream_mask & (1U << type)) && !aggregate_sources)
+		return false;
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_boot_ns = bpf_ktime_get_boot_ns();
 	e->type = type;
 	e->cpu = bpf_get_smp_processor_id();
 	e->confidence = confidence;
 	e->max = ct_max;
-	return e;
+	return true;
+}
+
+/* Keeps the first bits of addr (network order), zeroes the rest. */
+static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (bits >= 8) {
+			bits -= 8;
+		} else {
+			addr[i] &= (__u8)(0xff00 >> bits);
+			bits = 0;
+		}
+	}
+}
+
+static __always_inline void account_source(const struct ct_event *e)
+{
+	struct src_key k = {};
+	struct src_stats *st;
+	__u32 type = e->type;
+
+	if (!e->tuple.family || type >= CT_EV_MAX)
+		return; /* no source: user space counts it as "other" */
+	k.netns = e->netns;
+	k.family = e->tuple.family;
+	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
+	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? group_v4_bits : group_v6_bits);
+	st = bpf_map_lookup_elem(&sources, &k);
+	if (!st) {
+		struct src_stats zero = {};
+
+		bpf_map_update_elem(&sources, &k, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&sources, &k);
+		if (!st)
+			return;
+	}
+	__sync_fetch_and_add(&st->events[type], 1);
+	if (is_drop(type)) {
+		st->last_drop_ns = e->ts_boot_ns;
+		st->last_drop_type = type;
+	}
+}
+
+/* Hands a complete event to whoever wants it. The kernel side never waits:
+ * when the ring buffer is full the event is counted as lost. */
+static __always_inline void event_publish(const struct ct_event *e)
+{
+	if (aggregate_sources)
+		account_source(e);
+	if (!(stream_mask & (1U << e->type)))
+		return;
+	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), 0))
+		count_lost();
 }
 
 static __always_inline void tuple_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct)
@@ -238,15 +323,14 @@ static __always_inline void alloc_done(const void *ret)
 	struct alloc_scratch *s = alloc_scratch();
 	const struct nf_conntrack_tuple *orig;
 	const struct nf_conntrack_zone *zone;
-	struct ct_event *e;
+	struct ct_event ev, *e = &ev;
 	struct net *net;
 	bool full;
 
 	if (!s || !IS_ERR_VALUE(ret))
 		return;
 	full = s->early_drop_called && !s->early_drop_evicted;
-	e = event_reserve(full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, CT_CONF_EXACT);
-	if (!e)
+	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, CT_CONF_EXACT))
 		return;
 	/*
 	 * Copy the pointers out of the scratch before BPF_CORE_READ: inside its
@@ -263,7 +347,7 @@ static __always_inline void alloc_done(const void *ret)
 	/* Refused only when the count would pass the max: the table is at it. */
 	if (full)
 		e->count = e->max;
-	bpf_ringbuf_submit(e, 0);
+	event_publish(e);
 }
 
 /* ---- removal: nf_ct_delete(), the one path every entry leaves by ---- */
@@ -306,7 +390,7 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 	__u32 type = CT_EV_DELETE;
 	__u8 detail = CT_DETAIL_OTHER;
 	bool for_alloc = false;
-	struct ct_event *e;
+	struct ct_event ev, *e = &ev;
 
 	if (status & IPS_DYING || !(status & IPS_CONFIRMED))
 		return;
@@ -322,8 +406,7 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 	} else if (portid) {
 		detail = CT_DETAIL_NETLINK;
 	}
-	e = event_reserve(type, CT_CONF_EXACT);
-	if (!e)
+	if (!event_begin(e, type, CT_CONF_EXACT))
 		return;
 	describe_conn(e, ct);
 	e->detail = detail;
@@ -333,7 +416,7 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 		tuple_from_ct(&e->trigger, orig);
 		e->count = e->max;
 	}
-	bpf_ringbuf_submit(e, 0);
+	event_publish(e);
 }
 
 /* ---- confirmation: __nf_conntrack_confirm() and nf_ct_resolve_clash() ---- */
@@ -358,19 +441,18 @@ static __always_inline void clash_done(int verdict)
 {
 	struct confirm_scratch *s = confirm_scratch();
 	const struct nf_conn *ct;
-	struct ct_event *e;
+	struct ct_event ev, *e = &ev;
 
 	if (!s || !s->ct)
 		return;
 	s->clash = verdict == NF_ACCEPT ? CLASH_RESOLVED : CLASH_FAILED;
 	if (s->clash != CLASH_RESOLVED)
 		return;
-	e = event_reserve(CT_EV_CLASH_RESOLVED, CT_CONF_EXACT);
-	if (!e)
+	if (!event_begin(e, CT_EV_CLASH_RESOLVED, CT_CONF_EXACT))
 		return;
 	ct = (const struct nf_conn *)s->ct;
 	describe_conn(e, ct);
-	bpf_ringbuf_submit(e, 0);
+	event_publish(e);
 }
 
 static __always_inline __u8 insert_failure_detail(const struct confirm_scratch *s)
@@ -389,7 +471,7 @@ static __always_inline void confirm_done(int verdict)
 	struct confirm_scratch *s = confirm_scratch();
 	const struct sk_buff *skb;
 	const struct nf_conn *ct;
-	struct ct_event *e;
+	struct ct_event ev, *e = &ev;
 	__u32 type;
 
 	if (!s || !s->ct)
@@ -405,12 +487,11 @@ static __always_inline void confirm_done(int verdict)
 		s->ct = 0;
 		return;
 	}
-	e = event_reserve(type, CT_CONF_EXACT);
-	if (e) {
+	if (event_begin(e, type, CT_CONF_EXACT)) {
 		describe_conn(e, ct);
 		if (type == CT_EV_INSERT_FAILED)
 			e->detail = insert_failure_detail(s);
-		bpf_ringbuf_submit(e, 0);
+		event_publish(e);
 	}
 	s->ct = 0;
 }
@@ -487,35 +568,31 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 {
 	__u32 nf_drop = netfilter_drop_reason();
 	struct nf_conn *ct;
-	struct ct_event *e;
+	struct ct_event ev, *e = &ev;
 	__u32 status;
 
 	if (!nf_drop || reason != nf_drop || skb_untracked(skb))
 		return;
 	ct = skb_conn(skb);
 	if (!ct) {
-		e = event_reserve(CT_EV_TABLE_FULL, CT_CONF_INFERRED);
-		if (!e)
+		if (!event_begin(e, CT_EV_TABLE_FULL, CT_CONF_INFERRED))
 			return;
 		e->netns = skb_netns(skb);
-		if (tuple_from_skb(&e->tuple, skb)) {
-			bpf_ringbuf_discard(e, 0);
+		if (tuple_from_skb(&e->tuple, skb))
 			return;
-		}
 		e->count = e->max;
-		bpf_ringbuf_submit(e, 0);
+		event_publish(e);
 		return;
 	}
 	status = BPF_CORE_READ(ct, status);
 	if (status & IPS_CONFIRMED)
 		return;
-	e = event_reserve(CT_EV_INSERT_FAILED, CT_CONF_INFERRED);
-	if (!e)
+	if (!event_begin(e, CT_EV_INSERT_FAILED, CT_CONF_INFERRED))
 		return;
 	describe_conn(e, ct);
 	e->detail = status & IPS_DYING ? CT_DETAIL_DYING
 		    : kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
-	bpf_ringbuf_submit(e, 0);
+	event_publish(e);
 }
 
 /* ---- backend: fentry/fexit ---- */

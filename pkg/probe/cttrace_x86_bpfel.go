@@ -97,6 +97,22 @@ type cttraceCtTuple struct {
 	Pad    [2]uint8
 }
 
+type cttraceSrcKey struct {
+	_      structs.HostLayout
+	Netns  uint32
+	Family uint8
+	Pad    [3]uint8
+	Addr   [16]uint8
+}
+
+type cttraceSrcStats struct {
+	_            structs.HostLayout
+	Events       [8]uint64
+	LastDropNs   uint64
+	LastDropType uint32
+	Pad          uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -107,6 +123,7 @@ const (
 	cttraceMapGcTasks                = "gc_tasks"
 	cttraceMapLost                   = "lost"
 	cttraceMapProduced               = "produced"
+	cttraceMapSources                = "sources"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
 	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
 	cttraceProgFentryCtDelete        = "fentry_ct_delete"
@@ -128,7 +145,10 @@ const (
 	cttraceProgKretprobeGcWorker     = "kretprobe_gc_worker"
 	cttraceProgKretprobeResolveClash = "kretprobe_resolve_clash"
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
+	cttraceVarAggregateSources       = "aggregate_sources"
 	cttraceVarCtMax                  = "ct_max"
+	cttraceVarGroupV4Bits            = "group_v4_bits"
+	cttraceVarGroupV6Bits            = "group_v6_bits"
 	cttraceVarStreamMask             = "stream_mask"
 	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
@@ -211,13 +231,17 @@ type cttraceMapSpecs struct {
 	GcTasks      *ebpf.MapSpec `ebpf:"gc_tasks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	Produced     *ebpf.MapSpec `ebpf:"produced"`
+	Sources      *ebpf.MapSpec `ebpf:"sources"`
 }
 
 // cttraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceVariableSpecs struct {
+	AggregateSources   *ebpf.VariableSpec `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
+	GroupV4Bits        *ebpf.VariableSpec `ebpf:"group_v4_bits"`
+	GroupV6Bits        *ebpf.VariableSpec `ebpf:"group_v6_bits"`
 	StreamMask         *ebpf.VariableSpec `ebpf:"stream_mask"`
 	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
@@ -251,6 +275,7 @@ type cttraceMaps struct {
 	GcTasks      *ebpf.Map `ebpf:"gc_tasks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
 	Produced     *ebpf.Map `ebpf:"produced"`
+	Sources      *ebpf.Map `ebpf:"sources"`
 }
 
 func (m *cttraceMaps) Close() error {
@@ -261,6 +286,7 @@ func (m *cttraceMaps) Close() error {
 		m.GcTasks,
 		m.Lost,
 		m.Produced,
+		m.Sources,
 	)
 }
 
@@ -268,7 +294,10 @@ func (m *cttraceMaps) Close() error {
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceVariables struct {
+	AggregateSources   *ebpf.Variable `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
+	GroupV4Bits        *ebpf.Variable `ebpf:"group_v4_bits"`
+	GroupV6Bits        *ebpf.Variable `ebpf:"group_v6_bits"`
 	StreamMask         *ebpf.Variable `ebpf:"stream_mask"`
 	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`

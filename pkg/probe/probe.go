@@ -20,6 +20,7 @@ type Probe struct {
 	Missing []string
 	coll    *ebpf.Collection
 	links   []link.Link
+	sources SourceOptions
 }
 
 // Options says what to load.
@@ -30,6 +31,8 @@ type Options struct {
 	// RingBytes sizes the ring buffer: a power of two, a multiple of the
 	// page size. Zero keeps the object's default (4 MiB).
 	RingBytes uint32
+	// Sources turns on per-source counting in the kernel.
+	Sources SourceOptions
 }
 
 // optionalHooks are functions whose absence only costs detail: the compiler
@@ -76,6 +79,10 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if opts.RingBytes != 0 {
 		spec.Maps["events"].MaxEntries = opts.RingBytes
 	}
+	opts.Sources = opts.Sources.withDefaults()
+	if err := opts.Sources.apply(spec); err != nil {
+		return nil, err
+	}
 	collOpts := ebpf.CollectionOptions{}
 	if f != nil && f.ConntrackModule {
 		// nf_conntrack's own types live in its split BTF, not in vmlinux.
@@ -93,7 +100,7 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		}
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
-	p := &Probe{Backend: b, coll: coll}
+	p := &Probe{Backend: b, coll: coll, sources: opts.Sources}
 	if err := p.attachAll(spec); err != nil {
 		p.Close()
 		return nil, err

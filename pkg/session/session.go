@@ -23,6 +23,8 @@ type Config struct {
 	// every reason is counted in the kernel whatever this says.
 	Stream    []event.Reason
 	RingBytes uint32
+	// Sources turns on per-source counting in the kernel (top-sources).
+	Sources probe.SourceOptions
 	// Log receives the start-up lines (backend and why, missing hooks).
 	Log io.Writer
 }
@@ -32,6 +34,7 @@ type Session struct {
 	Backend probe.Backend
 	Probe   *probe.Probe
 	reader  *probe.Reader
+	clock   *event.Clock
 	start   time.Time
 	lost    uint64
 }
@@ -55,7 +58,7 @@ func Start(cfg Config) (*Session, error) {
 		return nil, err
 	}
 	fmt.Fprintf(cfg.Log, "cttrace: backend %s (%s)\n", b, why)
-	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: cfg.RingBytes})
+	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: cfg.RingBytes, Sources: cfg.Sources})
 	if err != nil {
 		return nil, err
 	}
@@ -66,12 +69,17 @@ func Start(cfg Config) (*Session, error) {
 		fmt.Fprintln(cfg.Log, "cttrace: the tracepoint backend sees only dropped packets: table_full and insert_failed are inferred, "+
 			"early_drop, insert and delete are not visible")
 	}
+	clock, err := event.NewClock()
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
 	r, err := p.NewReader()
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
-	return &Session{Backend: b, Probe: p, reader: r, start: time.Now()}, nil
+	return &Session{Backend: b, Probe: p, reader: r, clock: clock, start: time.Now()}, nil
 }
 
 // streamMask turns reasons into the kernel's bit mask of event types.
@@ -183,6 +191,11 @@ func (s *Session) tick(onTick func(uint64) error) error {
 	delta := total - s.lost
 	s.lost = total
 	return onTick(delta)
+}
+
+// Sources calls fn for every source the kernel counts now (Config.Sources).
+func (s *Session) Sources(fn func(*probe.SourceTotals) error) error {
+	return s.Probe.Sources(s.clock, fn)
 }
 
 // Lost is the number of events the kernel could not deliver in this run.

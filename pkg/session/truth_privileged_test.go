@@ -71,9 +71,15 @@ func (t *tally) count(r event.Reason) int {
 // tally and a stop function that waits for the session to drain.
 func trace(t *testing.T, b probe.Backend, netns uint32, stream ...event.Reason) (*tally, *Session, func()) {
 	t.Helper()
-	s, err := Start(Config{Backend: b, Stream: stream, Log: testWriter{t}})
+	return traceWith(t, Config{Backend: b, Stream: stream}, netns)
+}
+
+func traceWith(t *testing.T, cfg Config, netns uint32) (*tally, *Session, func()) {
+	t.Helper()
+	cfg.Log = testWriter{t}
+	s, err := Start(cfg)
 	if err != nil {
-		t.Fatalf("start %s session: %v", b, err)
+		t.Fatalf("start %s session: %v", cfg.Backend, err)
 	}
 	tl := newTally(netns)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -355,6 +361,65 @@ func TestInsertAndDeleteEventsFollowTheTable(t *testing.T) {
 		for _, ev := range tl.evs {
 			if ev.Reason == event.ReasonDelete && ev.Detail != event.DetailNetlink {
 				t.Fatalf("flushed entry reported deleted by %q: %+v", ev.Detail, ev)
+			}
+		}
+	})
+}
+
+// The kernel's per-source counts (top-sources) equal what each source had
+// refused, and the namespace's rows add up to the kernel's drop counter.
+func TestSourceTotalsMatchRefusalsPerSource(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		const max = 64
+		lab := ctlab.New(t)
+		ctlab.SetMax(t, max)
+		if err := lab.HoldEstablished(max); err != nil {
+			t.Fatalf("fill the table: %v", err)
+		}
+		_, s, stop := traceWith(t, Config{Backend: b, Sources: probe.SourceOptions{Enabled: true, V4Bits: 24}}, lab.Inode())
+		before := stats(t, lab)
+		want := map[netip.Prefix]int{}
+		for i, n := range []int{scale(300), scale(120), scale(40)} {
+			src := netip.AddrFrom4([4]byte{127, 60, byte(i), 7})
+			refuse := func(a netip.Addr, k int) {
+				_, ref, err := lab.SendNewFlows(a, netip.MustParseAddrPort("127.0.0.1:9"), k)
+				if err != nil || ref != k {
+					t.Fatalf("send from %s: %d refused of %d, %v", a, ref, k, err)
+				}
+			}
+			refuse(src, n/2)
+			refuse(src.Next(), n-n/2) // same /24: grouped with src
+			want[netip.PrefixFrom(src, 24).Masked()] = n
+		}
+		delta := stats(t, lab).Sub(before)
+		got := map[netip.Prefix]int{}
+		sum := 0
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, sum = map[netip.Prefix]int{}, 0
+			if err := s.Sources(func(st *probe.SourceTotals) error {
+				if st.Netns == lab.Inode() {
+					n := int(st.Count(event.ReasonTableFull))
+					got[st.Prefix] += n
+					sum += n
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if sum >= int(delta.Drop) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		stop()
+		t.Logf("%s: kernel drop delta %d, per-source table_full %v", b, delta.Drop, got)
+		if sum != int(delta.Drop) {
+			t.Errorf("per-source table_full sum %d, kernel drop delta %d", sum, delta.Drop)
+		}
+		for p, n := range want {
+			if got[p] != n {
+				t.Errorf("%s: %d table_full counted, %d refused", p, got[p], n)
 			}
 		}
 	})
