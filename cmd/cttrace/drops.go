@@ -152,7 +152,7 @@ func runDrops(c *cli.Context) error {
 	}
 	ctx, cancel := traceContext(c.Context, o.trace.duration)
 	defer cancel()
-	s, err := startSession(o.trace, o.stream)
+	s, err := startSession(o.trace, session.Config{Stream: o.stream})
 	if err != nil {
 		return err
 	}
@@ -205,9 +205,11 @@ func traceContext(parent context.Context, d time.Duration) (context.Context, con
 	return ctx, func() { cancel(); stop() }
 }
 
-// startSession attaches the probes and writes the ready file.
-func startSession(o traceOptions, stream []event.Reason) (*session.Session, error) {
-	s, err := session.Start(session.Config{Backend: o.backend, Stream: stream, RingBytes: o.ringBytes, Log: os.Stderr})
+// startSession attaches the probes as cfg and the trace flags say, and
+// writes the ready file.
+func startSession(o traceOptions, cfg session.Config) (*session.Session, error) {
+	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
+	s, err := session.Start(cfg)
 	if err != nil {
 		return nil, err
 	}

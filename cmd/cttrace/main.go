@@ -30,6 +30,7 @@ func newApp() *cli.App {
 			"It needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and kernel BTF.",
 		Commands: []*cli.Command{
 			dropsCommand(),
+			topCommand(),
 			featuresCommand(),
 		},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {

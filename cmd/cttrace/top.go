@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/pkg/output"
+	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
+	"github.com/cttrace/cttrace/pkg/top"
+)
+
+func topCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "top-sources",
+		Usage: "show, live, which sources are refused and which fill the conntrack table",
+		Description: "Counts every conntrack event per source (or prefix) in the kernel, in a map\n" +
+			"bounded by --max-sources, and shows the heaviest every --interval. On a\n" +
+			"terminal the view refreshes in place; otherwise (or with --output json) one\n" +
+			"snapshot is written per interval. Sources past the bound are counted in \"other\".",
+		Flags: append(traceFlags(),
+			outputFlag(),
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh every `D`"},
+			&cli.StringFlag{Name: "sort", Value: "drops", Usage: "rank by drops, inserts or held"},
+			&cli.IntFlag{Name: "limit", Value: 20, Usage: "show the first `N` sources"},
+			&cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"},
+			&cli.StringFlag{Name: "group-v4", Value: "/32", Usage: "group IPv4 sources by this prefix length, like /24"},
+			&cli.StringFlag{Name: "group-v6", Value: "/128", Usage: "group IPv6 sources by this prefix length, like /64"},
+			&cli.UintFlag{Name: "max-sources", Value: 65536, Usage: "sources tracked in the kernel at most (bounds memory under spoofed floods)"},
+			&cli.BoolFlag{Name: "once", Usage: "print one snapshot after one interval and exit"},
+		),
+		Action: runTop,
+	}
+}
+
+// topOptions is the command line, validated.
+type topOptions struct {
+	trace    traceOptions
+	format   string
+	interval time.Duration
+	view     top.Options
+	sources  probe.SourceOptions
+	once     bool
+}
+
+func parseTopOptions(c *cli.Context) (topOptions, error) {
+	o := topOptions{once: c.Bool("once"), interval: c.Duration("interval")}
+	var err error
+	if c.NArg() > 0 {
+		return o, usageError(fmt.Errorf("unexpected argument %q", c.Args().First()))
+	}
+	if o.trace, err = parseTraceOptions(c); err != nil {
+		return o, err
+	}
+	if o.format, err = outputFormat(c); err != nil {
+		return o, err
+	}
+	if o.interval < 10*time.Millisecond {
+		return o, usageError(fmt.Errorf("invalid --interval %s (at least 10ms)", o.interval))
+	}
+	switch s := top.SortBy(c.String("sort")); s {
+	case top.SortDrops, top.SortInserts, top.SortHeld:
+		o.view.Sort = s
+	default:
+		return o, usageError(fmt.Errorf("invalid --sort %q (want drops, inserts or held)", s))
+	}
+	if o.view.Limit = c.Int("limit"); o.view.Limit < 1 {
+		return o, usageError(fmt.Errorf("invalid --limit %d", o.view.Limit))
+	}
+	for _, s := range splitList(c.StringSlice("netns")) {
+		ino, err := parseNetns(s)
+		if err != nil {
+			return o, usageError(err)
+		}
+		if o.view.Netns == nil {
+			o.view.Netns = map[uint32]bool{}
+		}
+		o.view.Netns[ino] = true
+	}
+	max := c.Uint("max-sources")
+	if max < 1 || max > 1<<24 {
+		return o, usageError(fmt.Errorf("invalid --max-sources %d (1 to %d)", max, 1<<24))
+	}
+	o.view.Capacity = int(max)
+	o.sources = probe.SourceOptions{Enabled: true, Max: uint32(max)}
+	if o.sources.V4Bits, err = parsePrefixLen("group-v4", c.String("group-v4"), 32); err != nil {
+		return o, err
+	}
+	if o.sources.V6Bits, err = parsePrefixLen("group-v6", c.String("group-v6"), 128); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+func parsePrefixLen(flag, s string, max int) (uint8, error) {
+	var n int
+	if _, err := fmt.Sscanf(s, "/%d", &n); err != nil || n < 1 || n > max {
+		return 0, usageError(fmt.Errorf("invalid --%s %q (want /1 to /%d)", flag, s, max))
+	}
+	return uint8(n), nil
+}
+
+func runTop(c *cli.Context) error {
+	o, err := parseTopOptions(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := traceContext(c.Context, o.trace.duration)
+	defer cancel()
+	s, err := startSession(o.trace, session.Config{Sources: o.sources})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	agg := top.New(o.view, time.Now())
+
+	live := o.format == "text" && isTerminal(os.Stdout)
+	view := output.TopView{Backend: string(s.Backend), Sort: o.view.Sort}
+	out := bufio.NewWriter(os.Stdout)
+	ticker := time.NewTicker(o.interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-ticker.C:
+			snap, err := snapshot(s, agg, now)
+			if err != nil {
+				return err
+			}
+			if o.format == "json" {
+				err = view.WriteTopJSON(out, &snap)
+			} else {
+				err = view.WriteTopText(out, &snap, live)
+			}
+			if err == nil {
+				err = out.Flush()
+			}
+			if closedPipe(err) {
+				return nil
+			}
+			if err != nil || o.once {
+				return err
+			}
+		}
+	}
+}
+
+func snapshot(s *session.Session, agg *top.Aggregator, now time.Time) (top.Snapshot, error) {
+	snap, err := agg.Snapshot(now, s.Sources, s.Totals, nil)
+	if err != nil {
+		return snap, err
+	}
+	snap.Lost, err = s.Probe.Lost()
+	return snap, err
+}
+
+// isTerminal reports whether f is a terminal, where the view refreshes in
+// place instead of appending snapshots.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

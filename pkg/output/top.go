@@ -1,0 +1,176 @@
+package output
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/top"
+)
+
+// TopView is what `cttrace top-sources` shows around a snapshot.
+type TopView struct {
+	Backend string
+	Sort    top.SortBy
+}
+
+// clearScreen moves the cursor home and clears, as top(1) does per frame.
+const clearScreen = "\x1b[H\x1b[2J"
+
+// WriteTopText writes one snapshot as aligned text. live clears the
+// terminal first; otherwise snapshots follow each other, separated by a
+// blank line, for logs and pipes.
+func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
+	var b strings.Builder
+	if live {
+		b.WriteString(clearScreen)
+	}
+	fmt.Fprintf(&b, "cttrace top-sources  %s  every %s  backend %s  sorted by %s\n",
+		s.Time.Format("15:04:05"), round(s.Interval), v.Backend, v.Sort)
+	fmt.Fprintf(&b, "sources tracked %d of %d", s.Tracked, s.Capacity)
+	if s.Bounded {
+		b.WriteString("  (bound reached: sources pushed out are counted in \"other\")")
+	}
+	fmt.Fprintf(&b, "  lost events %d\n\n", s.Lost)
+
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "NETNS\tENTRIES/MAX\tFILL\tDROPS/s\tEARLY/s\tINSERTS/s\t")
+	for _, ns := range s.Namespaces {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns, entries(ns), fill(ns.Fill()),
+			rate(ns.Rate.Drops, s.Interval), rate(ns.Rate.Evicted, s.Interval), rate(ns.Rate.Inserts, s.Interval))
+	}
+	tw.Flush()
+	b.WriteString("\n")
+
+	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "NETNS\tSOURCE\tDROPS/s\tDROPS\tEVICTED\tINSERTS/s\tHELD\tSHARE\tLAST DROP\t")
+	for i := range s.Rows {
+		r := &s.Rows[i]
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns, r.Prefix, rate(r.Rate.Drops, s.Interval), r.Total.Drops,
+			r.Total.Evicted, rate(r.Rate.Inserts, s.Interval), r.Held, percent(r.Share), lastDrop(r))
+	}
+	o := &s.Other
+	fmt.Fprintf(tw, "\tother\t%s\t%d\t%d\t%s\t\t\t\t\n", rate(o.Rate.Drops, s.Interval), o.Total.Drops, o.Total.Evicted, rate(o.Rate.Inserts, s.Interval))
+	tw.Flush()
+	if !live {
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+func entries(ns top.Namespace) string {
+	if ns.Entries < 0 {
+		return fmt.Sprintf("-/%d", ns.Max)
+	}
+	return fmt.Sprintf("%d/%d", ns.Entries, ns.Max)
+}
+
+func fill(f float64) string {
+	if f < 0 {
+		return "-"
+	}
+	return percent(f)
+}
+
+func percent(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) }
+
+func rate(n uint64, interval time.Duration) string {
+	return fmt.Sprintf("%.0f", perSec(n, interval))
+}
+
+func lastDrop(r *top.Row) string {
+	if r.LastReason == "" {
+		return "-"
+	}
+	return string(r.LastReason) + " " + r.LastDrop.Format("15:04:05")
+}
+
+// topJSON is the NDJSON record of one snapshot (docs/top-sources.md).
+type topJSON struct {
+	Schema    int             `json:"schema"`
+	Type      string          `json:"type"`
+	Time      string          `json:"time"`
+	IntervalS float64         `json:"interval_s"`
+	Backend   string          `json:"backend"`
+	Sort      string          `json:"sort"`
+	Tracked   int             `json:"tracked"`
+	Capacity  int             `json:"capacity"`
+	Bounded   bool            `json:"bounded"`
+	Lost      uint64          `json:"lost"`
+	Netns     []topNetnsJSON  `json:"namespaces"`
+	Rows      []topSourceJSON `json:"rows"`
+	Other     topSourceJSON   `json:"other"`
+}
+
+type topNetnsJSON struct {
+	Netns          uint32  `json:"netns"`
+	Entries        int64   `json:"entries"`
+	Max            uint32  `json:"max"`
+	Fill           float64 `json:"fill"`
+	DropsPerS      float64 `json:"drops_per_s"`
+	EarlyDropsPerS float64 `json:"early_drops_per_s"`
+	InsertsPerS    float64 `json:"inserts_per_s"`
+	Drops          uint64  `json:"drops"`
+	EarlyDrops     uint64  `json:"early_drops"`
+	Inserts        uint64  `json:"inserts"`
+}
+
+type topSourceJSON struct {
+	Netns       uint32  `json:"netns"`
+	Source      string  `json:"source"`
+	DropsPerS   float64 `json:"drops_per_s"`
+	Drops       uint64  `json:"drops"`
+	Evicted     uint64  `json:"evicted"`
+	InsertsPerS float64 `json:"inserts_per_s"`
+	Inserts     uint64  `json:"inserts"`
+	Deletes     uint64  `json:"deletes"`
+	Held        int64   `json:"held"`
+	Share       float64 `json:"share"`
+	LastReason  string  `json:"last_reason"`
+	LastDrop    string  `json:"last_drop"`
+}
+
+// WriteTopJSON writes one snapshot as one NDJSON line.
+func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
+	rec := topJSON{Schema: SchemaVersion, Type: "top", Time: s.Time.UTC().Format(jsonTime), IntervalS: s.Interval.Seconds(),
+		Backend: v.Backend, Sort: string(v.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Lost: s.Lost,
+		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
+	for _, ns := range s.Namespaces {
+		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
+			DropsPerS: perSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: perSec(ns.Rate.Evicted, s.Interval),
+			InsertsPerS: perSec(ns.Rate.Inserts, s.Interval), Drops: ns.Total.Drops, EarlyDrops: ns.Total.Evicted, Inserts: ns.Total.Inserts})
+	}
+	for i := range s.Rows {
+		rec.Rows = append(rec.Rows, sourceJSON(&s.Rows[i], s.Interval, s.Rows[i].Prefix.String()))
+	}
+	rec.Other = sourceJSON(&s.Other, s.Interval, "other")
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func sourceJSON(r *top.Row, interval time.Duration, source string) topSourceJSON {
+	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: perSec(r.Rate.Drops, interval), Drops: r.Total.Drops,
+		Evicted: r.Total.Evicted, InsertsPerS: perSec(r.Rate.Inserts, interval), Inserts: r.Total.Inserts, Deletes: r.Total.Deletes,
+		Held: r.Held, Share: r.Share, LastReason: string(r.LastReason)}
+	if !r.LastDrop.IsZero() {
+		j.LastDrop = r.LastDrop.UTC().Format(jsonTime)
+	}
+	return j
+}
+
+func perSec(n uint64, interval time.Duration) float64 {
+	if interval <= 0 {
+		return 0
+	}
+	return float64(n) / interval.Seconds()
+}

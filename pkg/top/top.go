@@ -1,0 +1,270 @@
+// Package top turns the kernel's per-source counters into what an operator
+// under attack asks: who is being refused, who fills the table, how fast.
+// One Snapshot per interval; rates are differences between snapshots.
+package top
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/probe"
+)
+
+// Key is a source (or prefix) in one network namespace.
+type Key struct {
+	Netns  uint32
+	Prefix netip.Prefix
+}
+
+// Counts are one source's totals since cttrace attached.
+type Counts struct {
+	Drops   uint64 // packets refused: table_full, alloc_failed, insert_failed
+	Evicted uint64 // its entries evicted by early_drop or the gc
+	Inserts uint64 // entries it got confirmed
+	Deletes uint64 // its entries removed otherwise
+}
+
+func countsOf(st *probe.SourceTotals) Counts {
+	return Counts{
+		Drops:   st.Count(event.ReasonTableFull) + st.Count(event.ReasonAllocFailed) + st.Count(event.ReasonInsertFailed),
+		Evicted: st.Count(event.ReasonEarlyDrop),
+		Inserts: st.Count(event.ReasonInsert),
+		Deletes: st.Count(event.ReasonDelete),
+	}
+}
+
+func countsOfTotals(t map[event.Reason]uint64) Counts {
+	return Counts{
+		Drops:   t[event.ReasonTableFull] + t[event.ReasonAllocFailed] + t[event.ReasonInsertFailed],
+		Evicted: t[event.ReasonEarlyDrop],
+		Inserts: t[event.ReasonInsert],
+		Deletes: t[event.ReasonDelete],
+	}
+}
+
+func (c Counts) sub(o Counts) Counts {
+	return Counts{c.Drops - o.Drops, c.Evicted - o.Evicted, c.Inserts - o.Inserts, c.Deletes - o.Deletes}
+}
+
+func (c Counts) add(o Counts) Counts {
+	return Counts{c.Drops + o.Drops, c.Evicted + o.Evicted, c.Inserts + o.Inserts, c.Deletes + o.Deletes}
+}
+
+// Row is one line of the view.
+type Row struct {
+	Key
+	Total      Counts  // since start
+	Rate       Counts  // in the last interval
+	Held       int64   // entries it holds in the table now
+	Share      float64 // Held / the namespace's entries, 0..1
+	LastReason event.Reason
+	LastDrop   time.Time
+}
+
+// DropsPerSec and the like are the interval's counts over its length.
+func (r *Row) perSec(n uint64, interval time.Duration) float64 {
+	if interval <= 0 {
+		return 0
+	}
+	return float64(n) / interval.Seconds()
+}
+
+// DropsPerSec is the source's refused packets per second in the interval.
+func (r *Row) DropsPerSec(interval time.Duration) float64 { return r.perSec(r.Rate.Drops, interval) }
+
+// InsertsPerSec is the source's new entries per second in the interval.
+func (r *Row) InsertsPerSec(interval time.Duration) float64 {
+	return r.perSec(r.Rate.Inserts, interval)
+}
+
+// Namespace is a network namespace's line in the header.
+type Namespace struct {
+	Netns   uint32
+	Entries int64  // entries now (from the table), -1 when unknown
+	Max     uint32 // nf_conntrack_max
+	Total   Counts
+	Rate    Counts
+}
+
+// Fill is Entries/Max, 0..1, or -1 when unknown.
+func (n *Namespace) Fill() float64 {
+	if n.Entries < 0 || n.Max == 0 {
+		return -1
+	}
+	return float64(n.Entries) / float64(n.Max)
+}
+
+// Snapshot is one refresh of the view.
+type Snapshot struct {
+	Time       time.Time
+	Interval   time.Duration
+	Namespaces []Namespace
+	Rows       []Row // sorted, at most the limit
+	// Other holds what is not in Rows: sources past the limit, sources the
+	// kernel map no longer tracks, events with no source. Rows + Other add
+	// up to the kernel's totals, column by column.
+	Other    Row
+	Tracked  int // sources the kernel tracks now
+	Capacity int // the most it can track (--max-sources)
+	// Bounded says the bound was reached: some sources were pushed out and
+	// are accounted in Other only.
+	Bounded bool
+	Lost    uint64 // events the kernel could not deliver, since start
+}
+
+// SortBy names a column to rank rows by.
+type SortBy string
+
+const (
+	SortDrops   SortBy = "drops"
+	SortInserts SortBy = "inserts"
+	SortHeld    SortBy = "held"
+)
+
+// Options shape the view.
+type Options struct {
+	Sort     SortBy
+	Limit    int
+	Netns    map[uint32]bool // only these namespaces (empty: all)
+	Capacity int
+}
+
+// Aggregator keeps what it needs between snapshots: the previous totals of
+// each source the kernel tracks (so bounded by the kernel map's size) and
+// the entries each held at start.
+type Aggregator struct {
+	opts      Options
+	prev      map[Key]Counts
+	held      map[Key]int64 // seeded from the table at start
+	prevTotal Counts
+	last      time.Time
+	evicted   bool
+}
+
+// New starts an aggregator; start is when the probes were attached.
+func New(opts Options, start time.Time) *Aggregator {
+	return &Aggregator{opts: opts, prev: map[Key]Counts{}, held: map[Key]int64{}, last: start}
+}
+
+// Seed records the entries a source held when cttrace attached.
+func (a *Aggregator) Seed(k Key, entries int64) { a.held[k] += entries }
+
+// Source is one kernel source record, as probe.Probe.Sources returns it.
+type Source = probe.SourceTotals
+
+// Snapshot builds the view from the kernel's current per-source totals (all
+// of them, visited once by each), its totals by reason, and the namespaces'
+// entry counts and max. totals is called after each, so that the kernel's
+// totals are never behind the rows (they only grow) and Other is never
+// negative.
+func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) error, totals func() (map[event.Reason]uint64, error), tables map[uint32]Namespace) (Snapshot, error) {
+	snap := Snapshot{Time: now, Interval: now.Sub(a.last), Capacity: a.opts.Capacity}
+	a.last = now
+	cur := make(map[Key]Counts, len(a.prev))
+	var rows []Row
+	var inRows Counts
+	nsIndex := a.namespaces(tables)
+	err := each(func(st *Source) error {
+		k := Key{Netns: st.Netns, Prefix: st.Prefix}
+		c := countsOf(st)
+		cur[k] = c
+		snap.Tracked++
+		if len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns] {
+			return nil
+		}
+		r := Row{Key: k, Total: c, Rate: c.sub(a.prev[k]), Held: a.held[k] + int64(c.Inserts) - int64(c.Evicted) - int64(c.Deletes),
+			LastReason: st.LastDropReason, LastDrop: st.LastDrop}
+		rows = append(rows, r)
+		inRows = inRows.add(c)
+		ns, ok := nsIndex[k.Netns]
+		if !ok {
+			ns = &Namespace{Netns: k.Netns, Entries: -1}
+			nsIndex[k.Netns] = ns
+		}
+		ns.Total, ns.Rate = ns.Total.add(c), ns.Rate.add(r.Rate)
+		return nil
+	})
+	if err != nil {
+		return snap, err
+	}
+	// A source missing now but present before was pushed out of the LRU map.
+	for k := range a.prev {
+		if _, ok := cur[k]; !ok {
+			a.evicted = true
+			break
+		}
+	}
+	a.prev = cur
+	snap.Bounded = a.evicted || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
+	for _, ns := range nsIndex {
+		snap.Namespaces = append(snap.Namespaces, *ns)
+	}
+	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns, y.Netns) })
+	for i := range rows {
+		if ns := nsIndex[rows[i].Netns]; ns != nil && ns.Entries > 0 {
+			rows[i].Share = float64(rows[i].Held) / float64(ns.Entries)
+		}
+	}
+	byReason, err := totals()
+	if err != nil {
+		return snap, err
+	}
+	total := countsOfTotals(byReason)
+	rank(rows, a.opts.Sort, snap.Interval)
+	limit := a.opts.Limit
+	if limit <= 0 || limit > len(rows) {
+		limit = len(rows)
+	}
+	snap.Rows = rows[:limit]
+	other := total.sub(inRows)
+	for _, r := range rows[limit:] {
+		other = other.add(r.Total)
+	}
+	snap.Other = Row{Total: other, Rate: total.sub(a.prevTotal).sub(sumRates(snap.Rows))}
+	a.prevTotal = total
+	return snap, nil
+}
+
+// namespaces starts the header with every namespace the table reader
+// found (filtered), so a namespace shows even before its first event.
+func (a *Aggregator) namespaces(tables map[uint32]Namespace) map[uint32]*Namespace {
+	idx := map[uint32]*Namespace{}
+	for id, t := range tables {
+		if len(a.opts.Netns) == 0 || a.opts.Netns[id] {
+			ns := Namespace{Netns: id, Entries: t.Entries, Max: t.Max}
+			idx[id] = &ns
+		}
+	}
+	return idx
+}
+
+func sumRates(rows []Row) Counts {
+	var c Counts
+	for _, r := range rows {
+		c = c.add(r.Rate)
+	}
+	return c
+}
+
+// rank sorts rows by the chosen column, the interval's rate first, then
+// the total, then the prefix so the order is stable between refreshes.
+func rank(rows []Row, by SortBy, interval time.Duration) {
+	slices.SortFunc(rows, func(a, b Row) int {
+		var c int
+		switch by {
+		case SortInserts:
+			c = cmp.Or(cmp.Compare(b.Rate.Inserts, a.Rate.Inserts), cmp.Compare(b.Total.Inserts, a.Total.Inserts))
+		case SortHeld:
+			c = cmp.Compare(b.Held, a.Held)
+		default:
+			c = cmp.Or(cmp.Compare(b.Rate.Drops, a.Rate.Drops), cmp.Compare(b.Total.Drops, a.Total.Drops))
+		}
+		if c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.Netns, b.Netns), a.Prefix.Addr().Compare(b.Prefix.Addr()))
+	})
+}
