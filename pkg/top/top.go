@@ -27,12 +27,31 @@ type Counts struct {
 	Deletes uint64 // its entries removed otherwise
 }
 
+// kernelIndex maps each reason to its index in SourceTotals.Events, once.
+var kernelIndex = func() map[event.Reason]int {
+	m := map[event.Reason]int{}
+	for t := 1; event.ReasonFromKernel(uint32(t)) != ""; t++ {
+		m[event.ReasonFromKernel(uint32(t))] = t
+	}
+	return m
+}()
+
+var (
+	ixTableFull    = kernelIndex[event.ReasonTableFull]
+	ixAllocFailed  = kernelIndex[event.ReasonAllocFailed]
+	ixInsertFailed = kernelIndex[event.ReasonInsertFailed]
+	ixEarlyDrop    = kernelIndex[event.ReasonEarlyDrop]
+	ixInsert       = kernelIndex[event.ReasonInsert]
+	ixDelete       = kernelIndex[event.ReasonDelete]
+)
+
 func countsOf(st *probe.SourceTotals) Counts {
+	e := &st.Events
 	return Counts{
-		Drops:   st.Count(event.ReasonTableFull) + st.Count(event.ReasonAllocFailed) + st.Count(event.ReasonInsertFailed),
-		Evicted: st.Count(event.ReasonEarlyDrop),
-		Inserts: st.Count(event.ReasonInsert),
-		Deletes: st.Count(event.ReasonDelete),
+		Drops:   e[ixTableFull] + e[ixAllocFailed] + e[ixInsertFailed],
+		Evicted: e[ixEarlyDrop],
+		Inserts: e[ixInsert],
+		Deletes: e[ixDelete],
 	}
 }
 
@@ -138,7 +157,8 @@ type Options struct {
 type Aggregator struct {
 	opts      Options
 	prev      map[Key]Counts
-	held      map[Key]int64 // seeded from the table at start
+	cur       map[Key]Counts // reused between snapshots
+	held      map[Key]int64  // seeded from the table at start
 	prevTotal Counts
 	last      time.Time
 	evicted   bool
@@ -146,7 +166,7 @@ type Aggregator struct {
 
 // New starts an aggregator; start is when the probes were attached.
 func New(opts Options, start time.Time) *Aggregator {
-	return &Aggregator{opts: opts, prev: map[Key]Counts{}, held: map[Key]int64{}, last: start}
+	return &Aggregator{opts: opts, prev: map[Key]Counts{}, cur: map[Key]Counts{}, held: map[Key]int64{}, last: start}
 }
 
 // Seed records the entries a source held when cttrace attached.
@@ -163,9 +183,10 @@ type Source = probe.SourceTotals
 func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) error, totals func() (map[event.Reason]uint64, error), tables map[uint32]Namespace) (Snapshot, error) {
 	snap := Snapshot{Time: now, Interval: now.Sub(a.last), Capacity: a.opts.Capacity}
 	a.last = now
-	cur := make(map[Key]Counts, len(a.prev))
-	var rows []Row
-	var inRows Counts
+	cur := a.cur
+	clear(cur)
+	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+	var shown, hidden Row // sums over the rows shown and those not
 	nsIndex := a.namespaces(tables)
 	err := each(func(st *Source) error {
 		k := Key{Netns: st.Netns, Prefix: st.Prefix}
@@ -177,53 +198,51 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 		}
 		r := Row{Key: k, Total: c, Rate: c.sub(a.prev[k]), Held: a.held[k] + int64(c.Inserts) - int64(c.Evicted) - int64(c.Deletes),
 			LastReason: st.LastDropReason, LastDrop: st.LastDrop}
-		rows = append(rows, r)
-		inRows = inRows.add(c)
 		ns, ok := nsIndex[k.Netns]
 		if !ok {
 			ns = &Namespace{Netns: k.Netns, Entries: -1}
 			nsIndex[k.Netns] = ns
 		}
 		ns.Total, ns.Rate = ns.Total.add(c), ns.Rate.add(r.Rate)
+		shown.Total, shown.Rate = shown.Total.add(c), shown.Rate.add(r.Rate)
+		if out, pushed := best.offer(r); pushed {
+			hidden.Total, hidden.Rate = hidden.Total.add(out.Total), hidden.Rate.add(out.Rate)
+			hidden.Held += out.Held
+		}
 		return nil
 	})
 	if err != nil {
 		return snap, err
 	}
 	// A source missing now but present before was pushed out of the LRU map.
-	for k := range a.prev {
-		if _, ok := cur[k]; !ok {
-			a.evicted = true
-			break
+	if !a.evicted {
+		for k := range a.prev {
+			if _, ok := cur[k]; !ok {
+				a.evicted = true
+				break
+			}
 		}
 	}
-	a.prev = cur
+	a.prev, a.cur = cur, a.prev
 	snap.Bounded = a.evicted || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
 	for _, ns := range nsIndex {
 		snap.Namespaces = append(snap.Namespaces, *ns)
 	}
 	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns, y.Netns) })
-	for i := range rows {
-		if ns := nsIndex[rows[i].Netns]; ns != nil && ns.Entries > 0 {
-			rows[i].Share = float64(rows[i].Held) / float64(ns.Entries)
+	snap.Rows = best.rows
+	for i := range snap.Rows {
+		if ns := nsIndex[snap.Rows[i].Netns]; ns != nil && ns.Entries > 0 {
+			snap.Rows[i].Share = float64(snap.Rows[i].Held) / float64(ns.Entries)
 		}
 	}
 	byReason, err := totals()
 	if err != nil {
 		return snap, err
 	}
+	// Other: everything the kernel counted that no shown row holds.
 	total := countsOfTotals(byReason)
-	rank(rows, a.opts.Sort, snap.Interval)
-	limit := a.opts.Limit
-	if limit <= 0 || limit > len(rows) {
-		limit = len(rows)
-	}
-	snap.Rows = rows[:limit]
-	other := total.sub(inRows)
-	for _, r := range rows[limit:] {
-		other = other.add(r.Total)
-	}
-	snap.Other = Row{Total: other, Rate: total.sub(a.prevTotal).sub(sumRates(snap.Rows))}
+	inShown := shown.Total.sub(hidden.Total)
+	snap.Other = Row{Total: total.sub(inShown), Rate: total.sub(a.prevTotal).sub(shown.Rate.sub(hidden.Rate)), Held: hidden.Held}
 	a.prevTotal = total
 	return snap, nil
 }
@@ -241,6 +260,35 @@ func (a *Aggregator) namespaces(tables map[uint32]Namespace) map[uint32]*Namespa
 	return idx
 }
 
+// shortlist keeps the best limit rows seen so far, in rank order: the view
+// shows a few rows of possibly a million sources, so the rest is never
+// sorted or kept.
+type shortlist struct {
+	limit int
+	by    SortBy
+	rows  []Row
+}
+
+// offer adds r if it ranks among the best; it returns the row that left
+// the list (r itself when r does not make it) and whether one did.
+func (s *shortlist) offer(r Row) (Row, bool) {
+	if s.limit <= 0 {
+		s.rows = append(s.rows, r)
+		return Row{}, false
+	}
+	if len(s.rows) == s.limit && compareRows(r, s.rows[len(s.rows)-1], s.by) >= 0 {
+		return r, true
+	}
+	i, _ := slices.BinarySearchFunc(s.rows, r, func(x, y Row) int { return compareRows(x, y, s.by) })
+	s.rows = slices.Insert(s.rows, i, r)
+	if len(s.rows) > s.limit {
+		out := s.rows[len(s.rows)-1]
+		s.rows = s.rows[:s.limit]
+		return out, true
+	}
+	return Row{}, false
+}
+
 func sumRates(rows []Row) Counts {
 	var c Counts
 	for _, r := range rows {
@@ -249,22 +297,21 @@ func sumRates(rows []Row) Counts {
 	return c
 }
 
-// rank sorts rows by the chosen column, the interval's rate first, then
-// the total, then the prefix so the order is stable between refreshes.
-func rank(rows []Row, by SortBy, interval time.Duration) {
-	slices.SortFunc(rows, func(a, b Row) int {
-		var c int
-		switch by {
-		case SortInserts:
-			c = cmp.Or(cmp.Compare(b.Rate.Inserts, a.Rate.Inserts), cmp.Compare(b.Total.Inserts, a.Total.Inserts))
-		case SortHeld:
-			c = cmp.Compare(b.Held, a.Held)
-		default:
-			c = cmp.Or(cmp.Compare(b.Rate.Drops, a.Rate.Drops), cmp.Compare(b.Total.Drops, a.Total.Drops))
-		}
-		if c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(a.Netns, b.Netns), a.Prefix.Addr().Compare(b.Prefix.Addr()))
-	})
+// compareRows orders rows by the chosen column, the interval's rate first,
+// then the total, then netns and prefix so the order is stable between
+// refreshes.
+func compareRows(a, b Row, by SortBy) int {
+	var c int
+	switch by {
+	case SortInserts:
+		c = cmp.Or(cmp.Compare(b.Rate.Inserts, a.Rate.Inserts), cmp.Compare(b.Total.Inserts, a.Total.Inserts))
+	case SortHeld:
+		c = cmp.Compare(b.Held, a.Held)
+	default:
+		c = cmp.Or(cmp.Compare(b.Rate.Drops, a.Rate.Drops), cmp.Compare(b.Total.Drops, a.Total.Drops))
+	}
+	if c != 0 {
+		return c
+	}
+	return cmp.Or(cmp.Compare(a.Netns, b.Netns), a.Prefix.Addr().Compare(b.Prefix.Addr()))
 }

@@ -1,0 +1,104 @@
+package topk
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// floodSource is source number n of a flood: distinct n, distinct address.
+func floodSource(n uint32) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(1 + n>>24%200), byte(n >> 16), byte(n >> 8), byte(n)}), 40000)
+}
+
+// benchReasons is a flood's mix: mostly refusals, some inserts, and the
+// deletes and evictions that follow them.
+var benchReasons = [...]event.Reason{
+	event.ReasonTableFull, event.ReasonTableFull, event.ReasonTableFull,
+	event.ReasonTableFull, event.ReasonTableFull, event.ReasonInsertFailed,
+	event.ReasonInsert, event.ReasonInsert, event.ReasonDelete, event.ReasonEarlyDrop,
+}
+
+// BenchmarkAdd measures one event's cost at the default capacity as the
+// number of distinct sources grows past it: from every event hitting one
+// row to nearly every event displacing one.
+func BenchmarkAdd(b *testing.B) {
+	for _, distinct := range []int{1, 100, 10_000, 1_000_000} {
+		b.Run(fmt.Sprintf("sources=%d", distinct), func(b *testing.B) {
+			tr := newTracker(b, DefaultCapacity, Grouping{})
+			// The sources are drawn at random, so the index and the rows
+			// are visited as a flood visits them, not in order.
+			rng := rand.New(rand.NewPCG(1, uint64(distinct)))
+			picks := make([]uint32, 1<<22)
+			for i := range picks {
+				picks[i] = rng.Uint32N(uint32(distinct))
+			}
+			ev := flowFrom(event.ReasonTableFull, testNetns, netip.MustParseAddr("10.0.0.1"))
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				ev.Flow.Src = floodSource(picks[i&(len(picks)-1)])
+				ev.Reason = benchReasons[i%len(benchReasons)]
+				tr.Add(ev)
+				i++
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64(tr.evictions)/float64(b.N), "evictions/op")
+		})
+	}
+}
+
+// BenchmarkSnapshot measures one refresh of the view at the default
+// capacity, full, with 25 rows shown.
+func BenchmarkSnapshot(b *testing.B) {
+	tr := newTracker(b, DefaultCapacity, Grouping{})
+	rng := rand.New(rand.NewPCG(2, 2))
+	ev := flowFrom(event.ReasonTableFull, testNetns, netip.MustParseAddr("10.0.0.1"))
+	for i := range 200_000 {
+		ev.Flow.Src = floodSource(rng.Uint32N(50_000))
+		ev.Reason = benchReasons[i%len(benchReasons)]
+		tr.Add(ev)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		tr.Snapshot(SortDrops, 25)
+	}
+}
+
+// TestMemoryBound measures the heap a full tracker holds after a flood
+// that displaced many times its capacity, and checks it against
+// MemoryBound, the figure doc.go documents.
+func TestMemoryBound(t *testing.T) {
+	for _, capacity := range []int{DefaultCapacity, 100_000} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		tr := newTracker(t, capacity, Grouping{})
+		ev := flowFrom(event.ReasonTableFull, testNetns, netip.MustParseAddr("10.0.0.1"))
+		for i := range uint32(4 * capacity) {
+			ev.Flow.Src = floodSource(i)
+			ev.Reason = benchReasons[i%uint32(len(benchReasons))]
+			tr.Add(ev)
+		}
+		tr.Snapshot(SortDrops, 0) // the scratch at its largest; the rows are garbage
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		used := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+		runtime.KeepAlive(tr)
+		bound := MemoryBound(capacity)
+		t.Logf("capacity %d: %d bytes on the heap, %.0f per tracked source (bound %d, %.0f per source)",
+			capacity, used, float64(used)/float64(capacity), bound, float64(bound)/float64(capacity))
+		if tr.evictions == 0 {
+			t.Errorf("capacity %d: no eviction, the flood did not test the bound", capacity)
+		}
+		// The slack is for what the runtime and the testing package allocate
+		// meanwhile.
+		if slack := int64(16 << 10); used > int64(bound)+slack {
+			t.Errorf("capacity %d: %d bytes on the heap, over the bound %d", capacity, used, bound)
+		}
+	}
+}
