@@ -157,6 +157,9 @@ func runDrops(c *cli.Context) error {
 		return err
 	}
 	defer s.Close()
+	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
+		return err
+	}
 
 	w := newWriter(o.format, o.utc)
 	shown := uint64(0)
@@ -205,21 +208,22 @@ func traceContext(parent context.Context, d time.Duration) (context.Context, con
 	return ctx, func() { cancel(); stop() }
 }
 
-// startSession attaches the probes as cfg and the trace flags say, and
-// writes the ready file.
+// startSession attaches the probes as cfg and the trace flags say.
 func startSession(o traceOptions, cfg session.Config) (*session.Session, error) {
 	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
-	s, err := session.Start(cfg)
-	if err != nil {
-		return nil, err
+	return session.Start(cfg)
+}
+
+// writeReady tells scripts waiting on --ready-file that every event from
+// now on will be seen.
+func writeReady(path string, b probe.Backend) error {
+	if path == "" {
+		return nil
 	}
-	if o.readyFile != "" {
-		if err := os.WriteFile(o.readyFile, []byte(string(s.Backend)+"\n"), 0o644); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("write ready file: %w", err)
-		}
+	if err := os.WriteFile(path, []byte(string(b)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write ready file: %w", err)
 	}
-	return s, nil
+	return nil
 }
 
 func newWriter(format string, utc bool) output.Writer {

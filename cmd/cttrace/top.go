@@ -12,7 +12,9 @@ import (
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
+	"github.com/cttrace/cttrace/pkg/table"
 	"github.com/cttrace/cttrace/pkg/top"
+	"github.com/cttrace/cttrace/pkg/topk"
 )
 
 func topCommand() *cli.Command {
@@ -118,6 +120,23 @@ func runTop(c *cli.Context) error {
 	}
 	defer s.Close()
 	agg := top.New(o.view, time.Now())
+	tables := newTableWatch()
+	grouping := topk.Grouping{V4Bits: int(o.sources.V4Bits), V6Bits: int(o.sources.V6Bits)}
+	// Seeded after attaching: an entry confirmed in between is counted by
+	// both the dump and its insert event, which errs by the few entries of
+	// a few milliseconds rather than missing them.
+	seed := func() {
+		if err := agg.SeedHeld(tables.namespaces, grouping); err != nil {
+			fmt.Fprintf(os.Stderr, "cttrace: warning: entries held are incomplete: %v\n", err)
+		}
+	}
+	seed()
+	// The tracepoint backend sees no inserts or deletes: held comes from a
+	// fresh dump at every refresh instead.
+	redump := s.Backend == probe.BackendTracepoint
+	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
+		return err
+	}
 
 	live := o.format == "text" && isTerminal(os.Stdout)
 	view := output.TopView{Backend: string(s.Backend), Sort: o.view.Sort}
@@ -129,7 +148,12 @@ func runTop(c *cli.Context) error {
 		case <-ctx.Done():
 			return nil
 		case now := <-ticker.C:
-			snap, err := snapshot(s, agg, now)
+			counts := tables.read()
+			if redump {
+				agg.ResetHeld()
+				seed()
+			}
+			snap, err := snapshot(s, agg, now, counts)
 			if err != nil {
 				return err
 			}
@@ -151,13 +175,40 @@ func runTop(c *cli.Context) error {
 	}
 }
 
-func snapshot(s *session.Session, agg *top.Aggregator, now time.Time) (top.Snapshot, error) {
-	snap, err := agg.Snapshot(now, s.Sources, s.Totals, nil)
+func snapshot(s *session.Session, agg *top.Aggregator, now time.Time, tables map[uint32]top.Namespace) (top.Snapshot, error) {
+	snap, err := agg.Snapshot(now, s.Sources, s.Totals, tables)
 	if err != nil {
 		return snap, err
 	}
 	snap.Lost, err = s.Probe.Lost()
 	return snap, err
+}
+
+// tableWatch reads the namespaces' entry counts for the header. The list
+// is rescanned on every read: containers come and go, and a namespace
+// counts from its first tracked flow (scanning /proc costs milliseconds).
+type tableWatch struct {
+	namespaces []table.Namespace
+}
+
+func newTableWatch() *tableWatch {
+	w := &tableWatch{}
+	w.rescan()
+	return w
+}
+
+func (w *tableWatch) rescan() {
+	nss, err := table.Namespaces()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cttrace: warning: list network namespaces: %v\n", err)
+		return
+	}
+	w.namespaces = nss
+}
+
+func (w *tableWatch) read() map[uint32]top.Namespace {
+	w.rescan()
+	return top.Tables(w.namespaces)
 }
 
 // isTerminal reports whether f is a terminal, where the view refreshes in

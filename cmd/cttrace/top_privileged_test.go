@@ -17,12 +17,31 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/probe"
 )
+
+// eachBackend runs fn as a subtest for every backend this kernel allows.
+func eachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
+	testbed.RequireRoot(t)
+	f, err := probe.DetectFeatures()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range probe.Backends {
+		if ok, why := f.BackendUsable(b); !ok {
+			t.Logf("%s: not usable on this kernel: %s", b, why)
+			continue
+		}
+		t.Run(string(b), func(t *testing.T) { fn(t, string(b)) })
+	}
+}
 
 // topRecord is the part of a top-sources JSON snapshot the tests read.
 type topRecord struct {
 	Type     string `json:"type"`
+	Backend  string `json:"backend"`
 	Tracked  int    `json:"tracked"`
 	Capacity int    `json:"capacity"`
 	Bounded  bool   `json:"bounded"`
@@ -96,9 +115,13 @@ func lastSnapshot(t *testing.T, r *process) topRecord {
 // Known traffic into a full table: each source's drops equal what it had
 // refused, and the rows plus "other" add up to the kernel's drop counter.
 func TestTopSourcesCountsEachSourcesRefusals(t *testing.T) {
+	eachBackend(t, testTopCountsRefusals)
+}
+
+func testTopCountsRefusals(t *testing.T, backend string) {
 	lab := fullTable(t, 32)
 	before, _ := lab.Stats()
-	r := startTop(t, "-o", "json", "--once", "--interval", "3s", "--netns", "/run/netns/"+lab.Name(), "--limit", "2")
+	r := startTop(t, "--backend", backend, "-o", "json", "--once", "--interval", "3s", "--netns", "/run/netns/"+lab.Name(), "--limit", "2")
 	want := map[string]int{"127.70.0.1/32": 60, "127.70.0.2/32": 25, "127.70.0.3/32": 5}
 	for src, n := range want {
 		refuse(t, lab, strings.TrimSuffix(src, "/32"), n)
@@ -310,5 +333,43 @@ func TestTopSourcesTerminalView(t *testing.T) {
 	}
 	if n := strings.Count(screen, "cttrace top-sources"); n != 1 {
 		t.Errorf("the header appears %d times: the view does not refresh in place", n)
+	}
+}
+
+// Entries held per source equal what a ctnetlink dump of the namespace
+// shows: seeded from the table at start, then kept by insert events (or, on
+// the tracepoint backend, which sees none, by a dump at every refresh).
+func TestTopSourcesHeldMatchesTableDump(t *testing.T) {
+	eachBackend(t, testTopHeld)
+}
+
+func testTopHeld(t *testing.T, backend string) {
+	lab := ctlab.New(t)
+	ctlab.SetMax(t, 65536)
+	dst := netip.MustParseAddrPort("127.0.0.1:9")
+	send := func(src string, n int) {
+		if sent, _, err := lab.SendNewFlows(netip.MustParseAddr(src), dst, n); err != nil || sent != n {
+			t.Fatalf("send from %s: %d of %d, %v", src, sent, n, err)
+		}
+	}
+	send("127.71.0.1", 30)
+	send("127.71.0.2", 10)
+	r := startTop(t, "--backend", backend, "-o", "json", "--once", "--interval", "3s", "--sort", "held", "--netns", "/run/netns/"+lab.Name())
+	send("127.71.0.3", 15)
+	rec := lastSnapshot(t, r)
+	dump, err := lab.DumpBySource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: rows %+v; dump %v", rec.Backend, rec.Rows, dump)
+	held := map[string]int64{}
+	for _, row := range rec.Rows {
+		held[row.Source] = row.Held
+	}
+	for src, n := range dump {
+		key := netip.PrefixFrom(src, 32).String()
+		if held[key] != int64(n) {
+			t.Errorf("%s: held %d, the table dump shows %d", key, held[key], n)
+		}
 	}
 }

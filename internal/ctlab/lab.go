@@ -38,6 +38,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cttrace/cttrace/pkg/table"
 	"golang.org/x/sys/unix"
 )
 
@@ -131,6 +132,11 @@ func (l *Lab) Name() string { return l.name }
 // Inode is the namespace's inode number, which is what BPF programs see as
 // net->ns.inum (and what 6.18 prints in "table full in netns %u").
 func (l *Lab) Inode() uint32 { return l.inode }
+
+// Namespace is the Lab's namespace as package table reaches it.
+func (l *Lab) Namespace() table.Namespace {
+	return table.Namespace{Inode: l.inode, Path: filepath.Join("/run/netns", l.name), Name: l.name}
+}
 
 // Do runs fn on a fresh OS thread that has joined the Lab's namespace.
 // Sockets fn creates belong to the namespace and may be used from any thread

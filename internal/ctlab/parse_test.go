@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/cttrace/cttrace/pkg/table"
 )
 
 func TestParseProcStats(t *testing.T) {
@@ -17,9 +19,9 @@ func TestParseProcStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Stats{Source: "procfs", CPUs: 2, Entries: 0x4c, Found: 2, Invalid: 4, Insert: 1, InsertFailed: 0x33,
+	want := Stats{Source: "procfs", Stats: table.Stats{CPUs: 2, Entries: 0x4c, Found: 2, Invalid: 4, Insert: 1, InsertFailed: 0x33,
 		Drop: 0x300, EarlyDrop: 11, Error: 1, SearchRestart: 8, ClashResolve: 3, ChainTooLong: 0x30,
-		HasClashResolve: true, HasChainTooLong: true}
+		HasClashResolve: true, HasChainTooLong: true}}
 	if s != want {
 		t.Fatalf("got  %+v\nwant %+v", s, want)
 	}
@@ -44,109 +46,11 @@ func TestParseProcStats(t *testing.T) {
 }
 
 func TestStatsSub(t *testing.T) {
-	a := Stats{Entries: 5, Drop: 10, EarlyDrop: 3, ChainTooLong: 7, Source: "procfs"}
-	b := Stats{Entries: 8, Drop: 4, EarlyDrop: 3, ChainTooLong: 1}
+	a := Stats{Stats: table.Stats{Entries: 5, Drop: 10, EarlyDrop: 3, ChainTooLong: 7}, Source: "procfs"}
+	b := Stats{Stats: table.Stats{Entries: 8, Drop: 4, EarlyDrop: 3, ChainTooLong: 1}}
 	d := a.Sub(b)
 	if d.Entries != -3 || d.Drop != 6 || d.EarlyDrop != 0 || d.ChainTooLong != 6 || d.Source != "procfs" {
 		t.Fatalf("%+v", d)
-	}
-}
-
-// nla builds a netlink attribute.
-func nla(typ uint16, val []byte) []byte {
-	b := make([]byte, 4, 4+len(val)+3)
-	binary.NativeEndian.PutUint16(b[0:], uint16(4+len(val)))
-	binary.NativeEndian.PutUint16(b[2:], typ)
-	b = append(b, val...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
-
-func cat(parts ...[]byte) []byte {
-	var b []byte
-	for _, p := range parts {
-		b = append(b, p...)
-	}
-	return b
-}
-
-func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-
-func TestParseEntry(t *testing.T) {
-	const nested = 0x8000
-	src, dst := netip.MustParseAddr("127.1.2.3"), netip.MustParseAddr("127.0.0.1")
-	tuple := func(s, d netip.Addr, sp, dp uint16, v6 bool) []byte {
-		st, dt := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-		if v6 {
-			st, dt = ctaIPv6Src, ctaIPv6Dst
-		}
-		return cat(
-			nla(ctaTupleIP|nested, cat(nla(st, s.AsSlice()), nla(dt, d.AsSlice()))),
-			nla(ctaTupleProto|nested, cat(nla(ctaProtoNum, []byte{17}), nla(ctaProtoSrcPort, be16(sp)), nla(ctaProtoDstPort, be16(dp)))),
-		)
-	}
-	msg := cat(
-		nla(ctaTupleOrig|nested, tuple(src, dst, 4242, 9, false)),
-		nla(2|nested, tuple(dst, src, 9, 4242, false)), // reply tuple: ignored
-		nla(ctaStatus, binary.BigEndian.AppendUint32(nil, StatusConfirmed|StatusAssured)),
-		nla(7, binary.BigEndian.AppendUint32(nil, 30)), // timeout: ignored
-	)
-	e, err := parseEntry(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := Entry{Proto: 17, Src: netip.AddrPortFrom(src, 4242), Dst: netip.AddrPortFrom(dst, 9), Status: StatusConfirmed | StatusAssured}
-	if e != want || !e.Assured() {
-		t.Fatalf("got %+v, want %+v", e, want)
-	}
-
-	v6 := netip.IPv6Loopback()
-	e, err = parseEntry(nla(ctaTupleOrig|nested, tuple(v6, v6, 1, 2, true)))
-	if err != nil || e.Src != netip.AddrPortFrom(v6, 1) || e.Dst != netip.AddrPortFrom(v6, 2) {
-		t.Fatalf("IPv6: %+v, %v", e, err)
-	}
-
-	if _, err := parseEntry([]byte{200, 0, 1, 0}); err == nil {
-		t.Fatal("bad attribute length accepted")
-	}
-}
-
-func TestParseNetlinkReplies(t *testing.T) {
-	c := &nlConn{seq: 7}
-	msg := func(typ uint16, seq uint32, body []byte) []byte {
-		b := make([]byte, 16, 16+len(body))
-		binary.NativeEndian.PutUint32(b[0:], uint32(16+len(body)))
-		binary.NativeEndian.PutUint16(b[4:], typ)
-		binary.NativeEndian.PutUint32(b[8:], seq)
-		return append(b, body...)
-	}
-	stat := func(cpu uint16, drop uint32) []byte {
-		return cat([]byte{0, 0}, be16(cpu), nla(ctaStatsDrop, binary.BigEndian.AppendUint32(nil, drop)))
-	}
-	var cpus []uint16
-	var drops int64
-	fn := func(res uint16, attrs []byte) error {
-		cpus = append(cpus, res)
-		return forEachAttr(attrs, func(typ uint16, val []byte) error {
-			n, err := be32(val)
-			drops += n
-			return err
-		})
-	}
-	buf := cat(msg(0x104, 6, stat(9, 1000)), msg(0x104, 7, stat(0, 5)), msg(0x104, 7, stat(1, 6)))
-	done, err := c.parse(buf, fn)
-	if err != nil || done {
-		t.Fatalf("done %v, err %v", done, err)
-	}
-	done, err = c.parse(msg(3, 7, make([]byte, 4)), fn) // NLMSG_DONE
-	if err != nil || !done || len(cpus) != 2 || cpus[1] != 1 || drops != 11 {
-		t.Fatalf("done %v, err %v, cpus %v, drops %d", done, err, cpus, drops)
-	}
-	errno := binary.NativeEndian.AppendUint32(nil, uint32(0xffffffff-95+1)) // -EOPNOTSUPP
-	if _, err := c.parse(msg(2, 7, errno), fn); err == nil || !strings.Contains(err.Error(), "not supported") {
-		t.Fatalf("error reply: %v", err)
 	}
 }
 

@@ -10,60 +10,26 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/cttrace/cttrace/pkg/table"
 )
 
-// Stats are a namespace's conntrack statistics: the per-CPU counters summed
-// over every CPU the kernel reports, and the namespace's current entry count.
-// Counters are 32-bit per CPU in the kernel; a fresh Lab starts them at 0.
+// Stats are a namespace's conntrack statistics (see table.Stats), read from
+// one of two independent sources, so that tests can check one against the
+// other. A fresh Lab starts its counters at 0.
 type Stats struct {
+	table.Stats
 	// Source says where they were read: "procfs" (/proc/net/stat/nf_conntrack
-	// of the namespace) or "ctnetlink" (IPCTNL_MSG_CT_GET_STATS_CPU and
-	// IPCTNL_MSG_CT_GET_STATS).
+	// of the namespace, and its nf_conntrack_max sysctl) or "ctnetlink"
+	// (package table).
 	Source string
-	CPUs   int // per-CPU rows summed (the kernel's possible CPUs)
-
-	Entries int64 // entries of this namespace now (nf_conntrack_count)
-
-	Found         int64
-	Invalid       int64
-	Insert        int64 // only ctnetlink/BPF insertions on recent kernels
-	InsertFailed  int64
-	Drop          int64
-	EarlyDrop     int64 // entries evicted by early_drop (not allocations that evicted)
-	Error         int64 // "icmp_error" in procfs
-	SearchRestart int64
-	ClashResolve  int64 // "clashres" in procfs
-	ChainTooLong  int64 // "chainlength" in procfs; 5.15+
-
-	// Whether the kernel reported these counters at all.
-	HasClashResolve bool
-	HasChainTooLong bool
 }
 
-// Sub returns s - old for every counter and the entry count (so the result
-// holds deltas; Entries may be negative). Source, CPUs and the Has flags are
-// s's.
+// Sub returns s - old (see table.Stats.Sub), from s's source.
 func (s Stats) Sub(old Stats) Stats {
-	d := s
-	d.Entries -= old.Entries
-	d.Found -= old.Found
-	d.Invalid -= old.Invalid
-	d.Insert -= old.Insert
-	d.InsertFailed -= old.InsertFailed
-	d.Drop -= old.Drop
-	d.EarlyDrop -= old.EarlyDrop
-	d.Error -= old.Error
-	d.SearchRestart -= old.SearchRestart
-	d.ClashResolve -= old.ClashResolve
-	d.ChainTooLong -= old.ChainTooLong
-	return d
+	return Stats{Stats: s.Stats.Sub(old.Stats), Source: s.Source}
 }
 
-func (s Stats) String() string {
-	return fmt.Sprintf("entries=%d found=%d invalid=%d insert=%d insert_failed=%d drop=%d early_drop=%d error=%d search_restart=%d clash_resolve=%d chaintoolong=%d (%s, %d CPUs)",
-		s.Entries, s.Found, s.Invalid, s.Insert, s.InsertFailed, s.Drop, s.EarlyDrop, s.Error, s.SearchRestart, s.ClashResolve, s.ChainTooLong, s.Source, s.CPUs)
-}
+func (s Stats) String() string { return fmt.Sprintf("%v from %s", s.Stats, s.Source) }
 
 // procStatPath is the namespace's statistics file. /proc/net is a link to
 // /proc/self/net, which shows the namespace of the thread-group leader, not
@@ -73,24 +39,16 @@ const procStatPath = "/proc/thread-self/net/stat/nf_conntrack"
 // Stats reads the Lab's statistics from procfs when the kernel has it
 // (CONFIG_NF_CONNTRACK_PROCFS), else over ctnetlink. Stats.Source says which.
 func (l *Lab) Stats() (Stats, error) {
-	var s Stats
-	err := l.Do(func() error {
-		f, err := os.Open(procStatPath)
-		if errors.Is(err, fs.ErrNotExist) {
-			s, err = statsNetlink()
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		s, err = parseProcStats(f)
-		return err
-	})
+	s, err := l.StatsProcfs()
+	if errors.Is(err, fs.ErrNotExist) {
+		return l.StatsNetlink()
+	}
 	return s, err
 }
 
-// StatsProcfs reads the statistics from the namespace's procfs file only.
+// StatsProcfs reads the statistics from the namespace's procfs file only,
+// and the max from its nf_conntrack_max sysctl (which /proc/sys/net shows
+// for the calling thread's namespace).
 func (l *Lab) StatsProcfs() (Stats, error) {
 	var s Stats
 	err := l.Do(func() error {
@@ -99,7 +57,11 @@ func (l *Lab) StatsProcfs() (Stats, error) {
 			return err
 		}
 		defer f.Close()
-		s, err = parseProcStats(f)
+		if s, err = parseProcStats(f); err != nil {
+			return err
+		}
+		n, err := ReadGlobal(MaxPath)
+		s.Max = int64(n)
 		return err
 	})
 	return s, err
@@ -107,12 +69,8 @@ func (l *Lab) StatsProcfs() (Stats, error) {
 
 // StatsNetlink reads the statistics over ctnetlink only.
 func (l *Lab) StatsNetlink() (Stats, error) {
-	var s Stats
-	err := l.Do(func() (err error) {
-		s, err = statsNetlink()
-		return err
-	})
-	return s, err
+	s, err := l.Namespace().Stats()
+	return Stats{Stats: s, Source: "ctnetlink"}, err
 }
 
 // parseProcStats parses /proc/net/stat/nf_conntrack: a header of column
@@ -187,68 +145,6 @@ func parseProcStats(r io.Reader) (Stats, error) {
 	}
 	if s.CPUs == 0 {
 		return s, errors.New("procfs conntrack stats: no CPU rows")
-	}
-	return s, nil
-}
-
-// statsNetlink reads the calling thread's namespace's statistics over
-// ctnetlink.
-func statsNetlink() (Stats, error) {
-	s := Stats{Source: "ctnetlink"}
-	c, err := dialCtnetlink()
-	if err != nil {
-		return s, err
-	}
-	defer c.Close()
-	err = c.request(ipctnlMsgCtGetStatsCPU, unix.AF_UNSPEC, true, func(_ uint16, attrs []byte) error {
-		s.CPUs++
-		return forEachAttr(attrs, func(typ uint16, val []byte) error {
-			var dst *int64
-			switch typ {
-			case ctaStatsFound:
-				dst = &s.Found
-			case ctaStatsInvalid:
-				dst = &s.Invalid
-			case ctaStatsInsert:
-				dst = &s.Insert
-			case ctaStatsInsertFailed:
-				dst = &s.InsertFailed
-			case ctaStatsDrop:
-				dst = &s.Drop
-			case ctaStatsEarlyDrop:
-				dst = &s.EarlyDrop
-			case ctaStatsError:
-				dst = &s.Error
-			case ctaStatsSearchRestart:
-				dst = &s.SearchRestart
-			case ctaStatsClashResolve:
-				dst, s.HasClashResolve = &s.ClashResolve, true
-			case ctaStatsChainTooLong:
-				dst, s.HasChainTooLong = &s.ChainTooLong, true
-			default:
-				return nil
-			}
-			n, err := be32(val)
-			*dst += n
-			return err
-		})
-	})
-	if err != nil {
-		return s, fmt.Errorf("ctnetlink per-CPU stats: %w", err)
-	}
-	if s.CPUs == 0 {
-		return s, errors.New("ctnetlink per-CPU stats: no CPUs reported")
-	}
-	err = c.request(ipctnlMsgCtGetStats, unix.AF_UNSPEC, false, func(_ uint16, attrs []byte) error {
-		return forEachAttr(attrs, func(typ uint16, val []byte) (err error) {
-			if typ == ctaStatsGlobalEntries {
-				s.Entries, err = be32(val)
-			}
-			return err
-		})
-	})
-	if err != nil {
-		return s, fmt.Errorf("ctnetlink global stats: %w", err)
 	}
 	return s, nil
 }

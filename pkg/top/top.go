@@ -159,6 +159,7 @@ type Aggregator struct {
 	prev      map[Key]Counts
 	cur       map[Key]Counts // reused between snapshots
 	held      map[Key]int64  // seeded from the table at start
+	seeded    int64          // entries held at start, in all
 	prevTotal Counts
 	last      time.Time
 	evicted   bool
@@ -169,8 +170,19 @@ func New(opts Options, start time.Time) *Aggregator {
 	return &Aggregator{opts: opts, prev: map[Key]Counts{}, cur: map[Key]Counts{}, held: map[Key]int64{}, last: start}
 }
 
+// ResetHeld forgets the seeded entries, before seeding anew from a fresh
+// dump: the tracepoint backend sees no inserts or deletes, so there the
+// table is dumped again at every refresh instead.
+func (a *Aggregator) ResetHeld() {
+	clear(a.held)
+	a.seeded = 0
+}
+
 // Seed records the entries a source held when cttrace attached.
-func (a *Aggregator) Seed(k Key, entries int64) { a.held[k] += entries }
+func (a *Aggregator) Seed(k Key, entries int64) {
+	a.held[k] += entries
+	a.seeded += entries
+}
 
 // Source is one kernel source record, as probe.Probe.Sources returns it.
 type Source = probe.SourceTotals
@@ -214,6 +226,16 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 	if err != nil {
 		return snap, err
 	}
+	// Sources that held entries at start but have had no event since are
+	// not in the kernel's map; they still hold their entries.
+	for k, n := range a.held {
+		if _, ok := cur[k]; ok || (len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns]) {
+			continue
+		}
+		if out, pushed := best.offer(Row{Key: k, Held: n}); pushed {
+			hidden.Held += out.Held
+		}
+	}
 	// A source missing now but present before was pushed out of the LRU map.
 	if !a.evicted {
 		for k := range a.prev {
@@ -242,7 +264,13 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 	// Other: everything the kernel counted that no shown row holds.
 	total := countsOfTotals(byReason)
 	inShown := shown.Total.sub(hidden.Total)
-	snap.Other = Row{Total: total.sub(inShown), Rate: total.sub(a.prevTotal).sub(shown.Rate.sub(hidden.Rate)), Held: hidden.Held}
+	snap.Other = Row{Total: total.sub(inShown), Rate: total.sub(a.prevTotal).sub(shown.Rate.sub(hidden.Rate))}
+	// Held reconciles like the counts: what the table held at start plus
+	// what came minus what went, less what the shown rows hold.
+	snap.Other.Held = a.seeded + int64(total.Inserts) - int64(total.Deletes) - int64(total.Evicted)
+	for _, r := range snap.Rows {
+		snap.Other.Held -= r.Held
+	}
 	a.prevTotal = total
 	return snap, nil
 }
