@@ -94,6 +94,19 @@ struct {
 	__type(value, struct src_stats);
 } sources SEC(".maps");
 
+/* Totals by event type per network namespace, so that a view filtered to
+ * some namespaces still adds up. Bounded like every map here. */
+struct netns_stats {
+	__u64 events[CT_EV_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct netns_stats);
+} netns_totals SEC(".maps");
+
 /* The allocation in progress on this CPU, and whether early_drop() ran
  * inside it. Kernel pointers are kept as integers so that bpf2go can
  * generate the Go type of the map value. */
@@ -198,12 +211,32 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
 	}
 }
 
+static __always_inline void account_netns(const struct ct_event *e)
+{
+	struct netns_stats *st;
+	__u32 netns = e->netns, type = e->type;
+
+	if (type >= CT_EV_MAX)
+		return;
+	st = bpf_map_lookup_elem(&netns_totals, &netns);
+	if (!st) {
+		struct netns_stats zero = {};
+
+		bpf_map_update_elem(&netns_totals, &netns, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&netns_totals, &netns);
+		if (!st)
+			return;
+	}
+	__sync_fetch_and_add(&st->events[type], 1);
+}
+
 static __always_inline void account_source(const struct ct_event *e)
 {
 	struct src_key k = {};
 	struct src_stats *st;
 	__u32 type = e->type;
 
+	account_netns(e);
 	if (!e->tuple.family || type >= CT_EV_MAX)
 		return; /* no source: user space counts it as "other" */
 	k.netns = e->netns;
@@ -318,13 +351,12 @@ static __always_inline void early_drop_done(int evicted)
  * else and only when the count went past nf_conntrack_max, so "early_drop ran
  * and evicted nothing" is exactly the table-full case.
  */
-static __always_inline void alloc_done(const void *ret)
+static __always_inline void alloc_done(const void *ret, struct net *net,
+				       const struct nf_conntrack_zone *zone,
+				       const struct nf_conntrack_tuple *orig)
 {
 	struct alloc_scratch *s = alloc_scratch();
-	const struct nf_conntrack_tuple *orig;
-	const struct nf_conntrack_zone *zone;
 	struct ct_event ev, *e = &ev;
-	struct net *net;
 	bool full;
 
 	if (!s || !IS_ERR_VALUE(ret))
@@ -332,14 +364,6 @@ static __always_inline void alloc_done(const void *ret)
 	full = s->early_drop_called && !s->early_drop_evicted;
 	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, CT_CONF_EXACT))
 		return;
-	/*
-	 * Copy the pointers out of the scratch before BPF_CORE_READ: inside its
-	 * __builtin_preserve_access_index the s->net access would itself become
-	 * a CO-RE relocation against a struct the kernel has never heard of.
-	 */
-	net = (struct net *)s->net;
-	zone = (const struct nf_conntrack_zone *)s->zone;
-	orig = (const struct nf_conntrack_tuple *)s->orig;
 	e->netns = BPF_CORE_READ(net, ns.inum);
 	if (zone)
 		e->zone = BPF_CORE_READ(zone, id);
@@ -578,9 +602,10 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 		if (!event_begin(e, CT_EV_TABLE_FULL, CT_CONF_INFERRED))
 			return;
 		e->netns = skb_netns(skb);
-		if (tuple_from_skb(&e->tuple, skb))
-			return;
-		e->count = e->max;
+		/* A packet that cannot be parsed still counts: published with no
+		 * tuple rather than lost between the counters. Count stays 0: a
+		 * rule before conntrack drops the same way in a table far from full. */
+		tuple_from_skb(&e->tuple, skb);
 		event_publish(e);
 		return;
 	}
@@ -610,7 +635,9 @@ int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zo
 	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp,
 	     u32 hash, struct nf_conn *ret)
 {
-	alloc_done(ret);
+	/* fexit has the arguments: only early_drop's outcome comes from the
+	 * scratch, which an allocation nested on this CPU could overwrite. */
+	alloc_done(ret, net, zone, orig);
 	return 0;
 }
 
@@ -684,7 +711,21 @@ int BPF_KPROBE(kprobe_ct_alloc, struct net *net, const struct nf_conntrack_zone 
 SEC("kretprobe/__nf_conntrack_alloc")
 int BPF_KRETPROBE(kretprobe_ct_alloc, struct nf_conn *ret)
 {
-	alloc_done(ret);
+	struct alloc_scratch *s = alloc_scratch();
+
+	/*
+	 * kretprobes have no arguments: they come from the entry's scratch.
+	 * Copied to locals first: inside BPF_CORE_READ's
+	 * __builtin_preserve_access_index, s->net would itself become a CO-RE
+	 * relocation against a struct the kernel has never heard of.
+	 */
+	if (s) {
+		struct net *net = (struct net *)s->net;
+		const struct nf_conntrack_zone *zone = (const struct nf_conntrack_zone *)s->zone;
+		const struct nf_conntrack_tuple *orig = (const struct nf_conntrack_tuple *)s->orig;
+
+		alloc_done(ret, net, zone, orig);
+	}
 	return 0;
 }
 

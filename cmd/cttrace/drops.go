@@ -201,6 +201,8 @@ func runDrops(c *cli.Context) error {
 func traceContext(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	ignoreSIGPIPE()
 	ctx, stop := signalContext(parent)
+	// Once stopping, a second Ctrl-C kills at once, as with any tool.
+	context.AfterFunc(ctx, stop)
 	if d <= 0 {
 		return ctx, stop
 	}
@@ -260,8 +262,8 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 
 // parseRingSize reads 4M, 64K or 262144 and checks what the kernel demands
 // of a ring buffer: a power of two, at least one page.
-func parseRingSize(s string) (uint32, error) {
-	mult := uint64(1)
+func parseRingSize(arg string) (uint32, error) {
+	s, mult := arg, uint64(1)
 	switch {
 	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "k"):
 		mult, s = 1<<10, s[:len(s)-1]
@@ -271,7 +273,7 @@ func parseRingSize(s string) (uint32, error) {
 	n, err := strconv.ParseUint(s, 10, 32)
 	size := n * mult
 	if err != nil || size > 1<<30 || size < uint64(os.Getpagesize()) || size&(size-1) != 0 {
-		return 0, fmt.Errorf("invalid --ring-size %q: want a power of two from %d bytes to 1G", s, os.Getpagesize())
+		return 0, fmt.Errorf("invalid --ring-size %q: want a power of two from %d bytes to 1G", arg, os.Getpagesize())
 	}
 	return uint32(size), nil
 }

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
@@ -100,8 +103,9 @@ func parseTopOptions(c *cli.Context) (topOptions, error) {
 }
 
 func parsePrefixLen(flag, s string, max int) (uint8, error) {
-	var n int
-	if _, err := fmt.Sscanf(s, "/%d", &n); err != nil || n < 1 || n > max {
+	digits, ok := strings.CutPrefix(s, "/")
+	n, err := strconv.Atoi(digits)
+	if !ok || err != nil || n < 1 || n > max {
 		return 0, usageError(fmt.Errorf("invalid --%s %q (want /1 to /%d)", flag, s, max))
 	}
 	return uint8(n), nil
@@ -153,7 +157,7 @@ func runTop(c *cli.Context) error {
 				agg.ResetHeld()
 				seed()
 			}
-			snap, err := snapshot(s, agg, now, counts)
+			snap, err := snapshot(s, agg, o.view.Netns, now, counts)
 			if err != nil {
 				return err
 			}
@@ -175,13 +179,35 @@ func runTop(c *cli.Context) error {
 	}
 }
 
-func snapshot(s *session.Session, agg *top.Aggregator, now time.Time, tables map[uint32]top.Namespace) (top.Snapshot, error) {
-	snap, err := agg.Snapshot(now, s.Sources, s.Totals, tables)
+func snapshot(s *session.Session, agg *top.Aggregator, filter map[uint32]bool, now time.Time, tables map[uint32]top.Namespace) (top.Snapshot, error) {
+	totals := s.Totals
+	if len(filter) > 0 {
+		totals = func() (map[event.Reason]uint64, error) { return filteredTotals(s, filter) }
+	}
+	snap, err := agg.Snapshot(now, s.Sources, totals, tables)
 	if err != nil {
 		return snap, err
 	}
 	snap.Lost, err = s.Probe.Lost()
 	return snap, err
+}
+
+// filteredTotals sums the kernel's per-namespace totals over the
+// namespaces --netns selects, so that their rows plus "other" add up.
+func filteredTotals(s *session.Session, filter map[uint32]bool) (map[event.Reason]uint64, error) {
+	per, err := s.NamespaceTotals()
+	if err != nil {
+		return nil, err
+	}
+	sum := map[event.Reason]uint64{}
+	for netns, byReason := range per {
+		if filter[netns] {
+			for r, n := range byReason {
+				sum[r] += n
+			}
+		}
+	}
+	return sum, nil
 }
 
 // tableWatch reads the namespaces' entry counts for the header. The list

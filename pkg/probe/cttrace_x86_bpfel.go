@@ -97,6 +97,11 @@ type cttraceCtTuple struct {
 	Pad    [2]uint8
 }
 
+type cttraceNetnsStats struct {
+	_      structs.HostLayout
+	Events [8]uint64
+}
+
 type cttraceSrcKey struct {
 	_      structs.HostLayout
 	Netns  uint32
@@ -122,6 +127,7 @@ const (
 	cttraceMapEvents                 = "events"
 	cttraceMapGcTasks                = "gc_tasks"
 	cttraceMapLost                   = "lost"
+	cttraceMapNetnsTotals            = "netns_totals"
 	cttraceMapProduced               = "produced"
 	cttraceMapSources                = "sources"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
@@ -230,6 +236,7 @@ type cttraceMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	GcTasks      *ebpf.MapSpec `ebpf:"gc_tasks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	NetnsTotals  *ebpf.MapSpec `ebpf:"netns_totals"`
 	Produced     *ebpf.MapSpec `ebpf:"produced"`
 	Sources      *ebpf.MapSpec `ebpf:"sources"`
 }
@@ -274,6 +281,7 @@ type cttraceMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
 	GcTasks      *ebpf.Map `ebpf:"gc_tasks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
+	NetnsTotals  *ebpf.Map `ebpf:"netns_totals"`
 	Produced     *ebpf.Map `ebpf:"produced"`
 	Sources      *ebpf.Map `ebpf:"sources"`
 }
@@ -285,6 +293,7 @@ func (m *cttraceMaps) Close() error {
 		m.Events,
 		m.GcTasks,
 		m.Lost,
+		m.NetnsTotals,
 		m.Produced,
 		m.Sources,
 	)

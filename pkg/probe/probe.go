@@ -205,15 +205,22 @@ func (p *Probe) Programs() []string {
 	return names
 }
 
-// Close detaches every link before closing the programs and maps.
-func (p *Probe) Close() error {
+// Detach removes the programs from their hooks, keeping the maps: what the
+// ring buffer holds can still be read, and nothing more is added to it.
+func (p *Probe) Detach() error {
 	var errs []error
 	for _, l := range p.links {
 		errs = append(errs, l.Close())
 	}
 	p.links = nil
-	p.coll.Close()
 	return errors.Join(errs...)
+}
+
+// Close detaches every link before closing the programs and maps.
+func (p *Probe) Close() error {
+	err := p.Detach()
+	p.coll.Close()
+	return err
 }
 
 // ProgramNames lists the names of every program in the object, for checks

@@ -115,3 +115,25 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 		st.LastDropReason = event.ReasonFromKernel(v.LastDropType)
 	}
 }
+
+// NamespaceTotals returns, per network namespace, the events the kernel
+// counted since attach, by reason (with SourceOptions.Enabled).
+func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
+	out := map[uint32]map[event.Reason]uint64{}
+	var netns uint32
+	var st cttraceNetnsStats
+	it := p.coll.Maps["netns_totals"].Iterate()
+	for it.Next(&netns, &st) {
+		m := map[event.Reason]uint64{}
+		for t, n := range st.Events {
+			if r := event.ReasonFromKernel(uint32(t)); r.Valid() {
+				m[r] = n
+			}
+		}
+		out[netns] = m
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read namespace totals: %w", err)
+	}
+	return out, nil
+}

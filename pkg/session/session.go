@@ -58,7 +58,11 @@ func Start(cfg Config) (*Session, error) {
 		return nil, err
 	}
 	fmt.Fprintf(cfg.Log, "cttrace: backend %s (%s)\n", b, why)
-	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: cfg.RingBytes, Sources: cfg.Sources})
+	ring := cfg.RingBytes
+	if len(cfg.Stream) == 0 {
+		ring = uint32(os.Getpagesize()) // nothing streamed: the smallest ring
+	}
+	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: ring, Sources: cfg.Sources})
 	if err != nil {
 		return nil, err
 	}
@@ -155,9 +159,13 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 	}
 }
 
-// finish hands over what the kernel wrote before the stop, so that every
-// event is either delivered or counted as lost, then reports the losses.
+// finish detaches the probes, so that a flood that goes on cannot keep the
+// ring buffer from emptying, then hands over what the kernel wrote before,
+// so that every event is either delivered or counted as lost.
 func (s *Session) finish(h Handler, ev *event.Event) error {
+	if err := s.Probe.Detach(); err != nil {
+		return fmt.Errorf("detach: %w", err)
+	}
 	s.reader.SetDeadline(time.Time{})
 	for !s.reader.Drained() {
 		if err := s.reader.Read(ev); err != nil {
@@ -191,6 +199,12 @@ func (s *Session) tick(onTick func(uint64) error) error {
 	delta := total - s.lost
 	s.lost = total
 	return onTick(delta)
+}
+
+// NamespaceTotals returns the events counted per network namespace, by
+// reason (Config.Sources).
+func (s *Session) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
+	return s.Probe.NamespaceTotals()
 }
 
 // Sources calls fn for every source the kernel counts now (Config.Sources).

@@ -68,6 +68,26 @@ func (c Counts) sub(o Counts) Counts {
 	return Counts{c.Drops - o.Drops, c.Evicted - o.Evicted, c.Inserts - o.Inserts, c.Deletes - o.Deletes}
 }
 
+// atLeastZero is c - o, column by column, never below zero: the kernel's
+// totals and its per-source map are read a moment apart.
+func (c Counts) atLeastZero(o Counts) Counts {
+	d := func(x, y uint64) uint64 { return x - min(x, y) }
+	return Counts{d(c.Drops, o.Drops), d(c.Evicted, o.Evicted), d(c.Inserts, o.Inserts), d(c.Deletes, o.Deletes)}
+}
+
+// since is what a source counted since prev. A source pushed out of the
+// kernel's LRU map and back starts again from zero: a count below the
+// previous one is all new.
+func (c Counts) since(prev Counts) Counts {
+	d := func(now, before uint64) uint64 {
+		if now < before {
+			return now
+		}
+		return now - before
+	}
+	return Counts{d(c.Drops, prev.Drops), d(c.Evicted, prev.Evicted), d(c.Inserts, prev.Inserts), d(c.Deletes, prev.Deletes)}
+}
+
 func (c Counts) add(o Counts) Counts {
 	return Counts{c.Drops + o.Drops, c.Evicted + o.Evicted, c.Inserts + o.Inserts, c.Deletes + o.Deletes}
 }
@@ -188,17 +208,17 @@ func (a *Aggregator) Seed(k Key, entries int64) {
 type Source = probe.SourceTotals
 
 // Snapshot builds the view from the kernel's current per-source totals (all
-// of them, visited once by each), its totals by reason, and the namespaces'
-// entry counts and max. totals is called after each, so that the kernel's
-// totals are never behind the rows (they only grow) and Other is never
-// negative.
+// of them, visited once by each), its totals by reason over the namespaces
+// shown (the host's when not filtered), and the namespaces' entry counts and
+// max. totals is called after each, so that the kernel's totals are never
+// behind the rows (they only grow).
 func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) error, totals func() (map[event.Reason]uint64, error), tables map[uint32]Namespace) (Snapshot, error) {
 	snap := Snapshot{Time: now, Interval: now.Sub(a.last), Capacity: a.opts.Capacity}
 	a.last = now
 	cur := a.cur
 	clear(cur)
 	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
-	var shown, hidden Row // sums over the rows shown and those not
+	var shown, hidden Row // sums over every row offered, and over those not shown
 	nsIndex := a.namespaces(tables)
 	err := each(func(st *Source) error {
 		k := Key{Netns: st.Netns, Prefix: st.Prefix}
@@ -208,18 +228,16 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 		if len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns] {
 			return nil
 		}
-		r := Row{Key: k, Total: c, Rate: c.sub(a.prev[k]), Held: a.held[k] + int64(c.Inserts) - int64(c.Evicted) - int64(c.Deletes),
-			LastReason: st.LastDropReason, LastDrop: st.LastDrop}
+		r := Row{Key: k, Total: c, Rate: c.since(a.prev[k]), Held: a.heldNow(k, c), LastReason: st.LastDropReason, LastDrop: st.LastDrop}
 		ns, ok := nsIndex[k.Netns]
 		if !ok {
 			ns = &Namespace{Netns: k.Netns, Entries: -1}
 			nsIndex[k.Netns] = ns
 		}
 		ns.Total, ns.Rate = ns.Total.add(c), ns.Rate.add(r.Rate)
-		shown.Total, shown.Rate = shown.Total.add(c), shown.Rate.add(r.Rate)
+		shown.add(&r)
 		if out, pushed := best.offer(r); pushed {
-			hidden.Total, hidden.Rate = hidden.Total.add(out.Total), hidden.Rate.add(out.Rate)
-			hidden.Held += out.Held
+			hidden.add(&out)
 		}
 		return nil
 	})
@@ -232,8 +250,10 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 		if _, ok := cur[k]; ok || (len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns]) {
 			continue
 		}
-		if out, pushed := best.offer(Row{Key: k, Held: n}); pushed {
-			hidden.Held += out.Held
+		r := Row{Key: k, Held: n}
+		shown.add(&r)
+		if out, pushed := best.offer(r); pushed {
+			hidden.add(&out)
 		}
 	}
 	// A source missing now but present before was pushed out of the LRU map.
@@ -261,10 +281,11 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 	if err != nil {
 		return snap, err
 	}
-	// Other: everything the kernel counted that no shown row holds.
+	// Other: everything the kernel counted (in the namespaces shown) that no
+	// shown row holds.
 	total := countsOfTotals(byReason)
-	inShown := shown.Total.sub(hidden.Total)
-	snap.Other = Row{Total: total.sub(inShown), Rate: total.sub(a.prevTotal).sub(shown.Rate.sub(hidden.Rate))}
+	inRows := shown.Total.sub(hidden.Total)
+	snap.Other = Row{Total: total.atLeastZero(inRows), Rate: total.since(a.prevTotal).atLeastZero(shown.Rate.sub(hidden.Rate))}
 	// Held reconciles like the counts: what the table held at start plus
 	// what came minus what went, less what the shown rows hold.
 	snap.Other.Held = a.seeded + int64(total.Inserts) - int64(total.Deletes) - int64(total.Evicted)
@@ -317,12 +338,16 @@ func (s *shortlist) offer(r Row) (Row, bool) {
 	return Row{}, false
 }
 
-func sumRates(rows []Row) Counts {
-	var c Counts
-	for _, r := range rows {
-		c = c.add(r.Rate)
-	}
-	return c
+// add sums r's counts, rates and held entries into s.
+func (s *Row) add(r *Row) {
+	s.Total, s.Rate, s.Held = s.Total.add(r.Total), s.Rate.add(r.Rate), s.Held+r.Held
+}
+
+// heldNow is what source k holds: its entries at start plus what it got
+// confirmed, less what it lost. Never below zero: a source pushed out of
+// the kernel's map loses the inserts its later deletes balance.
+func (a *Aggregator) heldNow(k Key, c Counts) int64 {
+	return max(0, a.held[k]+int64(c.Inserts)-int64(c.Evicted)-int64(c.Deletes))
 }
 
 // compareRows orders rows by the chosen column, the interval's rate first,

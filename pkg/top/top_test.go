@@ -103,6 +103,49 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	}
 }
 
+// A source pushed out of the kernel's LRU map comes back counting from
+// zero: its rate is what it counted since, not a wrapped difference.
+func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(0, 0)
+	a := New(Options{Sort: SortDrops, Limit: 5}, start)
+	k.add(1, "10.0.0.1/32", event.ReasonTableFull, 100, true)
+	if _, err := a.Snapshot(start.Add(time.Second), k.each, k.totalsNow, nil); err != nil {
+		t.Fatal(err)
+	}
+	k.sources[Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}].Events[index(event.ReasonTableFull)] = 3
+	k.totals[event.ReasonTableFull] += 3
+	s, err := a.Snapshot(start.Add(2*time.Second), k.each, k.totalsNow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Rows[0].Rate.Drops != 3 || s.Other.Rate.Drops > 100 {
+		t.Fatalf("rate after re-entry %d (other %d), want 3", s.Rows[0].Rate.Drops, s.Other.Rate.Drops)
+	}
+}
+
+// A row that only holds seeded entries can push a counted source off the
+// list; that source's counts must then be in Other.
+func TestPushedOffRowsKeepTheirCountsInOther(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(0, 0)
+	a := New(Options{Sort: SortHeld, Limit: 1}, start)
+	a.Seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
+	k.add(1, "10.0.0.2/32", event.ReasonInsert, 2, true)
+	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 5, true)
+	s, err := a.Snapshot(start.Add(time.Second), k.each, k.totalsNow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drops, inserts uint64
+	for _, r := range s.Rows {
+		drops, inserts = drops+r.Total.Drops, inserts+r.Total.Inserts
+	}
+	if drops+s.Other.Total.Drops != 5 || inserts+s.Other.Total.Inserts != 2 {
+		t.Fatalf("rows %+v other %+v: counts lost", s.Rows, s.Other)
+	}
+}
+
 func TestSortByInsertsAndHeldAndNetnsFilter(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
