@@ -129,14 +129,19 @@ func runTop(c *cli.Context) error {
 	// Seeded after attaching: an entry confirmed in between is counted by
 	// both the dump and its insert event, which errs by the few entries of
 	// a few milliseconds rather than missing them.
+	var nextDump time.Time
 	seed := func() {
+		start := time.Now()
 		if err := agg.SeedHeld(tables.namespaces, grouping); err != nil {
 			fmt.Fprintf(os.Stderr, "cttrace: warning: entries held are incomplete: %v\n", err)
 		}
+		// A dump of a huge table takes a while: spend at most a tenth of
+		// the time dumping.
+		nextDump = time.Now().Add(9 * time.Since(start))
 	}
 	seed()
 	// The tracepoint backend sees no inserts or deletes: held comes from a
-	// fresh dump at every refresh instead.
+	// fresh dump at refreshes instead.
 	redump := s.Backend == probe.BackendTracepoint
 	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
 		return err
@@ -153,7 +158,7 @@ func runTop(c *cli.Context) error {
 			return nil
 		case now := <-ticker.C:
 			counts := tables.read()
-			if redump {
+			if redump && !now.Before(nextDump) {
 				agg.ResetHeld()
 				seed()
 			}
