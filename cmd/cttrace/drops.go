@@ -253,6 +253,12 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 			return err
 		}
 	}
+	// The person reading stderr is not shown zeros for what this backend
+	// cannot see; the JSON summary keeps every reason, as its schema says.
+	sum.Events = map[event.Reason]uint64{}
+	for _, r := range s.Backend.Sees() {
+		sum.Events[r] = totals[r]
+	}
 	stderr := output.NewText(os.Stderr)
 	if err := stderr.Summary(sum); err != nil {
 		return err

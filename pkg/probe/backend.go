@@ -3,6 +3,8 @@ package probe
 import (
 	"fmt"
 	"strings"
+
+	"github.com/cttrace/cttrace/pkg/event"
 )
 
 // Backend is the kind of BPF program the hooks are attached with.
@@ -87,4 +89,14 @@ func (f *Features) ChooseBackend(want Backend) (Backend, string, error) {
 		skipped = append(skipped, fmt.Sprintf("%s unusable (%s)", b, why))
 	}
 	return "", "", fmt.Errorf("no backend is usable on kernel %s: %s", f.Kernel, strings.Join(skipped, "; "))
+}
+
+// Sees lists the reasons a backend can report. The tracepoint backend only
+// sees freed packets: refusals at allocation (table_full, its cause
+// inferred) and at confirmation (insert_failed).
+func (b Backend) Sees() []event.Reason {
+	if b == BackendTracepoint {
+		return []event.Reason{event.ReasonTableFull, event.ReasonInsertFailed}
+	}
+	return event.Reasons()
 }

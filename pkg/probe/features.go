@@ -63,16 +63,6 @@ type Features struct {
 	ConntrackModule bool `json:"conntrack_module"`
 }
 
-// Usable reports whether the named feature passed its trial.
-func (f *Features) Usable(name string) bool {
-	for _, x := range f.List {
-		if x.Name == name {
-			return x.Usable
-		}
-	}
-	return false
-}
-
 // Get returns the named feature's result.
 func (f *Features) Get(name string) (Feature, bool) {
 	for _, x := range f.List {
@@ -83,27 +73,21 @@ func (f *Features) Get(name string) (Feature, bool) {
 	return Feature{}, false
 }
 
-var (
-	detectOnce   sync.Once
-	detected     *Features
-	errDetection error
-)
-
-// DetectFeatures runs the trials once per process and returns the cached
+// DetectFeatures runs every trial once per process and returns the cached
 // result afterwards. Results are not cached across runs: loading a module
 // (nf_conntrack) or changing lockdown changes the answer.
-func DetectFeatures() (*Features, error) {
-	detectOnce.Do(func() {
-		detected, errDetection = detectFeatures()
-	})
-	return detected, errDetection
-}
+var DetectFeatures = sync.OnceValues(func() (*Features, error) { return detectFeatures(true) })
+
+// DetectBackends runs only the trials that decide the backend: tracing
+// starts sooner, and the netfilter-link trial, which briefly hooks the
+// host's LOCAL_OUT, is left to `cttrace features`.
+var DetectBackends = sync.OnceValues(func() (*Features, error) { return detectFeatures(false) })
 
 // ErrPrivileges is returned when the process cannot load BPF programs at all,
 // so no trial would say anything about the kernel.
 var ErrPrivileges = errors.New("cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")
 
-func detectFeatures() (*Features, error) {
+func detectFeatures(all bool) (*Features, error) {
 	if err := checkCapabilities(); err != nil {
 		return nil, err
 	}
@@ -125,8 +109,10 @@ func detectFeatures() (*Features, error) {
 	f.add(trialKprobe(FeatKprobe, false, target))
 	f.add(trialKprobe(FeatKretprobe, true, target))
 	f.add(trialTracing(FeatTpBTF, ebpf.AttachTraceRawTp, "kfree_skb"))
-	f.add(trialRawTracepoint("kfree_skb"))
-	f.add(trialNetfilterLink())
+	if all {
+		f.add(trialRawTracepoint("kfree_skb"))
+		f.add(trialNetfilterLink())
+	}
 	return f, nil
 }
 

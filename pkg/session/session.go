@@ -49,7 +49,7 @@ func Start(cfg Config) (*Session, error) {
 	if _, err := os.Stat(probe.MaxPath); errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoConntrack
 	}
-	f, err := probe.DetectFeatures()
+	f, err := probe.DetectBackends()
 	if err != nil {
 		return nil, err
 	}
