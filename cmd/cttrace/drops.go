@@ -28,7 +28,7 @@ func dropsCommand() *cli.Command {
 		Flags: append(traceFlags(),
 			outputFlag(),
 			&cli.StringSliceFlag{Name: "reason", Usage: "only these reasons (repeatable or comma-separated): " + reasonNames()},
-			&cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"},
+			netnsFlag(),
 			&cli.StringSliceFlag{Name: "src", Usage: "only flows from this CIDR or address (repeatable)"},
 			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to this CIDR or address (repeatable)"},
 			&cli.StringSliceFlag{Name: "proto", Usage: "only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
@@ -116,15 +116,8 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 			o.filter.Reasons[r] = true
 		}
 	}
-	for _, s := range splitList(c.StringSlice("netns")) {
-		ino, err := parseNetns(s)
-		if err != nil {
-			return o, usageError(err)
-		}
-		if o.filter.Netns == nil {
-			o.filter.Netns = map[uint32]bool{}
-		}
-		o.filter.Netns[ino] = true
+	if o.filter.Netns, err = parseNetnsFlag(c); err != nil {
+		return o, err
 	}
 	if o.filter.Src, err = parseCIDRs("src", c.StringSlice("src")); err != nil {
 		return o, err
@@ -282,6 +275,27 @@ func parseRingSize(arg string) (uint32, error) {
 		return 0, fmt.Errorf("invalid --ring-size %q: want a power of two from %d bytes to 1G", arg, os.Getpagesize())
 	}
 	return uint32(size), nil
+}
+
+// netnsFlag is --netns, shared by the commands that filter by namespace.
+func netnsFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"}
+}
+
+// parseNetnsFlag returns the namespaces --netns names, or nil for all.
+func parseNetnsFlag(c *cli.Context) (map[uint32]bool, error) {
+	var set map[uint32]bool
+	for _, s := range splitList(c.StringSlice("netns")) {
+		ino, err := parseNetns(s)
+		if err != nil {
+			return nil, usageError(err)
+		}
+		if set == nil {
+			set = map[uint32]bool{}
+		}
+		set[ino] = true
+	}
+	return set, nil
 }
 
 // parseNetns accepts an inode number or a path to a namespace file.

@@ -44,6 +44,14 @@ func TestUsageErrorsExitWithStatus2(t *testing.T) {
 		{"drops", "--backend", "ebpf"},
 		{"drops", "--netns", "/nonexistent"},
 		{"drops", "extra-argument"},
+		{"top-sources", "--sort", "bytes"},
+		{"top-sources", "--group-v4", "/33"},
+		{"top-sources", "--group-v4", "/24x"},
+		{"top-sources", "--group-v6", "64"},
+		{"top-sources", "--limit", "0"},
+		{"top-sources", "--max-sources", "0"},
+		{"top-sources", "--interval", "1ms"},
+		{"top-sources", "--netns", "/nonexistent"},
 	} {
 		cmd := cttrace(args...)
 		var stderr bytes.Buffer

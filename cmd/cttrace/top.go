@@ -33,7 +33,7 @@ func topCommand() *cli.Command {
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh every `D`"},
 			&cli.StringFlag{Name: "sort", Value: "drops", Usage: "rank by drops, inserts or held"},
 			&cli.IntFlag{Name: "limit", Value: 20, Usage: "show the first `N` sources"},
-			&cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"},
+			netnsFlag(),
 			&cli.StringFlag{Name: "group-v4", Value: "/32", Usage: "group IPv4 sources by this prefix length, like /24"},
 			&cli.StringFlag{Name: "group-v6", Value: "/128", Usage: "group IPv6 sources by this prefix length, like /64"},
 			&cli.UintFlag{Name: "max-sources", Value: 65536, Usage: "sources tracked in the kernel at most (bounds memory under spoofed floods)"},
@@ -77,15 +77,8 @@ func parseTopOptions(c *cli.Context) (topOptions, error) {
 	if o.view.Limit = c.Int("limit"); o.view.Limit < 1 {
 		return o, usageError(fmt.Errorf("invalid --limit %d", o.view.Limit))
 	}
-	for _, s := range splitList(c.StringSlice("netns")) {
-		ino, err := parseNetns(s)
-		if err != nil {
-			return o, usageError(err)
-		}
-		if o.view.Netns == nil {
-			o.view.Netns = map[uint32]bool{}
-		}
-		o.view.Netns[ino] = true
+	if o.view.Netns, err = parseNetnsFlag(c); err != nil {
+		return o, err
 	}
 	max := c.Uint("max-sources")
 	if max < 1 || max > 1<<24 {
