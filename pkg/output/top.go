@@ -81,7 +81,7 @@ func fill(f float64) string {
 func percent(f float64) string { return fmt.Sprintf("%.1f%%", 100*f) }
 
 func rate(n uint64, interval time.Duration) string {
-	return fmt.Sprintf("%.0f", perSec(n, interval))
+	return fmt.Sprintf("%.0f", top.PerSec(n, interval))
 }
 
 func lastDrop(r *top.Row) string {
@@ -143,8 +143,8 @@ func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
 		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
 	for _, ns := range s.Namespaces {
 		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
-			DropsPerS: perSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: perSec(ns.Rate.Evicted, s.Interval),
-			InsertsPerS: perSec(ns.Rate.Inserts, s.Interval), Drops: ns.Total.Drops, EarlyDrops: ns.Total.Evicted, Inserts: ns.Total.Inserts})
+			DropsPerS: top.PerSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.Evicted, s.Interval),
+			InsertsPerS: top.PerSec(ns.Rate.Inserts, s.Interval), Drops: ns.Total.Drops, EarlyDrops: ns.Total.Evicted, Inserts: ns.Total.Inserts})
 	}
 	for i := range s.Rows {
 		rec.Rows = append(rec.Rows, sourceJSON(&s.Rows[i], s.Interval, s.Rows[i].Prefix.String()))
@@ -159,18 +159,11 @@ func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
 }
 
 func sourceJSON(r *top.Row, interval time.Duration, source string) topSourceJSON {
-	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: perSec(r.Rate.Drops, interval), Drops: r.Total.Drops,
-		Evicted: r.Total.Evicted, InsertsPerS: perSec(r.Rate.Inserts, interval), Inserts: r.Total.Inserts, Deletes: r.Total.Deletes,
+	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: top.PerSec(r.Rate.Drops, interval), Drops: r.Total.Drops,
+		Evicted: r.Total.Evicted, InsertsPerS: top.PerSec(r.Rate.Inserts, interval), Inserts: r.Total.Inserts, Deletes: r.Total.Deletes,
 		Held: r.Held, Share: r.Share, LastReason: string(r.LastReason)}
 	if !r.LastDrop.IsZero() {
 		j.LastDrop = r.LastDrop.UTC().Format(jsonTime)
 	}
 	return j
-}
-
-func perSec(n uint64, interval time.Duration) float64 {
-	if interval <= 0 {
-		return 0
-	}
-	return float64(n) / interval.Seconds()
 }

@@ -89,6 +89,10 @@ func tupleFromKernel(t *cttraceCtTuple) (event.Tuple, bool) {
 	return event.TupleFromKernel(t.Family, t.Proto, t.Saddr, t.Daddr, t.Sport, t.Dport)
 }
 
+// Clock converts the kernel's timestamps to wall time for this reader's
+// events, and for anything else the probe reports.
+func (r *Reader) Clock() *event.Clock { return r.clock }
+
 // Drained reports whether every record written so far has been read.
 func (r *Reader) Drained() bool { return r.rb.AvailableBytes() == 0 }
 

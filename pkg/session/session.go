@@ -34,7 +34,6 @@ type Session struct {
 	Backend probe.Backend
 	Probe   *probe.Probe
 	reader  *probe.Reader
-	clock   *event.Clock
 	start   time.Time
 	lost    uint64
 }
@@ -73,17 +72,12 @@ func Start(cfg Config) (*Session, error) {
 		fmt.Fprintln(cfg.Log, "cttrace: the tracepoint backend sees only dropped packets: table_full and insert_failed are inferred, "+
 			"early_drop, insert and delete are not visible")
 	}
-	clock, err := event.NewClock()
-	if err != nil {
-		p.Close()
-		return nil, err
-	}
 	r, err := p.NewReader()
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
-	return &Session{Backend: b, Probe: p, reader: r, clock: clock, start: time.Now()}, nil
+	return &Session{Backend: b, Probe: p, reader: r, start: time.Now()}, nil
 }
 
 // streamMask turns reasons into the kernel's bit mask of event types.
@@ -209,7 +203,7 @@ func (s *Session) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) 
 
 // Sources calls fn for every source the kernel counts now (Config.Sources).
 func (s *Session) Sources(fn func(*probe.SourceTotals) error) error {
-	return s.Probe.Sources(s.clock, fn)
+	return s.Probe.Sources(s.reader.Clock(), fn)
 }
 
 // Lost is the number of events the kernel could not deliver in this run.

@@ -103,20 +103,12 @@ type Row struct {
 	LastDrop   time.Time
 }
 
-// DropsPerSec and the like are the interval's counts over its length.
-func (r *Row) perSec(n uint64, interval time.Duration) float64 {
+// PerSec is n events over an interval, per second (0 for no interval).
+func PerSec(n uint64, interval time.Duration) float64 {
 	if interval <= 0 {
 		return 0
 	}
 	return float64(n) / interval.Seconds()
-}
-
-// DropsPerSec is the source's refused packets per second in the interval.
-func (r *Row) DropsPerSec(interval time.Duration) float64 { return r.perSec(r.Rate.Drops, interval) }
-
-// InsertsPerSec is the source's new entries per second in the interval.
-func (r *Row) InsertsPerSec(interval time.Duration) float64 {
-	return r.perSec(r.Rate.Inserts, interval)
 }
 
 // Namespace is a network namespace's line in the header.

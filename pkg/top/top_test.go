@@ -72,8 +72,8 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	if len(s.Rows) != 2 || s.Rows[0].Prefix.String() != "10.0.0.1/32" || s.Rows[1].Prefix.String() != "10.0.0.2/32" {
 		t.Fatalf("rows %+v, want 10.0.0.1 then 10.0.0.2", s.Rows)
 	}
-	if s.Rows[0].DropsPerSec(s.Interval) != 25 || s.Rows[0].Held != 9 {
-		t.Errorf("first row: %.1f drops/s, held %d; want 25 and 9", s.Rows[0].DropsPerSec(s.Interval), s.Rows[0].Held)
+	if PerSec(s.Rows[0].Rate.Drops, s.Interval) != 25 || s.Rows[0].Held != 9 {
+		t.Errorf("first row: %.1f drops/s, held %d; want 25 and 9", PerSec(s.Rows[0].Rate.Drops, s.Interval), s.Rows[0].Held)
 	}
 	var drops, inserts uint64
 	for _, r := range s.Rows {
