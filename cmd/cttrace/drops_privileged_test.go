@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,9 +28,60 @@ import (
 // process is a cttrace run under test.
 type process struct {
 	cmd    *exec.Cmd
-	stdout *bytes.Buffer
-	stderr *bytes.Buffer
+	stdout *lockedBuffer
+	stderr *lockedBuffer
 	done   chan error
+}
+
+// lockedBuffer is a process's output, safe to read while the process
+// writes it, so a test can poll for a complete record instead of sleeping.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes is a copy of what was written so far.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *lockedBuffer) String() string { return string(b.Bytes()) }
+
+// completeLines is what was written up to the last newline: whole records
+// only, never the first half of one still being written.
+func (b *lockedBuffer) completeLines() []string {
+	out := b.Bytes()
+	end := bytes.LastIndexByte(out, '\n')
+	if end < 0 {
+		return nil
+	}
+	return strings.Split(string(out[:end]), "\n")
+}
+
+// waitOutput polls the process's stdout until done accepts its complete
+// lines, or fails the test after a minute (or when the process ends first).
+func (r *process) waitOutput(t *testing.T, what string, done func(lines []string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !done(r.stdout.completeLines()) {
+		select {
+		case err := <-r.done:
+			r.done <- err
+			t.Fatalf("cttrace exited while waiting for %s: %v\n%s", what, err, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within a minute; stdout:\n%s\nstderr:\n%s", what, r.stdout, r.stderr)
+		}
+	}
 }
 
 // startDrops starts `cttrace drops args...` and waits until its probes are
@@ -37,9 +90,9 @@ func startDrops(t *testing.T, stdout io.Writer, args ...string) *process {
 	t.Helper()
 	testbed.RequireRoot(t)
 	ready := filepath.Join(t.TempDir(), "ready")
-	r := &process{cmd: cttrace(append([]string{"drops", "--ready-file", ready}, args...)...), stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	r := &process{cmd: cttrace(append([]string{"drops", "--ready-file", ready}, args...)...), stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	if stdout == nil {
-		r.stdout = &bytes.Buffer{}
+		r.stdout = &lockedBuffer{}
 		stdout = r.stdout
 	}
 	r.cmd.Stdout, r.cmd.Stderr = stdout, r.stderr
@@ -137,7 +190,7 @@ func TestDropsStreamsEveryRefusalAsSchemaValidJSON(t *testing.T) {
 	refuse(t, lab, "127.40.0.1", 30)
 	refuse(t, lab, "127.40.0.2", 10)
 	after, _ := lab.Stats()
-	time.Sleep(500 * time.Millisecond)
+	// No wait: on Ctrl-C cttrace detaches, then delivers all the kernel wrote.
 	if code := r.stop(t, syscall.SIGINT); code != 0 {
 		t.Fatalf("exit status %d after Ctrl-C\n%s", code, r.stderr)
 	}
@@ -180,7 +233,9 @@ func TestDropsReportsEveryLostEvent(t *testing.T) {
 	refuse(t, lab, "127.41.0.2", 20)
 	delta, _ := lab.Stats()
 	delta = delta.Sub(before)
-	time.Sleep(1500 * time.Millisecond) // past a tick, so the loss is reported live
+	r.waitOutput(t, "live report of the loss", func(lines []string) bool {
+		return slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, `"type":"lost"`) })
+	})
 	if code := r.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM\n%s", code, r.stderr)
 	}

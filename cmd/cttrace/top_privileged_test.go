@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -11,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,7 +62,7 @@ func startTop(t *testing.T, args ...string) *process {
 	testbed.RequireRoot(t)
 	ready := filepath.Join(t.TempDir(), "ready")
 	r := &process{cmd: cttrace(append([]string{"top-sources", "--ready-file", ready}, args...)...),
-		stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+		stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
 	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -110,6 +110,30 @@ func lastSnapshot(t *testing.T, r *process) topRecord {
 		t.Fatalf("last line is not a top snapshot: %q: %v", lines[len(lines)-1], err)
 	}
 	return rec
+}
+
+// waitSnapshot polls a running top-sources -o json until its latest whole
+// snapshot satisfies done, and returns it.
+func waitSnapshot(t *testing.T, r *process, what string, done func(topRecord) bool) topRecord {
+	t.Helper()
+	var rec topRecord
+	r.waitOutput(t, what, func(lines []string) bool {
+		if len(lines) == 0 {
+			return false
+		}
+		rec = topRecord{}
+		return json.Unmarshal([]byte(lines[len(lines)-1]), &rec) == nil && rec.Type == "top" && done(rec)
+	})
+	return rec
+}
+
+// drops is the snapshot's rows plus other: everything it attributes.
+func (rec topRecord) drops() uint64 {
+	n := rec.Other.Drops
+	for _, row := range rec.Rows {
+		n += row.Drops
+	}
+	return n
 }
 
 // Known traffic into a full table: each source's drops equal what it had
@@ -196,7 +220,7 @@ func TestTopSourcesStaysBoundedUnderSpoofedFlood(t *testing.T) {
 		t.Fatalf("flood: %d of %d refused, %v", refused, len(plan), err)
 	}
 	after, _ := lab.Stats()
-	time.Sleep(2500 * time.Millisecond)
+	waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == uint64(after.Sub(before).Drop) })
 	rss := residentBytes(t, r.cmd.Process.Pid)
 	mapBytes := mapMemory(t, r.cmd.Process.Pid)
 	r.stop(t, syscall.SIGINT)
@@ -313,26 +337,42 @@ func TestTopSourcesTerminalView(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	refuse(t, lab, "127.90.0.9", 20)
-	var screen string
-	for time.Now().Before(deadline) {
-		out, err := exec.Command("tmux", "capture-pane", "-p", "-t", session).Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		screen = string(out)
-		if strings.Contains(screen, "127.90.0.9/32") {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	wants := []string{"cttrace top-sources", "ENTRIES/MAX", strconv.FormatUint(uint64(lab.Inode()), 10), "127.90.0.9/32", "table_full", "other"}
+	screen := waitScreen(t, session, deadline, func(screen string) bool {
+		return !slices.ContainsFunc(wants, func(w string) bool { return !strings.Contains(screen, w) })
+	})
 	t.Logf("screen:\n%s", screen)
-	for _, want := range []string{"cttrace top-sources", "ENTRIES/MAX", strconv.FormatUint(uint64(lab.Inode()), 10), "127.90.0.9/32", "table_full", "other"} {
+	for _, want := range wants {
 		if !strings.Contains(screen, want) {
 			t.Errorf("screen lacks %q", want)
 		}
 	}
 	if n := strings.Count(screen, "cttrace top-sources"); n != 1 {
 		t.Errorf("the header appears %d times: the view does not refresh in place", n)
+	}
+}
+
+// waitScreen captures the tmux pane until done accepts a frame that two
+// captures in a row show unchanged: a terminal draws a frame over time, and
+// a capture taken while it does holds half of it.
+func waitScreen(t *testing.T, session string, deadline time.Time, done func(string) bool) string {
+	t.Helper()
+	var prev string
+	for {
+		out, err := exec.Command("tmux", "capture-pane", "-p", "-t", session).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		screen := string(out)
+		if screen == prev && done(screen) {
+			return screen
+		}
+		if time.Now().After(deadline) {
+			t.Logf("last screen:\n%s", screen)
+			return screen
+		}
+		prev = screen
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
