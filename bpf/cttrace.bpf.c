@@ -94,18 +94,52 @@ struct {
 	__type(value, struct src_stats);
 } sources SEC(".maps");
 
-/* Totals by event type per network namespace, so that a view filtered to
- * some namespaces still adds up. Bounded like every map here. */
+/* Totals by event type per network namespace: the header's drops and
+ * rates, and what makes a view filtered to some namespaces add up. Per-CPU,
+ * so that every CPU refusing a flood's packets into one namespace adds to
+ * its own cache line instead of contending for one; bounded like every map
+ * here (a Kubernetes node runs a few hundred pod namespaces). */
 struct netns_stats {
 	__u64 events[CT_EV_MAX];
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct netns_stats);
 } netns_totals SEC(".maps");
+
+/*
+ * Sample and hold (Estan and Varghese, "New directions in traffic
+ * measurement and accounting", SIGCOMM 2002) for the sources map. A spoofed
+ * flood brings a new source with nearly every packet; admitting each one
+ * into the LRU map would push a real heavy source out within a fraction of
+ * a second of its last packet, before user space reads it, and each insert
+ * is the most expensive thing the hot path does. So, once user space sees
+ * the map churning, a source not in the map is admitted with probability
+ * 2^-admit_shift; once in, every one of its events is counted exactly. A
+ * source with m events is then missed with probability (1 - 2^-shift)^m,
+ * and loses on average 2^shift - 1 events before it is admitted: these are
+ * counted in the namespace totals, so in "other". Written by user space at
+ * run time (0: admit every source, exact).
+ */
+__u32 admit_shift;
+
+enum src_stat { SRC_MISSED, SRC_ADMITTED, SRC_STAT_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SRC_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} source_stats SEC(".maps");
+
+/* The ring buffer wakes its reader only once this many bytes wait, or when
+ * user space polls (every 100 ms): a wakeup per event costs the producing
+ * CPU an irq_work and the reader a context switch, per refused packet. Set
+ * by user space to an eighth of the ring. */
+volatile const __u32 wakeup_bytes = 1 << 19;
 
 /* The allocation in progress on this CPU, and whether early_drop() ran
  * inside it. Kernel pointers are kept as integers so that bpf2go can
@@ -158,6 +192,7 @@ const struct ct_event *unused_ct_event __attribute__((unused));
 const enum ct_event_type *unused_ct_event_type __attribute__((unused));
 const enum ct_detail *unused_ct_detail __attribute__((unused));
 const enum ct_confidence *unused_ct_confidence __attribute__((unused));
+const enum src_stat *unused_src_stat __attribute__((unused));
 
 static __always_inline void count_event(__u32 type)
 {
@@ -227,7 +262,27 @@ static __always_inline void account_netns(const struct ct_event *e)
 		if (!st)
 			return;
 	}
-	__sync_fetch_and_add(&st->events[type], 1);
+	st->events[type]++; /* this CPU's copy: no other writer */
+}
+
+static __always_inline void count_source_stat(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&source_stats, &which);
+
+	if (n)
+		(*n)++;
+}
+
+/* Whether a source the map does not hold gets a row now (sample and hold). */
+static __always_inline bool admit_source(void)
+{
+	__u32 shift = admit_shift;
+
+	count_source_stat(SRC_MISSED);
+	if (shift && (bpf_get_prandom_u32() & ((1U << (shift & 31)) - 1)))
+		return false;
+	count_source_stat(SRC_ADMITTED);
+	return true;
 }
 
 static __always_inline void account_source(const struct ct_event *e)
@@ -247,6 +302,8 @@ static __always_inline void account_source(const struct ct_event *e)
 	if (!st) {
 		struct src_stats zero = {};
 
+		if (!admit_source())
+			return;
 		bpf_map_update_elem(&sources, &k, &zero, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&sources, &k);
 		if (!st)
@@ -259,6 +316,13 @@ static __always_inline void account_source(const struct ct_event *e)
 	}
 }
 
+static __always_inline __u64 ringbuf_wakeup(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 /* Hands a complete event to whoever wants it. The kernel side never waits:
  * when the ring buffer is full the event is counted as lost. */
 static __always_inline void event_publish(const struct ct_event *e)
@@ -267,7 +331,7 @@ static __always_inline void event_publish(const struct ct_event *e)
 		account_source(e);
 	if (!(stream_mask & (1U << e->type)))
 		return;
-	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), 0))
+	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), ringbuf_wakeup()))
 		count_lost();
 }
 

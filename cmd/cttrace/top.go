@@ -11,7 +11,6 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
@@ -116,9 +115,16 @@ func runTop(c *cli.Context) error {
 		return err
 	}
 	defer s.Close()
-	agg := top.New(o.view, time.Now())
-	tables := newTableWatch()
 	grouping := topk.Grouping{V4Bits: int(o.sources.V4Bits), V6Bits: int(o.sources.V6Bits)}
+	agg, err := top.New(o.view, grouping, time.Now())
+	if err != nil {
+		return err
+	}
+	sampler, err := s.Probe.NewSampler()
+	if err != nil {
+		return err
+	}
+	tables := newTableWatch()
 	// Seeded after attaching: an entry confirmed in between is counted by
 	// both the dump and its insert event, which errs by the few entries of
 	// a few milliseconds rather than missing them.
@@ -145,18 +151,31 @@ func runTop(c *cli.Context) error {
 	out := bufio.NewWriter(os.Stdout)
 	ticker := time.NewTicker(o.interval)
 	defer ticker.Stop()
+	// The kernel's admission of new sources follows a flood's rate faster
+	// than the view refreshes (probe.Sampler).
+	adjust := time.NewTicker(100 * time.Millisecond)
+	defer adjust.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case now := <-adjust.C:
+			if err := sampler.Adjust(now); err != nil {
+				return err
+			}
 		case now := <-ticker.C:
 			counts := tables.read()
 			if redump && !now.Before(nextDump) {
 				agg.ResetHeld()
 				seed()
 			}
-			snap, err := snapshot(s, agg, o.view.Netns, now, counts)
+			snap, err := agg.Snapshot(now, s, counts)
 			if err != nil {
+				return err
+			}
+			snap.SampleShift = sampler.Shift()
+			snap.Bounded = snap.Bounded || sampler.Sampled()
+			if snap.Lost, err = s.Probe.Lost(); err != nil {
 				return err
 			}
 			if o.format == "json" {
@@ -175,37 +194,6 @@ func runTop(c *cli.Context) error {
 			}
 		}
 	}
-}
-
-func snapshot(s *session.Session, agg *top.Aggregator, filter map[uint32]bool, now time.Time, tables map[uint32]top.Namespace) (top.Snapshot, error) {
-	totals := s.Totals
-	if len(filter) > 0 {
-		totals = func() (map[event.Reason]uint64, error) { return filteredTotals(s, filter) }
-	}
-	snap, err := agg.Snapshot(now, s.Sources, totals, tables)
-	if err != nil {
-		return snap, err
-	}
-	snap.Lost, err = s.Probe.Lost()
-	return snap, err
-}
-
-// filteredTotals sums the kernel's per-namespace totals over the
-// namespaces --netns selects, so that their rows plus "other" add up.
-func filteredTotals(s *session.Session, filter map[uint32]bool) (map[event.Reason]uint64, error) {
-	per, err := s.NamespaceTotals()
-	if err != nil {
-		return nil, err
-	}
-	sum := map[event.Reason]uint64{}
-	for netns, byReason := range per {
-		if filter[netns] {
-			for r, n := range byReason {
-				sum[r] += n
-			}
-		}
-	}
-	return sum, nil
 }
 
 // tableWatch reads the namespaces' entry counts for the header. The list

@@ -34,6 +34,9 @@ func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
 	if s.Bounded {
 		b.WriteString("  (bound reached: sources pushed out are counted in \"other\")")
 	}
+	if s.SampleShift > 0 {
+		fmt.Fprintf(&b, "  flood: new sources sampled 1 in %d", uint64(1)<<s.SampleShift)
+	}
 	fmt.Fprintf(&b, "  lost events %d\n\n", s.Lost)
 
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
@@ -102,6 +105,7 @@ type topJSON struct {
 	Tracked   int             `json:"tracked"`
 	Capacity  int             `json:"capacity"`
 	Bounded   bool            `json:"bounded"`
+	Sampling  uint64          `json:"source_sampling"`
 	Lost      uint64          `json:"lost"`
 	Netns     []topNetnsJSON  `json:"namespaces"`
 	Rows      []topSourceJSON `json:"rows"`
@@ -131,6 +135,7 @@ type topSourceJSON struct {
 	Inserts     uint64  `json:"inserts"`
 	Deletes     uint64  `json:"deletes"`
 	Held        int64   `json:"held"`
+	Err         uint64  `json:"err"`
 	Share       float64 `json:"share"`
 	LastReason  string  `json:"last_reason"`
 	LastDrop    string  `json:"last_drop"`
@@ -139,7 +144,7 @@ type topSourceJSON struct {
 // WriteTopJSON writes one snapshot as one NDJSON line.
 func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
 	rec := topJSON{Schema: SchemaVersion, Type: "top", Time: s.Time.UTC().Format(jsonTime), IntervalS: s.Interval.Seconds(),
-		Backend: v.Backend, Sort: string(v.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Lost: s.Lost,
+		Backend: v.Backend, Sort: string(v.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Sampling: uint64(1) << s.SampleShift, Lost: s.Lost,
 		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
 	for _, ns := range s.Namespaces {
 		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
@@ -161,7 +166,7 @@ func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
 func sourceJSON(r *top.Row, interval time.Duration, source string) topSourceJSON {
 	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: top.PerSec(r.Rate.Drops, interval), Drops: r.Total.Drops,
 		Evicted: r.Total.Evicted, InsertsPerS: top.PerSec(r.Rate.Inserts, interval), Inserts: r.Total.Inserts, Deletes: r.Total.Deletes,
-		Held: r.Held, Share: r.Share, LastReason: string(r.LastReason)}
+		Held: r.Held, Err: r.Err, Share: r.Share, LastReason: string(r.LastReason)}
 	if !r.LastDrop.IsZero() {
 		j.LastDrop = r.LastDrop.UTC().Format(jsonTime)
 	}

@@ -110,6 +110,14 @@ type cttraceSrcKey struct {
 	Addr   [16]uint8
 }
 
+type cttraceSrcStat uint32
+
+const (
+	cttraceSrcStatSRC_MISSED   cttraceSrcStat = 0
+	cttraceSrcStatSRC_ADMITTED cttraceSrcStat = 1
+	cttraceSrcStatSRC_STAT_MAX cttraceSrcStat = 2
+)
+
 type cttraceSrcStats struct {
 	_            structs.HostLayout
 	Events       [8]uint64
@@ -129,6 +137,7 @@ const (
 	cttraceMapLost                   = "lost"
 	cttraceMapNetnsTotals            = "netns_totals"
 	cttraceMapProduced               = "produced"
+	cttraceMapSourceStats            = "source_stats"
 	cttraceMapSources                = "sources"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
 	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
@@ -151,6 +160,7 @@ const (
 	cttraceProgKretprobeGcWorker     = "kretprobe_gc_worker"
 	cttraceProgKretprobeResolveClash = "kretprobe_resolve_clash"
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
+	cttraceVarAdmitShift             = "admit_shift"
 	cttraceVarAggregateSources       = "aggregate_sources"
 	cttraceVarCtMax                  = "ct_max"
 	cttraceVarGroupV4Bits            = "group_v4_bits"
@@ -160,6 +170,8 @@ const (
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
 	cttraceVarUnusedCtEvent          = "unused_ct_event"
 	cttraceVarUnusedCtEventType      = "unused_ct_event_type"
+	cttraceVarUnusedSrcStat          = "unused_src_stat"
+	cttraceVarWakeupBytes            = "wakeup_bytes"
 )
 
 // loadCttrace returns the embedded CollectionSpec for cttrace.
@@ -238,6 +250,7 @@ type cttraceMapSpecs struct {
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	NetnsTotals  *ebpf.MapSpec `ebpf:"netns_totals"`
 	Produced     *ebpf.MapSpec `ebpf:"produced"`
+	SourceStats  *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources      *ebpf.MapSpec `ebpf:"sources"`
 }
 
@@ -245,6 +258,7 @@ type cttraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceVariableSpecs struct {
+	AdmitShift         *ebpf.VariableSpec `ebpf:"admit_shift"`
 	AggregateSources   *ebpf.VariableSpec `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
 	GroupV4Bits        *ebpf.VariableSpec `ebpf:"group_v4_bits"`
@@ -254,6 +268,8 @@ type cttraceVariableSpecs struct {
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.VariableSpec `ebpf:"unused_ct_event_type"`
+	UnusedSrcStat      *ebpf.VariableSpec `ebpf:"unused_src_stat"`
+	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // cttraceObjects contains all objects after they have been loaded into the kernel.
@@ -283,6 +299,7 @@ type cttraceMaps struct {
 	Lost         *ebpf.Map `ebpf:"lost"`
 	NetnsTotals  *ebpf.Map `ebpf:"netns_totals"`
 	Produced     *ebpf.Map `ebpf:"produced"`
+	SourceStats  *ebpf.Map `ebpf:"source_stats"`
 	Sources      *ebpf.Map `ebpf:"sources"`
 }
 
@@ -295,6 +312,7 @@ func (m *cttraceMaps) Close() error {
 		m.Lost,
 		m.NetnsTotals,
 		m.Produced,
+		m.SourceStats,
 		m.Sources,
 	)
 }
@@ -303,6 +321,7 @@ func (m *cttraceMaps) Close() error {
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceVariables struct {
+	AdmitShift         *ebpf.Variable `ebpf:"admit_shift"`
 	AggregateSources   *ebpf.Variable `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
 	GroupV4Bits        *ebpf.Variable `ebpf:"group_v4_bits"`
@@ -312,6 +331,8 @@ type cttraceVariables struct {
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.Variable `ebpf:"unused_ct_event_type"`
+	UnusedSrcStat      *ebpf.Variable `ebpf:"unused_src_stat"`
+	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // cttracePrograms contains all programs after they have been loaded into the kernel.

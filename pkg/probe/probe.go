@@ -79,6 +79,11 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if opts.RingBytes != 0 {
 		spec.Maps["events"].MaxEntries = opts.RingBytes
 	}
+	// Woken at an eighth full, the reader has seven eighths left to catch up
+	// before anything is lost; below that it reads on its 100 ms timer.
+	if err := spec.Variables["wakeup_bytes"].Set(spec.Maps["events"].MaxEntries / 8); err != nil {
+		return nil, fmt.Errorf("set wakeup threshold: %w", err)
+	}
 	opts.Sources = opts.Sources.withDefaults()
 	if err := opts.Sources.apply(spec); err != nil {
 		return nil, err

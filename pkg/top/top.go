@@ -5,19 +5,16 @@ package top
 
 import (
 	"cmp"
-	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/topk"
 )
 
-// Key is a source (or prefix) in one network namespace.
-type Key struct {
-	Netns  uint32
-	Prefix netip.Prefix
-}
+// Key is a source (or prefix) in one network namespace: the history's.
+type Key = topk.Key
 
 // Counts are one source's totals since cttrace attached.
 type Counts struct {
@@ -44,16 +41,6 @@ var (
 	ixInsert       = kernelIndex[event.ReasonInsert]
 	ixDelete       = kernelIndex[event.ReasonDelete]
 )
-
-func countsOf(st *probe.SourceTotals) Counts {
-	e := &st.Events
-	return Counts{
-		Drops:   e[ixTableFull] + e[ixAllocFailed] + e[ixInsertFailed],
-		Evicted: e[ixEarlyDrop],
-		Inserts: e[ixInsert],
-		Deletes: e[ixDelete],
-	}
-}
 
 func countsOfTotals(t map[event.Reason]uint64) Counts {
 	return Counts{
@@ -101,6 +88,9 @@ type Row struct {
 	Share      float64 // Held / the namespace's entries, 0..1
 	LastReason event.Reason
 	LastDrop   time.Time
+	// Err bounds what the source did before the history gave it a row (see
+	// topk.Row.Err): 0 means its counts are exact since start.
+	Err uint64
 }
 
 // PerSec is n events over an interval, per second (0 for no interval).
@@ -144,6 +134,9 @@ type Snapshot struct {
 	// are accounted in Other only.
 	Bounded bool
 	Lost    uint64 // events the kernel could not deliver, since start
+	// SampleShift is the kernel's admission of new sources into its map:
+	// 1 in 2^SampleShift (0: every source, exact; see probe.Sampler).
+	SampleShift uint32
 }
 
 // SortBy names a column to rank rows by.
@@ -163,23 +156,56 @@ type Options struct {
 	Capacity int
 }
 
-// Aggregator keeps what it needs between snapshots: the previous totals of
-// each source the kernel tracks (so bounded by the kernel map's size) and
-// the entries each held at start.
+// Kernel is what a snapshot reads from the probes (a session.Session).
+type Kernel interface {
+	// Sources visits every source the kernel's bounded map holds now.
+	Sources(fn func(*Source) error) error
+	// Totals are every event counted, by reason: exact, whatever the bound.
+	Totals() (map[event.Reason]uint64, error)
+	// NamespaceTotals are the same per network namespace.
+	NamespaceTotals() (map[uint32]map[event.Reason]uint64, error)
+}
+
+// Aggregator keeps what each source did across snapshots. The kernel's map
+// only holds the sources active lately: under a spoofed flood it pushes a
+// heavy source out seconds after its last packet. So every read's
+// difference is fed to a bounded heavy-hitter tracker (topk, Space-Saving),
+// and the rows are ranked from that history, not from the map alone: a
+// source that was refused 600 times and went quiet still outranks a
+// million spoofed sources refused once each (the bound is in doc.go of
+// topk: a source with more than total/HistoryCapacity events keeps its row).
 type Aggregator struct {
 	opts      Options
-	prev      map[Key]Counts
-	cur       map[Key]Counts // reused between snapshots
-	held      map[Key]int64  // seeded from the table at start
-	seeded    int64          // entries held at start, in all
+	hist      *topk.Tracker
+	read      map[Key]lastRead // the map's counters at the last read
+	gen       uint32
+	held      map[Key]int64 // seeded from the table at start
+	seeded    int64         // entries held at start, in all
 	prevTotal Counts
+	prevNs    map[uint32]Counts
 	last      time.Time
 	evicted   bool
 }
 
+// HistoryCapacity is how many sources the history follows one by one
+// (topk.DefaultCapacity, 2.3 MB): any source with more than 1/10,000 of all
+// events counted keeps its row.
+const HistoryCapacity = topk.DefaultCapacity
+
+// lastRead is one kernel map entry as last read, and in which read.
+type lastRead struct {
+	events [len(probe.SourceTotals{}.Events)]uint64
+	gen    uint32
+}
+
 // New starts an aggregator; start is when the probes were attached.
-func New(opts Options, start time.Time) *Aggregator {
-	return &Aggregator{opts: opts, prev: map[Key]Counts{}, cur: map[Key]Counts{}, held: map[Key]int64{}, last: start}
+func New(opts Options, g topk.Grouping, start time.Time) (*Aggregator, error) {
+	hist, err := topk.NewTracker(HistoryCapacity, g)
+	if err != nil {
+		return nil, err
+	}
+	return &Aggregator{opts: opts, hist: hist, read: map[Key]lastRead{}, held: map[Key]int64{},
+		prevNs: map[uint32]Counts{}, last: start}, nil
 }
 
 // ResetHeld forgets the seeded entries, before seeding anew from a fresh
@@ -199,66 +225,49 @@ func (a *Aggregator) Seed(k Key, entries int64) {
 // Source is one kernel source record, as probe.Probe.Sources returns it.
 type Source = probe.SourceTotals
 
-// Snapshot builds the view from the kernel's current per-source totals (all
-// of them, visited once by each), its totals by reason over the namespaces
-// shown (the host's when not filtered), and the namespaces' entry counts and
-// max. totals is called after each, so that the kernel's totals are never
-// behind the rows (they only grow).
-func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) error, totals func() (map[event.Reason]uint64, error), tables map[uint32]Namespace) (Snapshot, error) {
+// Snapshot reads the kernel's per-source map into the history, then builds
+// the view: rows ranked from the history, the header from the kernel's
+// per-namespace totals, and "other" as the kernel's totals less the rows.
+// The totals are read after the map, so that they are never behind it.
+func (a *Aggregator) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace) (Snapshot, error) {
 	snap := Snapshot{Time: now, Interval: now.Sub(a.last), Capacity: a.opts.Capacity}
 	a.last = now
-	cur := a.cur
-	clear(cur)
-	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
-	var shown, hidden Row // sums over every row offered, and over those not shown
-	nsIndex := a.namespaces(tables)
-	err := each(func(st *Source) error {
-		k := Key{Netns: st.Netns, Prefix: st.Prefix}
-		c := countsOf(st)
-		cur[k] = c
-		snap.Tracked++
-		if len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns] {
-			return nil
-		}
-		r := Row{Key: k, Total: c, Rate: c.since(a.prev[k]), Held: a.heldNow(k, c), LastReason: st.LastDropReason, LastDrop: st.LastDrop}
-		ns, ok := nsIndex[k.Netns]
-		if !ok {
-			ns = &Namespace{Netns: k.Netns, Entries: -1}
-			nsIndex[k.Netns] = ns
-		}
-		ns.Total, ns.Rate = ns.Total.add(c), ns.Rate.add(r.Rate)
-		shown.add(&r)
-		if out, pushed := best.offer(r); pushed {
-			hidden.add(&out)
-		}
-		return nil
-	})
+	if err := a.readSources(k, &snap); err != nil {
+		return snap, err
+	}
+	perNs, err := k.NamespaceTotals()
 	if err != nil {
 		return snap, err
 	}
-	// Sources that held entries at start but have had no event since are
-	// not in the kernel's map; they still hold their entries.
-	for k, n := range a.held {
-		if _, ok := cur[k]; ok || (len(a.opts.Netns) > 0 && !a.opts.Netns[k.Netns]) {
-			continue
-		}
-		r := Row{Key: k, Held: n}
+	total, err := a.totals(k, perNs)
+	if err != nil {
+		return snap, err
+	}
+	nsIndex := a.namespaces(tables, perNs)
+	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+	var shown, hidden Row // sums over every row offered, and over those not shown
+	offer := func(r Row) {
 		shown.add(&r)
 		if out, pushed := best.offer(r); pushed {
 			hidden.add(&out)
 		}
 	}
-	// A source missing now but present before was pushed out of the LRU map.
-	if !a.evicted {
-		for k := range a.prev {
-			if _, ok := cur[k]; !ok {
-				a.evicted = true
-				break
-			}
+	hs := a.hist.Snapshot(topk.SortDrops, 0)
+	inHistory := make(map[Key]bool, len(hs.Rows))
+	for i := range hs.Rows {
+		r := rowOf(&hs.Rows[i])
+		r.Held = a.heldNow(r.Key, r.Total)
+		inHistory[r.Key] = true
+		offer(r)
+	}
+	// Sources that held entries at start but have had no event since are
+	// not in the history; they still hold their entries.
+	for key, n := range a.held {
+		if !inHistory[key] && a.shows(key.Netns) {
+			offer(Row{Key: key, Held: n})
 		}
 	}
-	a.prev, a.cur = cur, a.prev
-	snap.Bounded = a.evicted || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
+	snap.Bounded = a.evicted || hs.Bounded() || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
 	for _, ns := range nsIndex {
 		snap.Namespaces = append(snap.Namespaces, *ns)
 	}
@@ -269,13 +278,8 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 			snap.Rows[i].Share = float64(snap.Rows[i].Held) / float64(ns.Entries)
 		}
 	}
-	byReason, err := totals()
-	if err != nil {
-		return snap, err
-	}
 	// Other: everything the kernel counted (in the namespaces shown) that no
 	// shown row holds.
-	total := countsOfTotals(byReason)
 	inRows := shown.Total.sub(hidden.Total)
 	snap.Other = Row{Total: total.atLeastZero(inRows), Rate: total.since(a.prevTotal).atLeastZero(shown.Rate.sub(hidden.Rate))}
 	// Held reconciles like the counts: what the table held at start plus
@@ -288,15 +292,120 @@ func (a *Aggregator) Snapshot(now time.Time, each func(func(*Source) error) erro
 	return snap, nil
 }
 
-// namespaces starts the header with every namespace the table reader
-// found (filtered), so a namespace shows even before its first event.
-func (a *Aggregator) namespaces(tables map[uint32]Namespace) map[uint32]*Namespace {
+// readSources feeds what each source in the kernel's map did since the
+// last read to the history.
+func (a *Aggregator) readSources(k Kernel, snap *Snapshot) error {
+	a.gen++
+	err := k.Sources(func(st *Source) error {
+		key := Key{Netns: st.Netns, Prefix: st.Prefix}
+		snap.Tracked++
+		if !a.shows(key.Netns) {
+			return nil
+		}
+		prev, seen := a.read[key]
+		a.read[key] = lastRead{events: st.Events, gen: a.gen}
+		if seen && prev.gen != a.gen-1 {
+			prev = lastRead{} // gone from the map for a read, and back: all new
+		}
+		if c, ok := sinceRead(st, &prev); ok {
+			a.hist.AddCounts(topk.Key(key), c, st.LastDropReason, st.LastDrop)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// A source read before but not now was pushed out of the LRU map.
+	for key, r := range a.read {
+		if r.gen != a.gen {
+			delete(a.read, key)
+			a.evicted = true
+		}
+	}
+	return nil
+}
+
+// sinceRead is what a source did since its last read, in the history's
+// columns. A count below the last read's was pushed out of the kernel's
+// map and admitted again in between: all of it is new.
+func sinceRead(st *Source, prev *lastRead) (topk.Counts, bool) {
+	var d [len(probe.SourceTotals{}.Events)]uint64
+	var any bool
+	for t, now := range st.Events {
+		d[t] = now - prev.events[t]
+		if now < prev.events[t] {
+			d[t] = now
+		}
+		any = any || d[t] != 0
+	}
+	c := topk.Counts{
+		TableFull:       d[ixTableFull],
+		AllocFailed:     d[ixAllocFailed],
+		InsertFailed:    d[ixInsertFailed],
+		EarlyDropVictim: d[ixEarlyDrop],
+		Inserts:         d[ixInsert],
+		Deletes:         d[ixDelete],
+	}
+	c.Held = int64(c.Inserts) - int64(c.EarlyDropVictim) - int64(c.Deletes)
+	return c, any
+}
+
+// rowOf turns a history row into a view row.
+func rowOf(h *topk.Row) Row {
+	counts := func(c *topk.Counts) Counts {
+		return Counts{Drops: c.Drops(), Evicted: c.EarlyDropVictim, Inserts: c.Inserts, Deletes: c.Deletes}
+	}
+	return Row{Key: Key(h.Key), Total: counts(&h.Counts), Rate: counts(&h.Interval), LastReason: h.Last, LastDrop: h.LastDrop, Err: h.Err}
+}
+
+// shows says whether the view includes netns.
+func (a *Aggregator) shows(netns uint32) bool {
+	return len(a.opts.Netns) == 0 || a.opts.Netns[netns]
+}
+
+// totals is what the kernel counted in the namespaces shown: the global
+// totals, exact, or the sum of the selected namespaces'.
+func (a *Aggregator) totals(k Kernel, perNs map[uint32]map[event.Reason]uint64) (Counts, error) {
+	if len(a.opts.Netns) == 0 {
+		byReason, err := k.Totals()
+		if err != nil {
+			return Counts{}, err
+		}
+		return countsOfTotals(byReason), nil
+	}
+	var c Counts
+	for netns, byReason := range perNs {
+		if a.shows(netns) {
+			c = c.add(countsOfTotals(byReason))
+		}
+	}
+	return c, nil
+}
+
+// namespaces builds the header: every namespace the table reader found
+// and every one the kernel counted events in (filtered), with the kernel's
+// own totals for the namespace, so that drops and drops/s are the
+// namespace's, whatever the per-source map could hold.
+func (a *Aggregator) namespaces(tables map[uint32]Namespace, perNs map[uint32]map[event.Reason]uint64) map[uint32]*Namespace {
 	idx := map[uint32]*Namespace{}
 	for id, t := range tables {
-		if len(a.opts.Netns) == 0 || a.opts.Netns[id] {
+		if a.shows(id) {
 			ns := Namespace{Netns: id, Entries: t.Entries, Max: t.Max}
 			idx[id] = &ns
 		}
+	}
+	for id, byReason := range perNs {
+		if !a.shows(id) {
+			continue
+		}
+		ns, ok := idx[id]
+		if !ok {
+			ns = &Namespace{Netns: id, Entries: -1}
+			idx[id] = ns
+		}
+		ns.Total = countsOfTotals(byReason)
+		ns.Rate = ns.Total.since(a.prevNs[id])
+		a.prevNs[id] = ns.Total
 	}
 	return idx
 }
@@ -342,18 +451,21 @@ func (a *Aggregator) heldNow(k Key, c Counts) int64 {
 	return max(0, a.held[k]+int64(c.Inserts)-int64(c.Evicted)-int64(c.Deletes))
 }
 
-// compareRows orders rows by the chosen column, the interval's rate first,
-// then the total, then netns and prefix so the order is stable between
-// refreshes.
+// compareRows orders rows by the chosen column: the total since start
+// first, then the interval's rate, then netns and prefix so the order is
+// stable between refreshes. Totals first, unlike top(1)'s CPU column: in an
+// attack the real offenders pause and come back, and a source refused 600
+// times a minute ago must outrank thousands of spoofed sources refused
+// once this second.
 func compareRows(a, b Row, by SortBy) int {
 	var c int
 	switch by {
 	case SortInserts:
-		c = cmp.Or(cmp.Compare(b.Rate.Inserts, a.Rate.Inserts), cmp.Compare(b.Total.Inserts, a.Total.Inserts))
+		c = cmp.Or(cmp.Compare(b.Total.Inserts, a.Total.Inserts), cmp.Compare(b.Rate.Inserts, a.Rate.Inserts))
 	case SortHeld:
-		c = cmp.Compare(b.Held, a.Held)
+		c = cmp.Or(cmp.Compare(b.Held, a.Held), cmp.Compare(b.Rate.Inserts, a.Rate.Inserts))
 	default:
-		c = cmp.Or(cmp.Compare(b.Rate.Drops, a.Rate.Drops), cmp.Compare(b.Total.Drops, a.Total.Drops))
+		c = cmp.Or(cmp.Compare(b.Total.Drops, a.Total.Drops), cmp.Compare(b.Rate.Drops, a.Rate.Drops))
 	}
 	if c != 0 {
 		return c

@@ -2,22 +2,33 @@ package top
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/topk"
 )
 
-// fakeKernel stands for the kernel's per-source map and its totals.
+// fakeKernel stands for the kernel's per-source map and its totals (Kernel).
 type fakeKernel struct {
 	sources map[Key]*probe.SourceTotals
 	totals  map[event.Reason]uint64
+	perNs   map[uint32]map[event.Reason]uint64
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{sources: map[Key]*probe.SourceTotals{}, totals: map[event.Reason]uint64{}}
+	return &fakeKernel{sources: map[Key]*probe.SourceTotals{}, totals: map[event.Reason]uint64{}, perNs: map[uint32]map[event.Reason]uint64{}}
+}
+
+func newAggregator(t testing.TB, opts Options, start time.Time) *Aggregator {
+	a, err := New(opts, topk.DefaultGrouping, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // index of reason r in SourceTotals.Events.
@@ -33,6 +44,10 @@ func index(r event.Reason) int {
 // the LRU map has pushed out (only the totals see it).
 func (k *fakeKernel) add(netns uint32, src string, r event.Reason, n uint64, tracked bool) {
 	k.totals[r] += n
+	if k.perNs[netns] == nil {
+		k.perNs[netns] = map[event.Reason]uint64{}
+	}
+	k.perNs[netns][r] += n
 	if !tracked {
 		return
 	}
@@ -45,7 +60,12 @@ func (k *fakeKernel) add(netns uint32, src string, r event.Reason, n uint64, tra
 	st.Events[index(r)] += n
 }
 
-func (k *fakeKernel) each(fn func(*Source) error) error {
+// forget models the LRU map pushing src out.
+func (k *fakeKernel) forget(netns uint32, src string) {
+	delete(k.sources, Key{Netns: netns, Prefix: netip.MustParsePrefix(src)})
+}
+
+func (k *fakeKernel) Sources(fn func(*Source) error) error {
 	for _, st := range k.sources {
 		if err := fn(st); err != nil {
 			return err
@@ -54,18 +74,22 @@ func (k *fakeKernel) each(fn func(*Source) error) error {
 	return nil
 }
 
-func (k *fakeKernel) totalsNow() (map[event.Reason]uint64, error) { return k.totals, nil }
+func (k *fakeKernel) Totals() (map[event.Reason]uint64, error) { return k.totals, nil }
+
+func (k *fakeKernel) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
+	return k.perNs, nil
+}
 
 func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(1000, 0)
-	a := New(Options{Sort: SortDrops, Limit: 2, Capacity: 10}, start)
+	a := newAggregator(t, Options{Sort: SortDrops, Limit: 2, Capacity: 10}, start)
 	k.add(1, "10.0.0.1/32", event.ReasonTableFull, 50, true)
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 30, true)
 	k.add(1, "10.0.0.3/32", event.ReasonInsertFailed, 5, true)
 	k.add(1, "10.0.0.4/32", event.ReasonTableFull, 7, false) // pushed out
 	k.add(1, "10.0.0.1/32", event.ReasonInsert, 9, true)
-	s, err := a.Snapshot(start.Add(2*time.Second), k.each, k.totalsNow, nil)
+	s, err := a.Snapshot(start.Add(2*time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,8 +114,8 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	// Next interval: rates are this interval's; a source that vanished from
 	// the kernel map means the bound is in effect.
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 100, true)
-	delete(k.sources, Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.3/32")})
-	s, err = a.Snapshot(start.Add(3*time.Second), k.each, k.totalsNow, nil)
+	k.forget(1, "10.0.0.3/32")
+	s, err = a.Snapshot(start.Add(3*time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,14 +132,14 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := New(Options{Sort: SortDrops, Limit: 5}, start)
+	a := newAggregator(t, Options{Sort: SortDrops, Limit: 5}, start)
 	k.add(1, "10.0.0.1/32", event.ReasonTableFull, 100, true)
-	if _, err := a.Snapshot(start.Add(time.Second), k.each, k.totalsNow, nil); err != nil {
+	if _, err := a.Snapshot(start.Add(time.Second), k, nil); err != nil {
 		t.Fatal(err)
 	}
 	k.sources[Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}].Events[index(event.ReasonTableFull)] = 3
 	k.totals[event.ReasonTableFull] += 3
-	s, err := a.Snapshot(start.Add(2*time.Second), k.each, k.totalsNow, nil)
+	s, err := a.Snapshot(start.Add(2*time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,11 +153,11 @@ func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
 func TestPushedOffRowsKeepTheirCountsInOther(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := New(Options{Sort: SortHeld, Limit: 1}, start)
+	a := newAggregator(t, Options{Sort: SortHeld, Limit: 1}, start)
 	a.Seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
 	k.add(1, "10.0.0.2/32", event.ReasonInsert, 2, true)
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 5, true)
-	s, err := a.Snapshot(start.Add(time.Second), k.each, k.totalsNow, nil)
+	s, err := a.Snapshot(start.Add(time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,15 +186,97 @@ func TestSortByInsertsAndHeldAndNetnsFilter(t *testing.T) {
 		{Options{Sort: SortHeld, Limit: 10, Netns: map[uint32]bool{1: true}}, "10.0.0.2/32", 2},
 		{Options{Sort: SortDrops, Limit: 10, Netns: map[uint32]bool{2: true}}, "10.0.0.3/32", 1},
 	} {
-		a := New(tc.opts, start)
+		a := newAggregator(t, tc.opts, start)
 		a.Seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 5)
-		s, err := a.Snapshot(start.Add(time.Second), k.each, k.totalsNow, nil)
+		s, err := a.Snapshot(start.Add(time.Second), k, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(s.Rows) != tc.rows || s.Rows[0].Prefix.String() != tc.first {
 			t.Errorf("%+v: rows %+v, want %d rows starting with %s", tc.opts, s.Rows, tc.rows, tc.first)
 		}
+	}
+}
+
+// The scenario of a spoofed flood mixed with real offenders: five sources
+// are refused 600 times each in a burst and go quiet; then, read after
+// read, the kernel's map turns over to fresh spoofed sources refused 3
+// times each (65,000 of them) and pushes the five out. The history keeps
+// them: they stay the first five rows, with their exact counts.
+func TestQuietHeavySourcesOutrankASpoofedFlood(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(0, 0)
+	a := newAggregator(t, Options{Sort: SortDrops, Limit: 10, Capacity: 65536}, start)
+	heavy := []string{"192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32", "192.0.2.4/32", "192.0.2.5/32"}
+	for _, h := range heavy {
+		k.add(1, h, event.ReasonTableFull, 600, true)
+	}
+	snapAt := func(sec int) Snapshot {
+		s, err := a.Snapshot(start.Add(time.Duration(sec)*time.Second), k, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	snapAt(1)
+	for _, h := range heavy {
+		k.forget(1, h)
+	}
+	const spoofed, perRead = 65000, 13000
+	for i := 0; i < spoofed; i++ {
+		src := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32).String()
+		k.add(1, src, event.ReasonTableFull, 3, true)
+		if (i+1)%perRead == 0 {
+			snapAt(2 + i/perRead)
+			clear(k.sources) // the LRU map has turned over
+		}
+	}
+	// The last interval still brings spoofed sources: what they do now
+	// must not outrank what the five did before.
+	for i := 0; i < 100; i++ {
+		k.add(1, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, 0, byte(i)}), 32).String(), event.ReasonTableFull, 3, true)
+	}
+	s := snapAt(100)
+	var rowDrops uint64
+	for i, r := range s.Rows {
+		if i < len(heavy) && (!slices.Contains(heavy, r.Prefix.String()) || r.Total.Drops != 600 || r.Err != 0) {
+			t.Errorf("row %d: %s with %d drops (err %d), want a heavy source with exactly 600", i, r.Prefix, r.Total.Drops, r.Err)
+		}
+		rowDrops += r.Total.Drops
+	}
+	if want := uint64(5*600 + spoofed*3 + 300); rowDrops+s.Other.Total.Drops != want {
+		t.Errorf("rows %d + other %d != kernel total %d", rowDrops, s.Other.Total.Drops, want)
+	}
+}
+
+// The namespace line is the kernel's own per-namespace total, not the sum
+// of the sources its map still holds: under a flood past the bound most
+// drops belong to sources it no longer holds.
+func TestNamespaceLineIsTheKernelsTotal(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(0, 0)
+	a := newAggregator(t, Options{Sort: SortDrops, Limit: 3, Capacity: 2}, start)
+	k.add(7, "10.0.0.1/32", event.ReasonTableFull, 10, true)
+	k.add(7, "10.0.0.2/32", event.ReasonTableFull, 1000, false) // never held
+	k.add(8, "10.0.0.3/32", event.ReasonTableFull, 5, true)
+	s, err := a.Snapshot(start.Add(time.Second), k, map[uint32]Namespace{7: {Netns: 7, Entries: 50, Max: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.add(7, "10.0.0.4/32", event.ReasonTableFull, 500, false)
+	s, err = a.Snapshot(start.Add(3*time.Second), k, map[uint32]Namespace{7: {Netns: 7, Entries: 50, Max: 50}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint32]Namespace{}
+	for _, ns := range s.Namespaces {
+		got[ns.Netns] = ns
+	}
+	if ns := got[7]; ns.Total.Drops != 1510 || PerSec(ns.Rate.Drops, s.Interval) != 250 || ns.Entries != 50 {
+		t.Errorf("netns 7: %d drops, %.0f/s, %d entries; want 1510, 250/s (500 in 2 s), 50", ns.Total.Drops, PerSec(ns.Rate.Drops, s.Interval), ns.Entries)
+	}
+	if ns := got[8]; ns.Total.Drops != 5 || ns.Entries != -1 {
+		t.Errorf("netns 8 (no table read): %d drops, %d entries; want 5 and -1", ns.Total.Drops, ns.Entries)
 	}
 }
 
@@ -184,11 +290,11 @@ func BenchmarkSnapshot(b *testing.B) {
 				a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 				k.add(1, netip.PrefixFrom(a, 32).String(), event.ReasonTableFull, uint64(1+i%7), true)
 			}
-			a := New(Options{Sort: SortDrops, Limit: 20, Capacity: n}, time.Unix(0, 0))
+			a := newAggregator(b, Options{Sort: SortDrops, Limit: 20, Capacity: n}, time.Unix(0, 0))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, err := a.Snapshot(time.Unix(int64(i+1), 0), k.each, k.totalsNow, nil); err != nil {
+				if _, err := a.Snapshot(time.Unix(int64(i+1), 0), k, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -15,6 +15,7 @@ type Counts struct {
 	// entry lost, not a packet refused, so it is not part of Drops.
 	EarlyDropVictim uint64
 	Inserts         uint64 // entries confirmed
+	Deletes         uint64 // entries removed other than by eviction
 	// Held is the entries the source holds in the table now: +1 per insert,
 	// -1 per delete and per eviction. In an interval it is the net change.
 	Held int64
@@ -36,6 +37,7 @@ func (c *Counts) add(o Counts) {
 	c.InsertFailed += o.InsertFailed
 	c.EarlyDropVictim += o.EarlyDropVictim
 	c.Inserts += o.Inserts
+	c.Deletes += o.Deletes
 	c.Held += o.Held
 }
 
@@ -46,6 +48,7 @@ func (c Counts) minus(o Counts) Counts {
 		InsertFailed:    c.InsertFailed - o.InsertFailed,
 		EarlyDropVictim: c.EarlyDropVictim - o.EarlyDropVictim,
 		Inserts:         c.Inserts - o.Inserts,
+		Deletes:         c.Deletes - o.Deletes,
 		Held:            c.Held - o.Held,
 	}
 }

@@ -72,6 +72,7 @@ func (m *model) add(k Key, r event.Reason) {
 			c.Inserts++
 			c.Held++
 		case event.ReasonDelete:
+			c.Deletes++
 			c.Held--
 		case event.ReasonEarlyDrop:
 			c.EarlyDropVictim++

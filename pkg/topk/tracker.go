@@ -108,8 +108,40 @@ func (t *Tracker) evicted(k Key, at time.Time) {
 }
 
 func (t *Tracker) deleted(k Key) {
-	t.release(t.holder(k), 1)
+	c := t.holder(k)
+	c.now.Deletes++
+	t.release(c, 1)
+	t.totals.now.Deletes++
 	t.totals.now.Held--
+}
+
+// AddCounts counts what k did over a stretch of time, as read from a
+// counter kept elsewhere (the kernel's per-source map): c's refusals and
+// inserts weigh as that many events, and c.Held is the net change of its
+// entries. last and at are its latest drop, if any. A stretch with no
+// refusal or insert does not give k a row: its deletes and evictions go
+// to "other", as Add's would.
+func (t *Tracker) AddCounts(k Key, c Counts, last event.Reason, at time.Time) {
+	var tl *tally
+	if w := c.activity(); w > 0 {
+		tl = t.active(k, w)
+	} else {
+		tl = t.holder(k)
+	}
+	held := c.Held
+	c.Held = 0
+	tl.now.add(c)
+	t.totals.now.add(c)
+	if held >= 0 {
+		tl.now.Held += held
+	} else {
+		t.release(tl, -held)
+	}
+	t.totals.now.Held += held
+	if last != "" {
+		tl.noteDrop(last, at)
+		t.totals.noteDrop(last, at)
+	}
 }
 
 // AddHeld counts n entries (n < 0: removes them) that k holds in the table
