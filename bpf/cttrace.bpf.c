@@ -126,7 +126,9 @@ struct {
  */
 __u32 admit_shift;
 
-enum src_stat { SRC_MISSED, SRC_ADMITTED, SRC_STAT_MAX };
+/* Admission counters of the sources and aggregated maps: events for a key
+ * the map did not hold (missed), and keys admitted. */
+enum src_stat { SRC_MISSED, SRC_ADMITTED, AGG_MISSED, AGG_ADMITTED, SRC_STAT_MAX };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -134,6 +136,73 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } source_stats SEC(".maps");
+
+/*
+ * The bounded stream. A flood refuses hundreds of thousands of packets a
+ * second: as lines that is useless to a person and harmful to a SIEM, and
+ * each record costs the refusing CPU a ring buffer write. So each CPU
+ * streams at most stream_per_cpu_per_s events one by one per second; past
+ * that, events are counted per (netns, source, reason) in the aggregated
+ * map, which user space turns into aggregate records every second, and in
+ * aggregated_total, so that what the map could not hold is still counted:
+ * every event is streamed, aggregated or counted as lost. 0: no limit.
+ */
+volatile const __u32 stream_per_cpu_per_s = 0;
+
+struct stream_budget {
+	__u64 window_ns;
+	__u32 used;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stream_budget);
+} stream_budget SEC(".maps");
+
+struct agg_key {
+	__u32 netns;
+	__u8 family;
+	__u8 type;
+	__u8 _pad[2];
+	__u8 addr[16];
+};
+
+struct agg_value {
+	__u64 count;
+	__u64 last_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct agg_key);
+	__type(value, struct agg_value);
+} aggregated SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_EV_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} aggregated_total SEC(".maps");
+
+/* Sample and hold for the aggregated map, as admit_shift for sources. */
+__u32 agg_admit_shift;
+
+/* Only events of these namespaces are streamed or aggregated (--netns), so
+ * that other namespaces' events neither use the budget nor cross the ring.
+ * They are still counted in produced and netns_totals. */
+volatile const __u32 netns_filter = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} stream_netns SEC(".maps");
 
 /* The ring buffer wakes its reader only once this many bytes wait, or when
  * user space polls (every 100 ms): a wakeup per event costs the producing
@@ -273,22 +342,35 @@ static __always_inline void count_source_stat(__u32 which)
 		(*n)++;
 }
 
-/* Whether a source the map does not hold gets a row now (sample and hold). */
-static __always_inline bool admit_source(void)
+/* Whether a key a map does not hold gets an entry now (sample and hold);
+ * missed is the map's SRC_MISSED or AGG_MISSED, and the admitted counter
+ * follows it. */
+static __always_inline bool admit(__u32 shift, __u32 missed)
 {
-	__u32 shift = admit_shift;
-
-	count_source_stat(SRC_MISSED);
+	count_source_stat(missed);
 	if (shift && (bpf_get_prandom_u32() & ((1U << (shift & 31)) - 1)))
 		return false;
-	count_source_stat(SRC_ADMITTED);
+	count_source_stat(missed + 1);
 	return true;
+}
+
+/* key's entry in an LRU map, or a new zeroed one if the key is admitted
+ * now; NULL when it is not (its event then counts only in the totals). */
+static __always_inline void *lookup_or_admit(void *map, const void *key, const void *zero, __u32 shift,
+					     __u32 missed)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v || !admit(shift, missed))
+		return v;
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(map, key);
 }
 
 static __always_inline void account_source(const struct ct_event *e)
 {
+	struct src_stats zero = {}, *st;
 	struct src_key k = {};
-	struct src_stats *st;
 	__u32 type = e->type;
 
 	account_netns(e);
@@ -298,17 +380,9 @@ static __always_inline void account_source(const struct ct_event *e)
 	k.family = e->tuple.family;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
 	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? group_v4_bits : group_v6_bits);
-	st = bpf_map_lookup_elem(&sources, &k);
-	if (!st) {
-		struct src_stats zero = {};
-
-		if (!admit_source())
-			return;
-		bpf_map_update_elem(&sources, &k, &zero, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&sources, &k);
-		if (!st)
-			return;
-	}
+	st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
+	if (!st)
+		return;
 	__sync_fetch_and_add(&st->events[type], 1);
 	if (is_drop(type)) {
 		st->last_drop_ns = e->ts_boot_ns;
@@ -323,14 +397,68 @@ static __always_inline __u64 ringbuf_wakeup(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
+/* Whether this CPU has streamed its share of events this second. */
+static __always_inline bool over_stream_budget(__u64 now)
+{
+	struct stream_budget *b;
+	__u32 zero = 0;
+
+	if (!stream_per_cpu_per_s)
+		return false;
+	b = bpf_map_lookup_elem(&stream_budget, &zero);
+	if (!b)
+		return false;
+	if (now - b->window_ns >= 1000000000ULL) {
+		b->window_ns = now;
+		b->used = 0;
+	}
+	if (b->used >= stream_per_cpu_per_s)
+		return true;
+	b->used++;
+	return false;
+}
+
+/* Counts an event past the budget: in the total for its type always, and
+ * per source when the map holds, or admits, its source. */
+static __always_inline void aggregate_event(const struct ct_event *e)
+{
+	struct agg_value zero = {}, *v;
+	struct agg_key k = {};
+	__u32 type = e->type;
+	__u64 *n;
+
+	n = bpf_map_lookup_elem(&aggregated_total, &type);
+	if (n)
+		(*n)++;
+	if (!e->tuple.family)
+		return;
+	k.netns = e->netns;
+	k.family = e->tuple.family;
+	k.type = type;
+	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
+	v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
+	if (!v)
+		return;
+	__sync_fetch_and_add(&v->count, 1);
+	v->last_ns = e->ts_boot_ns;
+}
+
 /* Hands a complete event to whoever wants it. The kernel side never waits:
  * when the ring buffer is full the event is counted as lost. */
 static __always_inline void event_publish(const struct ct_event *e)
 {
+	__u32 netns = e->netns;
+
 	if (aggregate_sources)
 		account_source(e);
 	if (!(stream_mask & (1U << e->type)))
 		return;
+	if (netns_filter && !bpf_map_lookup_elem(&stream_netns, &netns))
+		return;
+	if (over_stream_budget(e->ts_boot_ns)) {
+		aggregate_event(e);
+		return;
+	}
 	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), ringbuf_wakeup()))
 		count_lost();
 }

@@ -33,6 +33,8 @@ func dropsCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to this CIDR or address (repeatable)"},
 			&cli.StringSliceFlag{Name: "proto", Usage: "only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
 			&cli.Uint64Flag{Name: "count", Usage: "exit after printing `N` events (0: no limit)"},
+			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
+				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
 			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
 		),
 		Action: runDrops,
@@ -59,12 +61,13 @@ func reasonNames() string {
 
 // dropsOptions is the command line, validated.
 type dropsOptions struct {
-	trace  traceOptions
-	format string
-	filter event.Filter
-	stream []event.Reason
-	count  uint64
-	utc    bool
+	trace   traceOptions
+	format  string
+	filter  event.Filter
+	reasons []event.Reason
+	stream  probe.StreamOptions
+	count   uint64
+	utc     bool
 }
 
 // traceOptions are the validated traceFlags.
@@ -103,21 +106,25 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	if o.format, err = outputFormat(c); err != nil {
 		return o, err
 	}
-	o.stream = event.DropReasons()
+	o.stream.Limit = uint32(min(c.Uint("stream-limit"), 1<<31))
+	o.reasons = event.DropReasons()
 	if rs := splitList(c.StringSlice("reason")); len(rs) > 0 {
-		o.stream = nil
+		o.reasons = nil
 		o.filter.Reasons = map[event.Reason]bool{}
 		for _, s := range rs {
 			r, err := event.ParseReason(s)
 			if err != nil {
 				return o, usageError(err)
 			}
-			o.stream = append(o.stream, r)
+			o.reasons = append(o.reasons, r)
 			o.filter.Reasons[r] = true
 		}
 	}
 	if o.filter.Netns, err = parseNetnsFlag(c); err != nil {
 		return o, err
+	}
+	for ns := range o.filter.Netns {
+		o.stream.Netns = append(o.stream.Netns, ns)
 	}
 	if o.filter.Src, err = parseCIDRs("src", c.StringSlice("src")); err != nil {
 		return o, err
@@ -145,7 +152,7 @@ func runDrops(c *cli.Context) error {
 	}
 	ctx, cancel := traceContext(c.Context, o.trace.duration)
 	defer cancel()
-	s, err := startSession(o.trace, session.Config{Stream: o.stream})
+	s, err := startSession(o.trace, session.Config{Reasons: o.reasons, Stream: o.stream})
 	if err != nil {
 		return err
 	}
@@ -170,6 +177,17 @@ func runDrops(c *cli.Context) error {
 			return nil
 		},
 		Idle: w.Flush,
+		Aggregate: func(batch []event.Aggregate) error {
+			for i := range batch {
+				if !o.filter.MatchAggregate(&batch[i]) {
+					continue
+				}
+				if err := w.Aggregate(&batch[i]); err != nil {
+					return err
+				}
+			}
+			return w.Flush()
+		},
 		Tick: func(lost uint64) error {
 			if lost == 0 {
 				return nil
@@ -237,7 +255,7 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 	if err != nil {
 		return err
 	}
-	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Lost: s.Lost(), Duration: s.Elapsed()}
+	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Lost: s.Lost(), Aggregated: s.Aggregated(), Duration: s.Elapsed()}
 	if format == "json" {
 		if err := w.Summary(sum); err != nil && !closedPipe(err) {
 			return err

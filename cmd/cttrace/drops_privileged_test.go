@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,7 +24,9 @@ import (
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
 )
 
 // process is a cttrace run under test.
@@ -339,5 +343,87 @@ func TestDropsWithoutPrivilegesSaysWhatIsMissing(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != exitRuntime || !strings.Contains(string(out), "CAP_BPF") {
 		t.Fatalf("as nobody: exit %d (%v), output:\n%s", code, err, out)
+	}
+}
+
+// The bounded stream under a spoofed flood: at most --stream-limit events
+// a second are streamed one by one, the rest arrive as aggregate records,
+// and streamed + aggregated + lost is exactly the kernel's drop count;
+// per source too for three heavy sources, within the documented sampling
+// error.
+func TestDropsStreamIsBoundedAndExact(t *testing.T) {
+	if testbed.Tier() == testbed.VM {
+		t.Skip("a 300,000-flow flood is sized for the host: under emulation it would take minutes")
+	}
+	const limit, perHeavy, heavyN = 1000, 3000, 3
+	lab := fullTable(t, 32)
+	r := startDrops(t, nil, "-o", "json", "--netns", "/run/netns/"+lab.Name(), "--stream-limit", strconv.Itoa(limit))
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	heavyBase := netip.MustParseAddr("127.81.0.1")
+	for _, spec := range []ctlab.FloodSpec{
+		{Random: true, Packets: 150_000, Seed: 3},
+		{Sources: heavyN, SourceBase: heavyBase, Packets: heavyN * perHeavy},
+		{Random: true, Packets: 150_000, Seed: 4},
+	} {
+		if res, err := lab.Flood(spec); err != nil || res.Refused != spec.Packets {
+			t.Fatalf("flood %+v: %+v, %v", spec, res, err)
+		}
+	}
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := r.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("exit status %d\n%s", code, r.stderr)
+	}
+	drop := after.Sub(before).Drop
+	var streamed, aggregated, lost, aggRecords int
+	var sampling float64 = 1
+	var summary map[string]any
+	perSrc := map[string]int{}
+	for _, m := range records(t, r.stdout.Bytes()) {
+		switch m["type"] {
+		case "event":
+			streamed++
+			perSrc[m["src"].(string)]++
+		case "aggregate":
+			aggRecords++
+			n := int(m["count"].(float64))
+			aggregated += n
+			perSrc[m["src"].(string)] += n
+			sampling = max(sampling, m["sampling"].(float64))
+		case "lost":
+			lost += int(m["lost"].(float64))
+		case "summary":
+			summary = m
+		}
+	}
+	secs := summary["duration_s"].(float64)
+	t.Logf("kernel drops %d in %.1fs: streamed %d, aggregated %d in %d records (sampling up to 1 in %.0f), lost %d; heavy %d %d %d",
+		drop, secs, streamed, aggregated, aggRecords, sampling, lost, perSrc["127.81.0.1"], perSrc["127.81.0.2"], perSrc["127.81.0.3"])
+	if streamed+aggregated+lost != int(drop) {
+		t.Errorf("streamed %d + aggregated %d + lost %d != kernel drops %d", streamed, aggregated, lost, drop)
+	}
+	if int(summary["aggregated"].(float64)) != aggregated {
+		t.Errorf("summary says %v aggregated, the records %d", summary["aggregated"], aggregated)
+	}
+	// Each CPU streams its share per second of its own: the bound is one
+	// share per CPU for every second begun.
+	cpus := runtime.NumCPU()
+	share := (limit + cpus - 1) / cpus
+	if maxStreamed := (int(secs) + 2) * cpus * share; streamed > maxStreamed || streamed == 0 {
+		t.Errorf("streamed %d events in %.1fs, want 1 to %d (--stream-limit %d)", streamed, secs, maxStreamed, limit)
+	}
+	if maxRecords := (int(secs) + 2) * (session.AggregatesShown + len(event.Reasons())); aggRecords > maxRecords {
+		t.Errorf("%d aggregate records in %.1fs, over the bound %d", aggRecords, secs, maxRecords)
+	}
+	for i := 0; i < heavyN; i++ {
+		src := netip.AddrFrom4([4]byte{127, 81, 0, byte(1 + i)}).String()
+		if n := perSrc[src]; n > perHeavy || float64(n) < perHeavy-10*sampling {
+			t.Errorf("%s: %d streamed or aggregated of %d refused (sampling 1 in %.0f)", src, n, perHeavy, sampling)
+		}
 	}
 }

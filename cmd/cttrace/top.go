@@ -120,7 +120,7 @@ func runTop(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	sampler, err := s.Probe.NewSampler()
+	sampler, err := s.Probe.NewSampler(probe.SourcesMap, o.interval)
 	if err != nil {
 		return err
 	}

@@ -79,3 +79,26 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 	}
 	return p.Masked(), nil
 }
+
+// MatchAggregate reports whether an aggregate passes the filter. Only the
+// namespace, reason and source filters apply: an aggregate counts a
+// source's events whatever their destination and protocol. The "other"
+// aggregate, which names no source, passes a source filter too: it may
+// hold events of matching sources the kernel's bounded map could not name.
+func (f *Filter) MatchAggregate(a *Aggregate) bool {
+	if len(f.Netns) > 0 && a.Netns != 0 && !f.Netns[a.Netns] {
+		return false
+	}
+	if len(f.Reasons) > 0 && !f.Reasons[a.Reason] {
+		return false
+	}
+	if len(f.Src) > 0 && !a.IsOther() {
+		for _, p := range f.Src {
+			if p.Contains(a.Source.Unmap()) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}

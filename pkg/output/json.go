@@ -87,6 +87,45 @@ func (j *JSONWriter) Lost(n, total uint64, t time.Time) error {
 	return j.end(b)
 }
 
+// Aggregate writes one "aggregate" record: a source's events past the
+// stream limit in the last interval, or the rest ("src":"other").
+func (j *JSONWriter) Aggregate(a *event.Aggregate) error {
+	if !a.Reason.Valid() {
+		return fmt.Errorf("write json aggregate: unknown reason %q", a.Reason)
+	}
+	b := j.begin("aggregate", a.Time)
+	b = append(b, `,"reason":`...)
+	b = appendJSONString(b, string(a.Reason))
+	b = appendUintField(b, "netns", uint64(a.Netns))
+	b = append(b, `,"family":`...)
+	src := "other"
+	switch {
+	case a.IsOther():
+		b = appendJSONString(b, "")
+	case a.Source.Unmap().Is4():
+		b = appendJSONString(b, "ipv4")
+		src = a.Source.Unmap().String()
+	default:
+		b = appendJSONString(b, "ipv6")
+		src = a.Source.String()
+	}
+	b = append(b, `,"src":`...)
+	b = appendJSONString(b, src)
+	b = appendUintField(b, "count", a.Count)
+	b = append(b, `,"interval_s":`...)
+	b = strconv.AppendFloat(b, a.Interval.Seconds(), 'f', 3, 64)
+	b = append(b, `,"last":`...)
+	if a.Last.IsZero() {
+		b = append(b, `""`...)
+	} else {
+		b = append(b, '"')
+		b = a.Last.UTC().AppendFormat(b, jsonTime)
+		b = append(b, '"')
+	}
+	b = appendUintField(b, "sampling", a.Sampling)
+	return j.end(b)
+}
+
 // Summary writes the "summary" record, with a count for every reason.
 func (j *JSONWriter) Summary(s Summary) error {
 	b := j.begin("summary", s.Time)
@@ -103,6 +142,7 @@ func (j *JSONWriter) Summary(s Summary) error {
 	}
 	b = append(b, '}')
 	b = appendUintField(b, "lost", s.Lost)
+	b = appendUintField(b, "aggregated", s.Aggregated)
 	b = append(b, `,"duration_s":`...)
 	b = strconv.AppendFloat(b, s.Duration.Seconds(), 'f', 3, 64)
 	return j.end(b)

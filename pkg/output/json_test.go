@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -101,7 +102,7 @@ func TestJSONLostAndSummary(t *testing.T) {
 		`{"schema":1,"type":"lost","time":"2025-03-14T23:41:07.123456789Z","lost":5,"lost_total":12}`,
 		`{"schema":1,"type":"summary","time":"2025-03-14T23:42:07.123456789Z","backend":"fentry",` +
 			`"events":{"table_full":2,"alloc_failed":0,"early_drop":2,"insert_failed":1,"insert":0,"delete":0,"clash_resolved":0},` +
-			`"lost":17,"duration_s":60.503}`,
+			`"lost":17,"aggregated":0,"duration_s":60.503}`,
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
@@ -159,6 +160,17 @@ func TestJSONSchema(t *testing.T) {
 		if err := w.Lost(3, 1<<40, t0); err != nil {
 			return err
 		}
+		if err := w.Aggregate(aggregate()); err != nil {
+			return err
+		}
+		v6 := aggregate()
+		v6.Source, v6.Sampling = netip.MustParseAddr("2001:db8::1"), 1024
+		if err := w.Aggregate(v6); err != nil {
+			return err
+		}
+		if err := w.Aggregate(&event.Aggregate{Time: t0, Reason: event.ReasonInsertFailed, Count: 1, Sampling: 1}); err != nil {
+			return err
+		}
 		if err := w.Summary(Summary{}); err != nil {
 			return err
 		}
@@ -173,7 +185,7 @@ func TestJSONSchema(t *testing.T) {
 		json.Unmarshal([]byte(l), &rec)
 		types[rec.Type]++
 	}
-	if types["event"] < len(event.Reasons()) || types["lost"] == 0 || types["summary"] == 0 {
+	if types["event"] < len(event.Reasons()) || types["lost"] == 0 || types["summary"] == 0 || types["aggregate"] != 3 {
 		t.Errorf("not every record type was checked: %v", types)
 	}
 }
@@ -290,18 +302,38 @@ func TestJSONFieldsMatchSchema(t *testing.T) {
 	}
 	lines := writeJSON(t, func(w *JSONWriter) error {
 		w.Event(earlyDrop())
+		w.Aggregate(aggregate())
 		w.Lost(1, 1, t0)
 		return w.Summary(summary())
 	})
 	for _, l := range lines {
 		keys := topLevelKeys(t, l)
-		typ := map[bool]string{true: "event"}[strings.Contains(l, `"type":"event"`)]
-		if typ == "" {
-			typ = map[bool]string{true: "lost", false: "summary"}[strings.Contains(l, `"type":"lost"`)]
-		}
+		var rec struct{ Type string }
+		json.Unmarshal([]byte(l), &rec)
+		typ := rec.Type
 		if want := doc.Defs[typ].Required; !slices.Equal(keys, want) {
 			t.Errorf("%s keys\n%v\nschema\n%v", typ, keys, want)
 		}
+	}
+}
+
+func aggregate() *event.Aggregate {
+	return &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Netns: 4026531840,
+		Source: netip.MustParseAddr("203.0.113.7"), Count: 4021, Last: t0.Add(-time.Millisecond), Sampling: 1}
+}
+
+// An aggregate record, named and "other", as docs/drops.md shows it, and
+// valid against the schema.
+func TestJSONAggregate(t *testing.T) {
+	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}
+	got := strings.Join(writeJSON(t, func(w *JSONWriter) error {
+		w.Aggregate(aggregate())
+		return w.Aggregate(other)
+	}), "\n")
+	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","reason":"table_full","netns":4026531840,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
+{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","reason":"table_full","netns":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
 

@@ -23,6 +23,8 @@ type Writer interface {
 	// Lost reports n events the kernel could not deliver (ring buffer full)
 	// since the last report, total since the start, noticed at t.
 	Lost(n, total uint64, t time.Time) error
+	// Aggregate writes a count of events past the stream limit.
+	Aggregate(*event.Aggregate) error
 	// Summary writes the totals at exit.
 	Summary(Summary) error
 	// Flush writes out what is buffered.
@@ -37,7 +39,10 @@ type Summary struct {
 	// 0), as the schema requires; text lists only the reasons present as
 	// keys, so a caller that counted only some reasons can leave the others
 	// out rather than print a misleading "insert=0".
-	Events   map[event.Reason]uint64
-	Lost     uint64 // events the kernel could not deliver, in all
-	Duration time.Duration
+	Events map[event.Reason]uint64
+	Lost   uint64 // events the kernel could not deliver, in all
+	// Aggregated is the events written in aggregates (past the stream
+	// limit) rather than one by one, in all.
+	Aggregated uint64
+	Duration   time.Duration
 }

@@ -117,6 +117,40 @@ func (t *TextWriter) Lost(n, total uint64, at time.Time) error {
 	return t.writeLine(b)
 }
 
+// Aggregate writes a line counting a source's events past the stream
+// limit in the last interval:
+//
+//	00:18:53.000001 table_full      ×4021 from 127.9.0.3 in netns 4026532176 in the last 1s (past --stream-limit)
+func (t *TextWriter) Aggregate(a *event.Aggregate) error {
+	if err := t.writeHeader(); err != nil {
+		return err
+	}
+	b := t.appendTime(t.buf[:0], a.Time)
+	b = append(b, ' ')
+	start := len(b)
+	b = append(b, a.Reason...)
+	b = pad(b, start, 15)
+	b = append(b, "×"...)
+	b = strconv.AppendUint(b, a.Count, 10)
+	if a.IsOther() {
+		b = append(b, " from other sources"...)
+	} else {
+		b = append(b, " from "...)
+		b = a.Source.Unmap().AppendTo(b)
+		b = append(b, " in netns "...)
+		b = strconv.AppendUint(b, uint64(a.Netns), 10)
+	}
+	b = append(b, " in the last "...)
+	b = append(b, a.Interval.Round(time.Millisecond).String()...)
+	b = append(b, " (past --stream-limit"...)
+	if a.Sampling > 1 {
+		b = append(b, "; new sources sampled 1 in "...)
+		b = strconv.AppendUint(b, a.Sampling, 10)
+	}
+	b = append(b, ')')
+	return t.writeLine(b)
+}
+
 // Summary writes the run's totals as a short block:
 //
 //	-- 1m0.5s with backend fentry
@@ -143,6 +177,10 @@ func (t *TextWriter) Summary(s Summary) error {
 	}
 	b = append(b, " lost="...)
 	b = strconv.AppendUint(b, s.Lost, 10)
+	if s.Aggregated > 0 {
+		b = append(b, " aggregated="...)
+		b = strconv.AppendUint(b, s.Aggregated, 10)
+	}
 	return t.writeLine(b)
 }
 

@@ -48,6 +48,12 @@ func TestTextGolden(t *testing.T) {
 	if err := w.Lost(1, 18, t0.Add(6*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
+	if err := w.Aggregate(aggregate()); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Aggregate(&event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}); err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type cttraceAggKey struct {
+	_      structs.HostLayout
+	Netns  uint32
+	Family uint8
+	Type   uint8
+	Pad    [2]uint8
+	Addr   [16]uint8
+}
+
+type cttraceAggValue struct {
+	_      structs.HostLayout
+	Count  uint64
+	LastNs uint64
+}
+
 type cttraceAllocScratch struct {
 	_                structs.HostLayout
 	Net              uint64
@@ -115,7 +130,9 @@ type cttraceSrcStat uint32
 const (
 	cttraceSrcStatSRC_MISSED   cttraceSrcStat = 0
 	cttraceSrcStatSRC_ADMITTED cttraceSrcStat = 1
-	cttraceSrcStatSRC_STAT_MAX cttraceSrcStat = 2
+	cttraceSrcStatAGG_MISSED   cttraceSrcStat = 2
+	cttraceSrcStatAGG_ADMITTED cttraceSrcStat = 3
+	cttraceSrcStatSRC_STAT_MAX cttraceSrcStat = 4
 )
 
 type cttraceSrcStats struct {
@@ -126,10 +143,19 @@ type cttraceSrcStats struct {
 	Pad          uint32
 }
 
+type cttraceStreamBudget struct {
+	_        structs.HostLayout
+	WindowNs uint64
+	Used     uint32
+	Pad      uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	cttraceMapAggregated             = "aggregated"
+	cttraceMapAggregatedTotal        = "aggregated_total"
 	cttraceMapAllocState             = "alloc_state"
 	cttraceMapConfirmState           = "confirm_state"
 	cttraceMapEvents                 = "events"
@@ -139,6 +165,8 @@ const (
 	cttraceMapProduced               = "produced"
 	cttraceMapSourceStats            = "source_stats"
 	cttraceMapSources                = "sources"
+	cttraceMapStreamBudget           = "stream_budget"
+	cttraceMapStreamNetns            = "stream_netns"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
 	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
 	cttraceProgFentryCtDelete        = "fentry_ct_delete"
@@ -161,11 +189,14 @@ const (
 	cttraceProgKretprobeResolveClash = "kretprobe_resolve_clash"
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
 	cttraceVarAdmitShift             = "admit_shift"
+	cttraceVarAggAdmitShift          = "agg_admit_shift"
 	cttraceVarAggregateSources       = "aggregate_sources"
 	cttraceVarCtMax                  = "ct_max"
 	cttraceVarGroupV4Bits            = "group_v4_bits"
 	cttraceVarGroupV6Bits            = "group_v6_bits"
+	cttraceVarNetnsFilter            = "netns_filter"
 	cttraceVarStreamMask             = "stream_mask"
+	cttraceVarStreamPerCpuPerS       = "stream_per_cpu_per_s"
 	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
 	cttraceVarUnusedCtEvent          = "unused_ct_event"
@@ -243,15 +274,19 @@ type cttraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceMapSpecs struct {
-	AllocState   *ebpf.MapSpec `ebpf:"alloc_state"`
-	ConfirmState *ebpf.MapSpec `ebpf:"confirm_state"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	GcTasks      *ebpf.MapSpec `ebpf:"gc_tasks"`
-	Lost         *ebpf.MapSpec `ebpf:"lost"`
-	NetnsTotals  *ebpf.MapSpec `ebpf:"netns_totals"`
-	Produced     *ebpf.MapSpec `ebpf:"produced"`
-	SourceStats  *ebpf.MapSpec `ebpf:"source_stats"`
-	Sources      *ebpf.MapSpec `ebpf:"sources"`
+	Aggregated      *ebpf.MapSpec `ebpf:"aggregated"`
+	AggregatedTotal *ebpf.MapSpec `ebpf:"aggregated_total"`
+	AllocState      *ebpf.MapSpec `ebpf:"alloc_state"`
+	ConfirmState    *ebpf.MapSpec `ebpf:"confirm_state"`
+	Events          *ebpf.MapSpec `ebpf:"events"`
+	GcTasks         *ebpf.MapSpec `ebpf:"gc_tasks"`
+	Lost            *ebpf.MapSpec `ebpf:"lost"`
+	NetnsTotals     *ebpf.MapSpec `ebpf:"netns_totals"`
+	Produced        *ebpf.MapSpec `ebpf:"produced"`
+	SourceStats     *ebpf.MapSpec `ebpf:"source_stats"`
+	Sources         *ebpf.MapSpec `ebpf:"sources"`
+	StreamBudget    *ebpf.MapSpec `ebpf:"stream_budget"`
+	StreamNetns     *ebpf.MapSpec `ebpf:"stream_netns"`
 }
 
 // cttraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -259,11 +294,14 @@ type cttraceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type cttraceVariableSpecs struct {
 	AdmitShift         *ebpf.VariableSpec `ebpf:"admit_shift"`
+	AggAdmitShift      *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
 	AggregateSources   *ebpf.VariableSpec `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
 	GroupV4Bits        *ebpf.VariableSpec `ebpf:"group_v4_bits"`
 	GroupV6Bits        *ebpf.VariableSpec `ebpf:"group_v6_bits"`
+	NetnsFilter        *ebpf.VariableSpec `ebpf:"netns_filter"`
 	StreamMask         *ebpf.VariableSpec `ebpf:"stream_mask"`
+	StreamPerCpuPerS   *ebpf.VariableSpec `ebpf:"stream_per_cpu_per_s"`
 	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
@@ -292,19 +330,25 @@ func (o *cttraceObjects) Close() error {
 //
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceMaps struct {
-	AllocState   *ebpf.Map `ebpf:"alloc_state"`
-	ConfirmState *ebpf.Map `ebpf:"confirm_state"`
-	Events       *ebpf.Map `ebpf:"events"`
-	GcTasks      *ebpf.Map `ebpf:"gc_tasks"`
-	Lost         *ebpf.Map `ebpf:"lost"`
-	NetnsTotals  *ebpf.Map `ebpf:"netns_totals"`
-	Produced     *ebpf.Map `ebpf:"produced"`
-	SourceStats  *ebpf.Map `ebpf:"source_stats"`
-	Sources      *ebpf.Map `ebpf:"sources"`
+	Aggregated      *ebpf.Map `ebpf:"aggregated"`
+	AggregatedTotal *ebpf.Map `ebpf:"aggregated_total"`
+	AllocState      *ebpf.Map `ebpf:"alloc_state"`
+	ConfirmState    *ebpf.Map `ebpf:"confirm_state"`
+	Events          *ebpf.Map `ebpf:"events"`
+	GcTasks         *ebpf.Map `ebpf:"gc_tasks"`
+	Lost            *ebpf.Map `ebpf:"lost"`
+	NetnsTotals     *ebpf.Map `ebpf:"netns_totals"`
+	Produced        *ebpf.Map `ebpf:"produced"`
+	SourceStats     *ebpf.Map `ebpf:"source_stats"`
+	Sources         *ebpf.Map `ebpf:"sources"`
+	StreamBudget    *ebpf.Map `ebpf:"stream_budget"`
+	StreamNetns     *ebpf.Map `ebpf:"stream_netns"`
 }
 
 func (m *cttraceMaps) Close() error {
 	return _CttraceClose(
+		m.Aggregated,
+		m.AggregatedTotal,
 		m.AllocState,
 		m.ConfirmState,
 		m.Events,
@@ -314,6 +358,8 @@ func (m *cttraceMaps) Close() error {
 		m.Produced,
 		m.SourceStats,
 		m.Sources,
+		m.StreamBudget,
+		m.StreamNetns,
 	)
 }
 
@@ -322,11 +368,14 @@ func (m *cttraceMaps) Close() error {
 // It can be passed to loadCttraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cttraceVariables struct {
 	AdmitShift         *ebpf.Variable `ebpf:"admit_shift"`
+	AggAdmitShift      *ebpf.Variable `ebpf:"agg_admit_shift"`
 	AggregateSources   *ebpf.Variable `ebpf:"aggregate_sources"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
 	GroupV4Bits        *ebpf.Variable `ebpf:"group_v4_bits"`
 	GroupV6Bits        *ebpf.Variable `ebpf:"group_v6_bits"`
+	NetnsFilter        *ebpf.Variable `ebpf:"netns_filter"`
 	StreamMask         *ebpf.Variable `ebpf:"stream_mask"`
+	StreamPerCpuPerS   *ebpf.Variable `ebpf:"stream_per_cpu_per_s"`
 	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`

@@ -33,6 +33,8 @@ type Options struct {
 	RingBytes uint32
 	// Sources turns on per-source counting in the kernel.
 	Sources SourceOptions
+	// Stream bounds the stream and selects namespaces.
+	Stream StreamOptions
 }
 
 // optionalHooks are functions whose absence only costs detail: the compiler
@@ -88,6 +90,9 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if err := opts.Sources.apply(spec); err != nil {
 		return nil, err
 	}
+	if err := opts.Stream.apply(spec); err != nil {
+		return nil, err
+	}
 	collOpts := ebpf.CollectionOptions{}
 	if f != nil && f.ConntrackModule {
 		// nf_conntrack's own types live in its split BTF, not in vmlinux.
@@ -106,6 +111,12 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
 	p := &Probe{Backend: b, coll: coll, sources: opts.Sources}
+	// The filter is filled before the programs are attached, so that no
+	// event of another namespace is streamed meanwhile.
+	if err := p.selectNamespaces(opts.Stream.Netns); err != nil {
+		p.Close()
+		return nil, err
+	}
 	if err := p.attachAll(spec); err != nil {
 		p.Close()
 		return nil, err

@@ -71,22 +71,19 @@ func (s *SourceTotals) Count(r event.Reason) uint64 {
 	return 0
 }
 
-// sourceBatch is how many sources one BPF_MAP_LOOKUP_BATCH call returns.
-const sourceBatch = 4096
+// batchSize is how many entries one BPF_MAP_LOOKUP_BATCH call returns.
+const batchSize = 4096
 
-// Sources calls fn for every source the kernel tracks now. The map is read
-// in batches (one system call per 4096 sources, not two per source).
-func (p *Probe) Sources(clock *event.Clock, fn func(*SourceTotals) error) error {
-	m := p.coll.Maps["sources"]
-	keys := make([]cttraceSrcKey, sourceBatch)
-	vals := make([]cttraceSrcStats, sourceBatch)
+// eachEntry calls fn for every entry of a hash map, read in batches: one
+// system call per 4096 entries, not two per entry.
+func eachEntry[K, V any](m *ebpf.Map, fn func(*K, *V) error) error {
+	keys := make([]K, batchSize)
+	vals := make([]V, batchSize)
 	var cursor ebpf.MapBatchCursor
-	var st SourceTotals
 	for {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			p.decodeSource(&keys[i], &vals[i], clock, &st)
-			if err := fn(&st); err != nil {
+			if err := fn(&keys[i], &vals[i]); err != nil {
 				return err
 			}
 		}
@@ -94,9 +91,18 @@ func (p *Probe) Sources(clock *event.Clock, fn func(*SourceTotals) error) error 
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read sources: %w", err)
+			return fmt.Errorf("read %s: %w", m, err)
 		}
 	}
+}
+
+// Sources calls fn for every source the kernel tracks now.
+func (p *Probe) Sources(clock *event.Clock, fn func(*SourceTotals) error) error {
+	var st SourceTotals
+	return eachEntry(p.coll.Maps["sources"], func(k *cttraceSrcKey, v *cttraceSrcStats) error {
+		p.decodeSource(k, v, clock, &st)
+		return fn(&st)
+	})
 }
 
 func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.Clock, st *SourceTotals) {
@@ -140,78 +146,103 @@ func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
 	return out, nil
 }
 
-// Admission is how the kernel's sources map took in new sources: events
-// for a source it did not hold (Missed), and sources it admitted.
+// Admission is how one of the kernel's bounded maps took in new keys:
+// events for a key it did not hold (Missed), and keys admitted.
 type Admission struct {
 	Missed, Admitted uint64
 }
 
-// SourceAdmission reads the admission counters, summed over CPUs.
-func (p *Probe) SourceAdmission() (Admission, error) {
+// SampledMap names a map that admits new keys by sample and hold:
+// its admission counters and the variable holding its shift.
+type SampledMap struct {
+	mapName, shiftVar string
+	missed, admitted  cttraceSrcStat
+}
+
+var (
+	// SourcesMap is the per-source map of top-sources.
+	SourcesMap = SampledMap{"sources", "admit_shift", cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED}
+	// AggregatedMap holds the per-source counts past the stream limit.
+	AggregatedMap = SampledMap{"aggregated", "agg_admit_shift", cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED}
+)
+
+func (p *Probe) admission(at SampledMap) (Admission, error) {
 	var a Admission
-	for i, dst := range map[cttraceSrcStat]*uint64{cttraceSrcStatSRC_MISSED: &a.Missed, cttraceSrcStatSRC_ADMITTED: &a.Admitted} {
+	for i, dst := range map[cttraceSrcStat]*uint64{at.missed: &a.Missed, at.admitted: &a.Admitted} {
 		var perCPU []uint64
 		if err := p.coll.Maps["source_stats"].Lookup(uint32(i), &perCPU); err != nil {
-			return a, fmt.Errorf("read source admission: %w", err)
+			return a, fmt.Errorf("read %s admission: %w", at.mapName, err)
 		}
 		*dst = sum(perCPU)
 	}
 	return a, nil
 }
 
-// SetAdmitShift makes the kernel admit a source it does not hold with
-// probability 2^-shift (sample and hold, bpf/cttrace.bpf.c); 0 admits all.
-func (p *Probe) SetAdmitShift(shift uint32) error {
-	if err := p.coll.Variables["admit_shift"].Set(shift); err != nil {
-		return fmt.Errorf("set source sampling: %w", err)
+// SourceAdmission reads the sources map's admission counters.
+func (p *Probe) SourceAdmission() (Admission, error) { return p.admission(SourcesMap) }
+
+// SetAdmitShift makes the kernel admit a source the sources map does not
+// hold with probability 2^-shift (sample and hold, bpf/cttrace.bpf.c).
+func (p *Probe) SetAdmitShift(shift uint32) error { return p.setShift(SourcesMap, shift) }
+
+func (p *Probe) setShift(at SampledMap, shift uint32) error {
+	if err := p.coll.Variables[at.shiftVar].Set(shift); err != nil {
+		return fmt.Errorf("set %s sampling: %w", at.mapName, err)
 	}
 	return nil
 }
 
-// Sampler keeps the kernel's sources map from churning under a spoofed
-// flood, by choosing the admission shift from the rate at which sources it
-// does not hold show up. The target: at most an eighth of the map's
-// capacity admitted per second, so that a source stays in the map at least
-// about eight seconds after its last event, and so is read by user space
-// (every interval, at most a second) before it can be pushed out. It
-// raises the shift at once when the rate demands, and lowers it one step
-// per call, so that a pausing flood does not make it flap.
+// Sampler keeps one of the kernel's bounded maps from churning under a
+// spoofed flood, by choosing its admission shift from the rate at which
+// keys it does not hold show up. The target: a key stays in the map at
+// least four of user space's reads after its last event, so it is read
+// before it can be pushed out; that is, at most capacity / (4 × the read
+// period) keys admitted a second. It raises the shift at once when the
+// rate demands, and lowers it one step per call, so that a pausing flood
+// does not make it flap.
 type Sampler struct {
-	p        *Probe
-	capacity float64
-	shift    uint32
-	sampled  bool
-	last     Admission
-	lastAt   time.Time
+	p       *Probe
+	at      SampledMap
+	perSec  float64 // admissions a second the map can take
+	shift   uint32
+	sampled bool
+	last    Admission
+	lastAt  time.Time
 }
 
-// MaxAdmitShift is the sparsest sampling: 1 source in 65536. Past it a
-// flood would need 500 million new sources a second to churn a map of
-// 65536 in eight seconds.
+// MaxAdmitShift is the sparsest sampling: 1 key in 65536. Past it a flood
+// would need a billion new sources a second to churn a map of 65536 in
+// four seconds.
 const MaxAdmitShift = 16
 
-// NewSampler starts with every source admitted (exact counts).
-func (p *Probe) NewSampler() (*Sampler, error) {
-	capacity := p.coll.Maps["sources"].MaxEntries()
-	a, err := p.SourceAdmission()
+// readsBeforeEviction is how many reads a key outlives its last event by,
+// at least, while the sampler keeps up.
+const readsBeforeEviction = 4
+
+// NewSampler starts with every key admitted (exact counts). at is
+// SourcesMap or AggregatedMap; readEvery is how often user space reads it.
+func (p *Probe) NewSampler(at SampledMap, readEvery time.Duration) (*Sampler, error) {
+	capacity := float64(p.coll.Maps[at.mapName].MaxEntries())
+	a, err := p.admission(at)
 	if err != nil {
 		return nil, err
 	}
-	return &Sampler{p: p, capacity: float64(capacity), last: a, lastAt: time.Now()}, nil
+	perSec := capacity / (readsBeforeEviction * max(readEvery.Seconds(), 0.001))
+	return &Sampler{p: p, at: at, perSec: perSec, last: a, lastAt: time.Now()}, nil
 }
 
-// Shift is the admission shift in force: new sources are admitted 1 in 2^Shift.
+// Shift is the admission shift in force: new keys are admitted 1 in 2^Shift.
 func (s *Sampler) Shift() uint32 { return s.shift }
 
-// Sampled reports whether sampling was ever in force: some sources were
-// then counted only in the totals, and per-source counts are bounded.
+// Sampled reports whether sampling was ever in force: some keys were then
+// counted only in the totals, and per-key counts are bounded.
 func (s *Sampler) Sampled() bool { return s.sampled }
 
 // Adjust reads the admission counters and sets the shift for the rate of
-// unheld sources since the last call. Call it often (every 100 ms): it is
-// two per-CPU counter reads.
+// unheld keys since the last call. Call it often (every 100 ms): it is two
+// per-CPU counter reads.
 func (s *Sampler) Adjust(now time.Time) error {
-	a, err := s.p.SourceAdmission()
+	a, err := s.p.admission(s.at)
 	if err != nil {
 		return err
 	}
@@ -221,14 +252,14 @@ func (s *Sampler) Adjust(now time.Time) error {
 	}
 	missedPerSec := float64(a.Missed-s.last.Missed) / elapsed
 	s.last, s.lastAt = a, now
-	want := admitShiftFor(missedPerSec, s.capacity)
+	want := admitShiftFor(missedPerSec, s.perSec)
 	if want < s.shift {
 		want = s.shift - 1
 	}
 	if want == s.shift {
 		return nil
 	}
-	if err := s.p.SetAdmitShift(want); err != nil {
+	if err := s.p.setShift(s.at, want); err != nil {
 		return err
 	}
 	s.shift = want
@@ -236,11 +267,11 @@ func (s *Sampler) Adjust(now time.Time) error {
 	return nil
 }
 
-// admitShiftFor is the smallest shift that admits at most capacity/8
-// sources a second when missed events a second are for unheld sources.
-func admitShiftFor(missedPerSec, capacity float64) uint32 {
+// admitShiftFor is the smallest shift that admits at most perSec keys a
+// second when missedPerSec events a second are for keys not held.
+func admitShiftFor(missedPerSec, perSec float64) uint32 {
 	var shift uint32
-	for missedPerSec/float64(uint64(1)<<shift) > capacity/8 && shift < MaxAdmitShift {
+	for missedPerSec/float64(uint64(1)<<shift) > perSec && shift < MaxAdmitShift {
 		shift++
 	}
 	return shift

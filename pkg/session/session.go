@@ -19,12 +19,15 @@ import (
 // Config says what to trace and where to tell the operator about it.
 type Config struct {
 	Backend probe.Backend
-	// Stream lists the reasons whose events user space wants one by one;
+	// Reasons lists the reasons whose events user space wants one by one;
 	// every reason is counted in the kernel whatever this says.
-	Stream    []event.Reason
+	Reasons   []event.Reason
 	RingBytes uint32
 	// Sources turns on per-source counting in the kernel (top-sources).
 	Sources probe.SourceOptions
+	// Stream bounds the events streamed one by one (the rest is
+	// aggregated, see Handler.Aggregate) and selects namespaces.
+	Stream probe.StreamOptions
 	// Log receives the start-up lines (backend and why, missing hooks).
 	Log io.Writer
 }
@@ -34,6 +37,7 @@ type Session struct {
 	Backend probe.Backend
 	Probe   *probe.Probe
 	reader  *probe.Reader
+	agg     *aggregator // nil without a stream limit
 	start   time.Time
 	lost    uint64
 }
@@ -58,10 +62,10 @@ func Start(cfg Config) (*Session, error) {
 	}
 	fmt.Fprintf(cfg.Log, "cttrace: backend %s (%s)\n", b, why)
 	ring := cfg.RingBytes
-	if len(cfg.Stream) == 0 {
+	if len(cfg.Reasons) == 0 {
 		ring = uint32(os.Getpagesize()) // nothing streamed: the smallest ring
 	}
-	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Stream), RingBytes: ring, Sources: cfg.Sources})
+	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Reasons), RingBytes: ring, Sources: cfg.Sources, Stream: cfg.Stream})
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +81,14 @@ func Start(cfg Config) (*Session, error) {
 		p.Close()
 		return nil, err
 	}
-	return &Session{Backend: b, Probe: p, reader: r, start: time.Now()}, nil
+	s := &Session{Backend: b, Probe: p, reader: r, start: time.Now()}
+	if cfg.Stream.Limit > 0 && len(cfg.Reasons) > 0 {
+		if s.agg, err = newAggregator(p, s.start); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // streamMask turns reasons into the kernel's bit mask of event types.
@@ -109,6 +120,10 @@ type Handler struct {
 	// Tick is called every Tick with the events the kernel could not
 	// deliver since the last call, and once more at the end.
 	Tick func(lost uint64) error
+	// Aggregate is called every Tick, and once more at the end, with the
+	// events past the stream limit (Config.Stream) counted in the kernel
+	// since the last call. The slice is reused by the next call.
+	Aggregate func([]event.Aggregate) error
 }
 
 // Run feeds events to h until ctx is done or a callback stops it.
@@ -143,10 +158,15 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 			if err := s.Probe.RefreshMax(); err != nil {
 				return err
 			}
+			if s.agg != nil {
+				if err := s.agg.sampler.Adjust(time.Now()); err != nil {
+					return err
+				}
+			}
 		}
 		if !time.Now().Before(next) {
 			next = time.Now().Add(Tick)
-			if err := s.tick(h.Tick); err != nil {
+			if err := s.tick(h); err != nil {
 				return stopped(err)
 			}
 		}
@@ -172,7 +192,7 @@ func (s *Session) finish(h Handler, ev *event.Event) error {
 	if err := h.Idle(); err != nil {
 		return err
 	}
-	return s.tick(h.Tick)
+	return s.tick(h)
 }
 
 // ErrStop ends Run without an error, for callbacks that have seen enough.
@@ -185,14 +205,29 @@ func stopped(err error) error {
 	return err
 }
 
-func (s *Session) tick(onTick func(uint64) error) error {
+// tick reports, every Tick and at the end, what did not come one by one:
+// events lost, and events aggregated past the stream limit.
+func (s *Session) tick(h Handler) error {
 	total, err := s.Probe.Lost()
 	if err != nil {
 		return err
 	}
 	delta := total - s.lost
 	s.lost = total
-	return onTick(delta)
+	if err := h.Tick(delta); err != nil {
+		return err
+	}
+	if s.agg == nil || h.Aggregate == nil {
+		return nil
+	}
+	batch, err := s.agg.interval(s.Probe, s.reader.Clock(), time.Now())
+	if err != nil {
+		return err
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	return h.Aggregate(batch)
 }
 
 // NamespaceTotals returns the events counted per network namespace, by
@@ -208,6 +243,21 @@ func (s *Session) Sources(fn func(*probe.SourceTotals) error) error {
 
 // Lost is the number of events the kernel could not deliver in this run.
 func (s *Session) Lost() uint64 { return s.lost }
+
+// Aggregated is the number of events reported in aggregates (past the
+// stream limit) in this run.
+func (s *Session) Aggregated() uint64 {
+	if s.agg == nil {
+		return 0
+	}
+	var n uint64
+	for _, m := range []map[event.Reason]uint64{s.agg.named, s.agg.other} {
+		for _, c := range m {
+			n += c
+		}
+	}
+	return n
+}
 
 // Totals returns, by reason, the events the kernel produced during this
 // session, streamed or not (the maps are created at attach, so they start

@@ -71,7 +71,7 @@ func (t *tally) count(r event.Reason) int {
 // tally and a stop function that waits for the session to drain.
 func trace(t *testing.T, b probe.Backend, netns uint32, stream ...event.Reason) (*tally, *Session, func()) {
 	t.Helper()
-	return traceWith(t, Config{Backend: b, Stream: stream}, netns)
+	return traceWith(t, Config{Backend: b, Reasons: stream}, netns)
 }
 
 func traceWith(t *testing.T, cfg Config, netns uint32) (*tally, *Session, func()) {

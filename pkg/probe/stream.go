@@ -1,0 +1,105 @@
+package probe
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// StreamOptions bound what crosses the ring buffer (bpf/cttrace.bpf.c,
+// "the bounded stream").
+type StreamOptions struct {
+	// Limit is how many events a second are streamed one by one, shared
+	// evenly by the CPUs; past it, events are counted per source and read
+	// with Aggregated. 0 streams every event.
+	Limit uint32
+	// Netns, when not empty, streams and aggregates only these namespaces'
+	// events (they are counted in every total whatever it says).
+	Netns []uint32
+}
+
+// perCPU is each CPU's share of the limit, rounded up so that a small
+// limit is not rounded to nothing.
+func (o StreamOptions) perCPU() uint32 {
+	if o.Limit == 0 {
+		return 0
+	}
+	cpus := uint32(max(runtime.NumCPU(), 1))
+	return (o.Limit + cpus - 1) / cpus
+}
+
+func (o StreamOptions) apply(spec *ebpf.CollectionSpec) error {
+	if o.Limit == 0 {
+		spec.Maps["aggregated"].MaxEntries = 1 // never written: no memory for it
+	}
+	if err := spec.Variables["stream_per_cpu_per_s"].Set(o.perCPU()); err != nil {
+		return fmt.Errorf("set stream limit: %w", err)
+	}
+	if len(o.Netns) > int(spec.Maps["stream_netns"].MaxEntries) {
+		return fmt.Errorf("at most %d namespaces can be selected, not %d", spec.Maps["stream_netns"].MaxEntries, len(o.Netns))
+	}
+	var filter uint32
+	if len(o.Netns) > 0 {
+		filter = 1
+	}
+	if err := spec.Variables["netns_filter"].Set(filter); err != nil {
+		return fmt.Errorf("set namespace filter: %w", err)
+	}
+	return nil
+}
+
+// selectNamespaces fills the loaded program's namespace filter.
+func (p *Probe) selectNamespaces(netns []uint32) error {
+	for _, ns := range netns {
+		if err := p.coll.Maps["stream_netns"].Put(ns, uint8(1)); err != nil {
+			return fmt.Errorf("select namespace %d: %w", ns, err)
+		}
+	}
+	return nil
+}
+
+// AggregatedCount is what the kernel counted, past the stream limit, for
+// one source and reason in one namespace since attach.
+type AggregatedCount struct {
+	Netns  uint32
+	Source netip.Addr
+	Reason event.Reason
+	Count  uint64
+	Last   time.Time
+}
+
+// Aggregated calls fn for every (namespace, source, reason) the kernel's
+// aggregated map holds now, read in batches.
+func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) error {
+	var a AggregatedCount
+	return eachEntry(p.coll.Maps["aggregated"], func(k *cttraceAggKey, v *cttraceAggValue) error {
+		a = AggregatedCount{Netns: k.Netns, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
+		if k.Family == 2 {
+			a.Source = netip.AddrFrom4([4]byte(k.Addr[:4]))
+		} else {
+			a.Source = netip.AddrFrom16(k.Addr)
+		}
+		return fn(&a)
+	})
+}
+
+// AggregatedTotals returns, by reason, every event counted past the stream
+// limit since attach, whether or not the map could hold its source.
+func (p *Probe) AggregatedTotals() (map[event.Reason]uint64, error) {
+	out := map[event.Reason]uint64{}
+	for t := uint32(1); t < uint32(cttraceCtEventTypeCT_EV_MAX); t++ {
+		var perCPU []uint64
+		if err := p.coll.Maps["aggregated_total"].Lookup(t, &perCPU); err != nil {
+			return nil, fmt.Errorf("read aggregated totals: %w", err)
+		}
+		if r := event.ReasonFromKernel(t); r.Valid() {
+			out[r] = sum(perCPU)
+		}
+	}
+	return out, nil
+}
