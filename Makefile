@@ -81,8 +81,49 @@ test: deps check-generated vet
 	test/summary.sh $(LOGS)/unit.log $(LOGS)/host.log $(LOGS)/vm.log || rc=1; \
 	exit $$rc
 
+# `make bench`: the Go micro-benchmarks, then the flood bench (bench/README.md):
+# cttrace, bpftrace and a count-only floor program side by side under a
+# refused-flow flood, alternated, median of BENCH_ROUNDS rounds; a table on
+# stdout, results.md, chart.png and samples.json in BENCH_OUT. Root. Empty
+# variables take the defaults of bench/README.md.
+BENCH_ROUNDS  ?=
+BENCH_QUICK   ?=
+BENCH_PACKETS ?=
+BENCH_SOURCES ?=
+BENCH_PACED   ?=
+BENCH_TRACERS ?=
+BENCH_MAX     ?=
+BENCH_OUT     ?=
+BENCH_DEBS    := bpftool bpftrace
+
+.PHONY: bench-micro bench-flood
 bench:
+	@$(MAKE) --no-print-directory bench-micro
+	@$(MAKE) --no-print-directory bench-flood
+
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+bench-flood:
+	@[ "$$(id -u)" = 0 ] || { echo "bench: run as root (it creates namespaces and loads BPF programs)"; exit 1; }
+	@missing=$$(for p in $(BENCH_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "bench: installing" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# cttrace is built now, as it is in the tree; a build broken by an edit in
+	@# progress is retried for two minutes.
+	@for try in 1 2 3; do \
+		echo "bench: go build -o $(BUILD)/cttrace ./cmd/cttrace"; \
+		$(GO) build -o $(BUILD)/cttrace ./cmd/cttrace && $(GO) build -o $(BUILD)/ctfloor ./bench/cmd/ctfloor && \
+		$(GO) test -c -tags privileged -o $(BUILD)/bench.test ./bench && break; \
+		[ $$try = 3 ] && exit 1; echo "bench: build failed, retrying in 60 s"; sleep 60; \
+	done
+	@out=$(BENCH_OUT); out=$${out:-$(BUILD)/bench/$$(date +%Y%m%d-%H%M%S)}; mkdir -p "$$out"; out=$$(realpath "$$out"); \
+	CTTRACE_BENCH=1 BENCH_OUT="$$out" BENCH_CTTRACE="$$(realpath $(BUILD)/cttrace)" BENCH_FLOOR="$$(realpath $(BUILD)/ctfloor)" \
+	BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_QUICK="$(BENCH_QUICK)" BENCH_PACKETS="$(BENCH_PACKETS)" BENCH_SOURCES="$(BENCH_SOURCES)" \
+	BENCH_PACED="$(BENCH_PACED)" BENCH_TRACERS="$(BENCH_TRACERS)" BENCH_MAX="$(BENCH_MAX)" \
+		$(BUILD)/bench.test -test.run '^TestFloodBench$$' -test.timeout 4h
 
 clean:
 	rm -rf $(BUILD)

@@ -1,0 +1,257 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+)
+
+// Point is one flood of a sweep.
+type Point struct {
+	Sweep string // "rate" or "sources"
+	Label string // "10k/s", "max", "1 source", ...
+	Spec  ctlab.FloodSpec
+}
+
+// Options is a bench run.
+type Options struct {
+	Rounds int
+	Points []Point
+	Kinds  []Kind
+	// StatsDivisor: the flood measured with BPF statistics on has
+	// Packets/StatsDivisor packets (same rate and sources).
+	StatsDivisor int
+	Log          io.Writer
+}
+
+// Sample is one tracer at one point in one round.
+type Sample struct {
+	Round int    `json:"round"`
+	Sweep string `json:"sweep"`
+	Point string `json:"point"`
+	Kind  Kind   `json:"kind"`
+
+	// The flood measured with statistics off.
+	Packets   int           `json:"packets"`
+	Refused   int           `json:"refused"`
+	Elapsed   time.Duration `json:"elapsed_ns"`
+	PPS       float64       `json:"pps"`
+	SenderCPU time.Duration `json:"sender_cpu_ns"` // this process's CPU during that flood
+
+	// The flood measured with statistics on.
+	BPFRunTimeNs uint64 `json:"bpf_run_time_ns"`
+	BPFRunCnt    uint64 `json:"bpf_run_cnt"`
+	StatsDrops   int64  `json:"stats_drops"`
+	Programs     int    `json:"programs"`
+
+	// The tracer over both floods.
+	TracerCPU   time.Duration `json:"tracer_cpu_ns"`
+	CPUDrops    int64         `json:"cpu_drops"` // kernel drops in the tracer-CPU window
+	PeakRSS     int64         `json:"peak_rss"`
+	KernelDrops int64         `json:"kernel_drops"` // namespace drop delta over the tracer's life
+	Reported    int64         `json:"reported"`
+	Header      int64         `json:"header"`   // top-sources namespace line; -1 otherwise
+	Streamed    int64         `json:"streamed"` // drops: of Reported, streamed one by one; -1 otherwise
+	Lost        int64         `json:"lost"`
+	Backend     string        `json:"backend,omitempty"`
+	Note        string        `json:"note,omitempty"`
+}
+
+// Run alternates the tracers over the points, round after round (the
+// tracers' order rotates by one each round), in lab, whose table must be
+// held full so that every packet is refused. It returns every sample taken
+// until ctx is cancelled or a step fails.
+func Run(ctx context.Context, lab *ctlab.Lab, env Env, opt Options) ([]Sample, error) {
+	var samples []Sample
+	total := opt.Rounds * len(opt.Points) * len(opt.Kinds)
+	start := time.Now()
+	for round := range opt.Rounds {
+		for _, p := range opt.Points {
+			for j := range opt.Kinds {
+				k := opt.Kinds[(j+round)%len(opt.Kinds)]
+				if err := ctx.Err(); err != nil {
+					return samples, err
+				}
+				tag := fmt.Sprintf("r%d-%s-%s-%s", round, p.Sweep, sanitize(p.Label), k)
+				s, err := measure(ctx, lab, env, opt, p, k, tag)
+				s.Round, s.Sweep, s.Point, s.Kind = round, p.Sweep, p.Label, k
+				if err != nil {
+					return samples, fmt.Errorf("round %d, %s %s, %s: %w", round+1, p.Sweep, p.Label, k, err)
+				}
+				samples = append(samples, s)
+				if opt.Log != nil {
+					done := len(samples)
+					eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(total-done))
+					fmt.Fprintf(opt.Log, "bench: [%d/%d, ~%v left] round %d %-7s %-10s %-20s %8.0f pps  capture %d/%d  lost %d%s\n",
+						done, total, eta.Round(time.Second), round+1, p.Sweep, p.Label, k, s.PPS, s.Reported, s.KernelDrops, s.Lost, noteSuffix(s.Note))
+				}
+			}
+		}
+	}
+	return samples, nil
+}
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+func noteSuffix(n string) string {
+	if n == "" {
+		return ""
+	}
+	return "  (" + n + ")"
+}
+
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+// measure runs one tracer at one point: start it, flood with BPF statistics
+// on (BPF time per run), flood with them off (the rate), stop it.
+func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point, k Kind, tag string) (s Sample, err error) {
+	s.Header, s.Streamed = -1, -1
+	s0, err := settled(ctx, lab)
+	if err != nil {
+		return s, err
+	}
+	t, err := Start(ctx, k, env, tag)
+	if err != nil {
+		return s, err
+	}
+	defer func() {
+		if err != nil {
+			t.Kill()
+		}
+	}()
+	if t != nil {
+		s.Backend, s.Programs = t.Backend, len(t.Progs)
+	}
+	drainTimeout := 60 * time.Second
+
+	var cpu0 time.Duration
+	if t != nil {
+		if cpu0, err = ProcCPU(t.PID()); err != nil {
+			return s, err
+		}
+		// Statistics on: BPF time per run of the tracer's programs.
+		stats := p.Spec
+		stats.Packets = max(1, p.Spec.Packets/max(1, opt.StatsDivisor))
+		on, err := EnableStats()
+		if err != nil {
+			return s, err
+		}
+		before, err := BPFToolStats(t.Progs)
+		if err != nil {
+			on.Close()
+			return s, err
+		}
+		a, err := lab.Stats()
+		if err != nil {
+			on.Close()
+			return s, err
+		}
+		_, ferr := lab.Flood(stats)
+		end := time.Now()
+		after, err := BPFToolStats(t.Progs)
+		on.Close()
+		if err := errors.Join(ferr, err); err != nil {
+			return s, err
+		}
+		s.BPFRunTimeNs, s.BPFRunCnt = SumStats(before, after)
+		b, err := settled(ctx, lab)
+		if err != nil {
+			return s, err
+		}
+		s.StatsDrops = b.Drop - a.Drop
+		if err := t.Drain(ctx, b.Drop-s0.Drop, end, drainTimeout); err != nil {
+			if ctx.Err() != nil {
+				return s, ctx.Err()
+			}
+			s.Note = joinNote(s.Note, err.Error())
+		}
+	}
+
+	// Statistics off: the flood's rate.
+	c0 := SelfCPU()
+	res, err := lab.Flood(p.Spec)
+	end := time.Now()
+	s.SenderCPU = SelfCPU() - c0
+	if err != nil {
+		return s, err
+	}
+	s.Packets, s.Refused, s.Elapsed = p.Spec.Packets, res.Refused, res.Elapsed
+	s.PPS = float64(res.Sent+res.Refused) / res.Elapsed.Seconds()
+	if res.Refused != p.Spec.Packets {
+		s.Note = joinNote(s.Note, fmt.Sprintf("only %d of %d refused: table not full?", res.Refused, p.Spec.Packets))
+	}
+	s1, err := settled(ctx, lab)
+	if err != nil {
+		return s, err
+	}
+	if t != nil {
+		if err := t.Drain(ctx, s1.Drop-s0.Drop, end, drainTimeout); err != nil {
+			if ctx.Err() != nil {
+				return s, ctx.Err()
+			}
+			s.Note = joinNote(s.Note, err.Error())
+		}
+		cpu1, err := ProcCPU(t.PID())
+		if err != nil {
+			return s, err
+		}
+		s.TracerCPU, s.CPUDrops = cpu1-cpu0, s1.Drop-s0.Drop
+		if s.PeakRSS, err = PeakRSS(t.PID()); err != nil {
+			return s, err
+		}
+		o, err := t.Stop()
+		if errors.Is(err, ErrStopTimeout) {
+			s.Note = joinNote(s.Note, err.Error())
+		} else if err != nil {
+			return s, err
+		}
+		s.Reported, s.Lost, s.Header, s.Streamed = o.Reported, o.Lost, o.Header, o.Streamed
+	}
+	s2, err := settled(ctx, lab)
+	if err != nil {
+		return s, err
+	}
+	s.KernelDrops = s2.Drop - s0.Drop
+	return s, nil
+}
+
+// settled reads the lab's statistics until two reads 20 ms apart agree
+// (packets still queued on the loopback hold references that delay frees).
+func settled(ctx context.Context, lab *ctlab.Lab) (ctlab.Stats, error) {
+	prev, err := lab.Stats()
+	if err != nil {
+		return prev, err
+	}
+	for range 500 {
+		if err := ctx.Err(); err != nil {
+			return prev, err
+		}
+		time.Sleep(20 * time.Millisecond)
+		cur, err := lab.Stats()
+		if err != nil {
+			return cur, err
+		}
+		if cur == prev {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, fmt.Errorf("lab statistics still changing after 10 s: %v", prev)
+}
