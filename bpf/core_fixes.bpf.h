@@ -13,26 +13,36 @@
 #define NFCT_INFOMASK 7ULL
 
 /*
+ * One read of a kernel field, the cheapest way the program allows. Through
+ * a BTF-typed pointer (an fentry/fexit or tp_btf argument, and what is
+ * reached from one by loads), a plain load: the verifier turns it into a
+ * fault-safe PROBE_MEM load, with no helper call. Through anything else (a
+ * kprobe argument, a pointer kept in a map or masked), a CO-RE
+ * bpf_probe_read_kernel(). Both are relocated by CO-RE (vmlinux.h's types
+ * carry preserve_access_index). `direct` is a constant at every call, so
+ * each program keeps only one branch: the hot paths of the fentry and
+ * tracepoint backends run with a handful of helper calls fewer per event.
+ */
+#define KREAD(direct, src, ...) ((direct) ? ___arrow(src, __VA_ARGS__) : BPF_CORE_READ(src, __VA_ARGS__))
+
+/*
  * skb->_nfct holds the conntrack entry pointer with the ctinfo in its low
  * three bits. A packet refused by conntrack itself never had an entry
  * attached; one dropped by a rule after conntrack has one. Untracked packets
  * (notrack) carry IP_CT_UNTRACKED and no pointer.
  */
-static __always_inline __u64 skb_nfct_raw(const struct sk_buff *skb)
+static __always_inline __u64 skb_nfct_raw(const struct sk_buff *skb, const bool direct)
 {
 	if (!bpf_core_field_exists(skb->_nfct))
 		return 0;
-	return BPF_CORE_READ(skb, _nfct);
+	return KREAD(direct, skb, _nfct);
 }
 
-static __always_inline struct nf_conn *skb_conn(const struct sk_buff *skb)
+/* The entry pointer has no BTF type any more once masked: read it with
+ * direct = false. */
+static __always_inline struct nf_conn *conn_of_nfct(__u64 nfct)
 {
-	return (struct nf_conn *)(skb_nfct_raw(skb) & ~NFCT_INFOMASK);
-}
-
-static __always_inline bool skb_untracked(const struct sk_buff *skb)
-{
-	return skb_nfct_raw(skb) == IP_CT_UNTRACKED;
+	return (struct nf_conn *)(nfct & ~NFCT_INFOMASK);
 }
 
 /*
@@ -53,19 +63,19 @@ static __always_inline __u32 netfilter_drop_reason(void)
  * conntrack: get rid of conntrack timer"); before, it was a timer_list,
  * whose expiry is not worth chasing for an age.
  */
-static __always_inline __s32 conn_timeout_left(const struct nf_conn *ct)
+static __always_inline __s32 conn_timeout_left(const struct nf_conn *ct, const bool direct)
 {
 	if (bpf_core_field_size(ct->timeout) != sizeof(__u32))
 		return 0;
-	return (__s32)(BPF_CORE_READ(ct, timeout) - (__u32)bpf_jiffies64());
+	return (__s32)(KREAD(direct, ct, timeout) - (__u32)bpf_jiffies64());
 }
 
 /* ct->zone exists only with CONFIG_NF_CONNTRACK_ZONES. */
-static __always_inline __u16 conn_zone(const struct nf_conn *ct)
+static __always_inline __u16 conn_zone(const struct nf_conn *ct, const bool direct)
 {
 	if (!bpf_core_field_exists(ct->zone))
 		return 0;
-	return BPF_CORE_READ(ct, zone.id);
+	return KREAD(direct, ct, zone.id);
 }
 
 /*

@@ -280,6 +280,12 @@ static __always_inline void count_lost(void)
 		(*n)++;
 }
 
+/* Whether user space wants the type's events one by one. */
+static __always_inline bool streamed(__u32 type)
+{
+	return stream_mask & (1U << type);
+}
+
 static __always_inline bool is_drop(__u32 type)
 {
 	return type == CT_EV_TABLE_FULL || type == CT_EV_ALLOC_FAILED || type == CT_EV_INSERT_FAILED;
@@ -290,7 +296,7 @@ static __always_inline bool is_drop(__u32 type)
 static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
 {
 	count_event(type);
-	if (!(stream_mask & (1U << type)) && !aggregate_sources)
+	if (!streamed(type) && !aggregate_sources)
 		return false;
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ts_boot_ns = bpf_ktime_get_boot_ns();
@@ -418,29 +424,40 @@ static __always_inline bool over_stream_budget(__u64 now)
 	return false;
 }
 
-/* Counts an event past the budget: in the total for its type always, and
- * per source when the map holds, or admits, its source. */
-static __always_inline void aggregate_event(const struct ct_event *e)
+/* Counts an event past the budget per source, when the map holds, or
+ * admits, its source. */
+static __always_inline void aggregate_by_source(const struct ct_event *e)
 {
 	struct agg_value zero = {}, *v;
 	struct agg_key k = {};
-	__u32 type = e->type;
-	__u64 *n;
 
-	n = bpf_map_lookup_elem(&aggregated_total, &type);
-	if (n)
-		(*n)++;
 	if (!e->tuple.family)
 		return;
 	k.netns = e->netns;
 	k.family = e->tuple.family;
-	k.type = type;
+	k.type = e->type;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
 	v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
 	if (!v)
 		return;
 	__sync_fetch_and_add(&v->count, 1);
 	v->last_ns = e->ts_boot_ns;
+}
+
+/* Counts an event past the budget: per source first, then in the total
+ * for its type. In that order, and read by user space in the other (the
+ * totals, then the map), an event the totals show is always in the map
+ * read after them, or never in it: none is counted both in "other" and,
+ * later, in its source's aggregate. */
+static __always_inline void aggregate_event(const struct ct_event *e)
+{
+	__u32 type = e->type;
+	__u64 *n;
+
+	aggregate_by_source(e);
+	n = bpf_map_lookup_elem(&aggregated_total, &type);
+	if (n)
+		(*n)++;
 }
 
 /* Hands a complete event to whoever wants it. The kernel side never waits:
@@ -451,7 +468,7 @@ static __always_inline void event_publish(const struct ct_event *e)
 
 	if (aggregate_sources)
 		account_source(e);
-	if (!(stream_mask & (1U << e->type)))
+	if (!streamed(e->type))
 		return;
 	if (netns_filter && !bpf_map_lookup_elem(&stream_netns, &netns))
 		return;
@@ -463,27 +480,61 @@ static __always_inline void event_publish(const struct ct_event *e)
 		count_lost();
 }
 
-static __always_inline void tuple_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct)
+/* direct: ct is BTF-typed (see KREAD). */
+static __always_inline void tuple_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct, const bool direct)
 {
-	BPF_CORE_READ_INTO(&t->saddr, ct, src.u3.all);
-	BPF_CORE_READ_INTO(&t->daddr, ct, dst.u3.all);
-	BPF_CORE_READ_INTO(&t->sport, ct, src.u.all);
-	BPF_CORE_READ_INTO(&t->dport, ct, dst.u.all);
-	t->family = BPF_CORE_READ(ct, src.l3num);
-	t->proto = BPF_CORE_READ(ct, dst.protonum);
+	if (direct) {
+		__builtin_memcpy(&t->saddr, &ct->src.u3.all, sizeof(t->saddr));
+		__builtin_memcpy(&t->daddr, &ct->dst.u3.all, sizeof(t->daddr));
+		t->sport = ct->src.u.all;
+		t->dport = ct->dst.u.all;
+	} else {
+		BPF_CORE_READ_INTO(&t->saddr, ct, src.u3.all);
+		BPF_CORE_READ_INTO(&t->daddr, ct, dst.u3.all);
+		BPF_CORE_READ_INTO(&t->sport, ct, src.u.all);
+		BPF_CORE_READ_INTO(&t->dport, ct, dst.u.all);
+	}
+	t->family = KREAD(direct, ct, src.l3num);
+	t->proto = KREAD(direct, ct, dst.protonum);
+}
+
+/* What counting per source needs of a tuple: its family and source. An
+ * event only counted (top-sources: every insert and delete of a busy NAT
+ * gateway) reads no more. */
+static __always_inline void source_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct, const bool direct)
+{
+	if (direct)
+		__builtin_memcpy(&t->saddr, &ct->src.u3.all, sizeof(t->saddr));
+	else
+		BPF_CORE_READ_INTO(&t->saddr, ct, src.u3.all);
+	t->family = KREAD(direct, ct, src.l3num);
+}
+
+/* The tuple an event carries: whole when it is streamed, the source only
+ * when it is just counted. */
+static __always_inline void event_tuple(const struct ct_event *e, struct ct_tuple *t,
+					const struct nf_conntrack_tuple *ct, const bool direct)
+{
+	if (streamed(e->type))
+		tuple_from_ct(t, ct, direct);
+	else
+		source_from_ct(t, ct, direct);
 }
 
 /* Fills what an event says about an existing entry: its original tuple,
- * namespace, zone, status, timeout and TCP state. */
-static __always_inline void describe_conn(struct ct_event *e, const struct nf_conn *ct)
+ * namespace, zone, status, timeout and TCP state; only the source and
+ * namespace when the event is not streamed. */
+static __always_inline void describe_conn(struct ct_event *e, const struct nf_conn *ct, const bool direct)
 {
-	tuple_from_ct(&e->tuple, &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple);
-	e->netns = BPF_CORE_READ(ct, ct_net.net, ns.inum);
-	e->zone = conn_zone(ct);
-	e->status = BPF_CORE_READ(ct, status);
-	e->timeout_left = conn_timeout_left(ct);
+	event_tuple(e, &e->tuple, &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple, direct);
+	e->netns = KREAD(direct, ct, ct_net.net, ns.inum);
+	if (!streamed(e->type))
+		return;
+	e->zone = conn_zone(ct, direct);
+	e->status = KREAD(direct, ct, status);
+	e->timeout_left = conn_timeout_left(ct, direct);
 	if (e->tuple.proto == IPPROTO_TCP)
-		e->proto_state = BPF_CORE_READ(ct, proto.tcp.state);
+		e->proto_state = KREAD(direct, ct, proto.tcp.state);
 }
 
 static __always_inline struct alloc_scratch *alloc_scratch(void)
@@ -545,21 +596,25 @@ static __always_inline void early_drop_done(int evicted)
  */
 static __always_inline void alloc_done(const void *ret, struct net *net,
 				       const struct nf_conntrack_zone *zone,
-				       const struct nf_conntrack_tuple *orig)
+				       const struct nf_conntrack_tuple *orig, const bool direct)
 {
-	struct alloc_scratch *s = alloc_scratch();
 	struct ct_event ev, *e = &ev;
+	struct alloc_scratch *s;
 	bool full;
 
-	if (!s || !IS_ERR_VALUE(ret))
+	/* Every new flow passes here: a success costs one comparison. */
+	if (!IS_ERR_VALUE(ret))
+		return;
+	s = alloc_scratch();
+	if (!s)
 		return;
 	full = s->early_drop_called && !s->early_drop_evicted;
 	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, CT_CONF_EXACT))
 		return;
-	e->netns = BPF_CORE_READ(net, ns.inum);
+	e->netns = KREAD(direct, net, ns.inum);
 	if (zone)
-		e->zone = BPF_CORE_READ(zone, id);
-	tuple_from_ct(&e->tuple, orig);
+		e->zone = KREAD(direct, zone, id);
+	event_tuple(e, &e->tuple, orig, direct);
 	/* Refused only when the count would pass the max: the table is at it. */
 	if (full)
 		e->count = e->max;
@@ -598,11 +653,11 @@ static __always_inline bool in_gc(void)
  * not counted by the kernel and are reported as expiries. gc_worker kills
  * unexpired, unassured entries only under pressure (count >= 95% of max).
  */
-static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid)
+static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid, const bool direct)
 {
 	struct alloc_scratch *s = alloc_scratch();
-	__u32 status = BPF_CORE_READ(ct, status);
-	bool expired = conn_timeout_left(ct) <= 0;
+	__u32 status = KREAD(direct, ct, status);
+	bool expired = conn_timeout_left(ct, direct) <= 0;
 	__u32 type = CT_EV_DELETE;
 	__u8 detail = CT_DETAIL_OTHER;
 	bool for_alloc = false;
@@ -624,12 +679,12 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 	}
 	if (!event_begin(e, type, CT_CONF_EXACT))
 		return;
-	describe_conn(e, ct);
+	describe_conn(e, ct, direct);
 	e->detail = detail;
 	if (for_alloc && s) {
 		const struct nf_conntrack_tuple *orig = (const struct nf_conntrack_tuple *)s->orig;
 
-		tuple_from_ct(&e->trigger, orig);
+		tuple_from_ct(&e->trigger, orig, false);
 		e->count = e->max;
 	}
 	event_publish(e);
@@ -637,10 +692,10 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 
 /* ---- confirmation: __nf_conntrack_confirm() and nf_ct_resolve_clash() ---- */
 
-static __always_inline void confirm_begin(const struct sk_buff *skb)
+static __always_inline void confirm_begin(const struct sk_buff *skb, const bool direct)
 {
 	struct confirm_scratch *s = confirm_scratch();
-	struct nf_conn *ct = skb_conn(skb);
+	struct nf_conn *ct = conn_of_nfct(skb_nfct_raw(skb, direct));
 
 	if (!s)
 		return;
@@ -667,7 +722,7 @@ static __always_inline void clash_done(int verdict)
 	if (!event_begin(e, CT_EV_CLASH_RESOLVED, CT_CONF_EXACT))
 		return;
 	ct = (const struct nf_conn *)s->ct;
-	describe_conn(e, ct);
+	describe_conn(e, ct, false);
 	event_publish(e);
 }
 
@@ -682,10 +737,9 @@ static __always_inline __u8 insert_failure_detail(const struct confirm_scratch *
 	return kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
 }
 
-static __always_inline void confirm_done(int verdict)
+static __always_inline void confirm_done(const struct sk_buff *skb, int verdict, const bool direct)
 {
 	struct confirm_scratch *s = confirm_scratch();
-	const struct sk_buff *skb;
 	const struct nf_conn *ct;
 	struct ct_event ev, *e = &ev;
 	__u32 type;
@@ -693,10 +747,9 @@ static __always_inline void confirm_done(int verdict)
 	if (!s || !s->ct)
 		return;
 	ct = (const struct nf_conn *)s->ct;
-	skb = (const struct sk_buff *)s->skb;
 	if (verdict == NF_DROP) {
 		type = CT_EV_INSERT_FAILED;
-	} else if (skb_conn(skb) == ct && (BPF_CORE_READ(ct, status) & IPS_CONFIRMED)) {
+	} else if (conn_of_nfct(skb_nfct_raw(skb, direct)) == ct && (BPF_CORE_READ(ct, status) & IPS_CONFIRMED)) {
 		type = CT_EV_INSERT;
 	} else {
 		/* Merged into the entry already there: counted as a resolved clash. */
@@ -704,7 +757,7 @@ static __always_inline void confirm_done(int verdict)
 		return;
 	}
 	if (event_begin(e, type, CT_CONF_EXACT)) {
-		describe_conn(e, ct);
+		describe_conn(e, ct, false);
 		if (type == CT_EV_INSERT_FAILED)
 			e->detail = insert_failure_detail(s);
 		event_publish(e);
@@ -714,19 +767,25 @@ static __always_inline void confirm_done(int verdict)
 
 /* ---- the tracepoint fallback: kfree_skb with the netfilter drop reason ---- */
 
+/* tp_btf's skb is BTF-typed: the skb's own fields are plain loads (KREAD);
+ * only the packet's bytes need bpf_probe_read_kernel(). */
 static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = skb->dev;
+	struct sock *sk;
 
 	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	return BPF_CORE_READ(skb, sk, __sk_common.skc_net.net, ns.inum);
+		return dev->nd_net.net->ns.inum;
+	sk = skb->sk; /* an RCU pointer: the verifier wants it checked */
+	if (sk)
+		return sk->__sk_common.skc_net.net->ns.inum;
+	return 0;
 }
 
-static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_buff *skb)
+static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_buff *skb, bool ports)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
+	unsigned char *head = skb->head;
+	__u16 nh = skb->network_header;
 	__u32 l4off;
 	__u8 ver;
 
@@ -757,6 +816,8 @@ static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_bu
 	} else {
 		return -1;
 	}
+	if (!ports)
+		return 0;
 	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == IPPROTO_UDPLITE ||
 	    t->proto == IPPROTO_SCTP || t->proto == IPPROTO_DCCP) {
 		__be16 ports[2];
@@ -787,9 +848,14 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 	struct ct_event ev, *e = &ev;
 	__u32 status;
 
-	if (!nf_drop || reason != nf_drop || skb_untracked(skb))
+	__u64 nfct;
+
+	if (!nf_drop || reason != nf_drop)
 		return;
-	ct = skb_conn(skb);
+	nfct = skb_nfct_raw(skb, true);
+	if (nfct == IP_CT_UNTRACKED)
+		return;
+	ct = conn_of_nfct(nfct);
 	if (!ct) {
 		if (!event_begin(e, CT_EV_TABLE_FULL, CT_CONF_INFERRED))
 			return;
@@ -797,7 +863,7 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 		/* A packet that cannot be parsed still counts: published with no
 		 * tuple rather than lost between the counters. Count stays 0: a
 		 * rule before conntrack drops the same way in a table far from full. */
-		tuple_from_skb(&e->tuple, skb);
+		tuple_from_skb(&e->tuple, skb, streamed(CT_EV_TABLE_FULL));
 		event_publish(e);
 		return;
 	}
@@ -806,7 +872,7 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 		return;
 	if (!event_begin(e, CT_EV_INSERT_FAILED, CT_CONF_INFERRED))
 		return;
-	describe_conn(e, ct);
+	describe_conn(e, ct, false);
 	e->detail = status & IPS_DYING ? CT_DETAIL_DYING
 		    : kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
 	event_publish(e);
@@ -829,7 +895,7 @@ int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zo
 {
 	/* fexit has the arguments: only early_drop's outcome comes from the
 	 * scratch, which an allocation nested on this CPU could overwrite. */
-	alloc_done(ret, net, zone, orig);
+	alloc_done(ret, net, zone, orig, true);
 	return 0;
 }
 
@@ -850,7 +916,7 @@ int BPF_PROG(fexit_early_drop, struct net *net, unsigned int hash, int ret)
 SEC("fentry/nf_ct_delete")
 int BPF_PROG(fentry_ct_delete, struct nf_conn *ct, u32 portid)
 {
-	conn_deleting(ct, portid);
+	conn_deleting(ct, portid, true);
 	return 0;
 }
 
@@ -871,14 +937,14 @@ int BPF_PROG(fexit_gc_worker)
 SEC("fentry/__nf_conntrack_confirm")
 int BPF_PROG(fentry_ct_confirm, struct sk_buff *skb)
 {
-	confirm_begin(skb);
+	confirm_begin(skb, true);
 	return 0;
 }
 
 SEC("fexit/__nf_conntrack_confirm")
 int BPF_PROG(fexit_ct_confirm, struct sk_buff *skb, int ret)
 {
-	confirm_done(ret);
+	confirm_done(skb, ret, true);
 	return 0;
 }
 
@@ -916,7 +982,7 @@ int BPF_KRETPROBE(kretprobe_ct_alloc, struct nf_conn *ret)
 		const struct nf_conntrack_zone *zone = (const struct nf_conntrack_zone *)s->zone;
 		const struct nf_conntrack_tuple *orig = (const struct nf_conntrack_tuple *)s->orig;
 
-		alloc_done(ret, net, zone, orig);
+		alloc_done(ret, net, zone, orig, false);
 	}
 	return 0;
 }
@@ -938,7 +1004,7 @@ int BPF_KRETPROBE(kretprobe_early_drop, int ret)
 SEC("kprobe/nf_ct_delete")
 int BPF_KPROBE(kprobe_ct_delete, struct nf_conn *ct, u32 portid)
 {
-	conn_deleting(ct, portid);
+	conn_deleting(ct, portid, false);
 	return 0;
 }
 
@@ -959,14 +1025,18 @@ int BPF_KRETPROBE(kretprobe_gc_worker)
 SEC("kprobe/__nf_conntrack_confirm")
 int BPF_KPROBE(kprobe_ct_confirm, struct sk_buff *skb)
 {
-	confirm_begin(skb);
+	confirm_begin(skb, false);
 	return 0;
 }
 
 SEC("kretprobe/__nf_conntrack_confirm")
 int BPF_KRETPROBE(kretprobe_ct_confirm, int ret)
 {
-	confirm_done(ret);
+	struct confirm_scratch *s = confirm_scratch();
+
+	/* kretprobes have no arguments: the skb comes from the entry's scratch. */
+	if (s)
+		confirm_done((const struct sk_buff *)s->skb, ret, false);
 	return 0;
 }
 

@@ -14,10 +14,11 @@ import (
 
 // Reader turns ring buffer records into events.
 type Reader struct {
-	rb    *ringbuf.Reader
-	rec   ringbuf.Record
-	clock *event.Clock
-	jiffy time.Duration
+	rb      *ringbuf.Reader
+	rec     ringbuf.Record
+	trigger event.Tuple // the last event's Trigger points here: no allocation per event
+	clock   *event.Clock
+	jiffy   time.Duration
 }
 
 // ErrClosed is returned by Read after Close.
@@ -46,7 +47,8 @@ func (p *Probe) NewReader() (*Reader, error) {
 // with nothing to read, so the caller can do periodic work.
 func (r *Reader) SetDeadline(t time.Time) { r.rb.SetDeadline(t) }
 
-// Read blocks for the next event and decodes it into ev.
+// Read blocks for the next event and decodes it into ev. ev.Trigger, when
+// set, points into the reader and is valid until the next Read.
 func (r *Reader) Read(ev *event.Event) error {
 	if err := r.rb.ReadInto(&r.rec); err != nil {
 		if errors.Is(err, ringbuf.ErrClosed) {
@@ -81,7 +83,8 @@ func (r *Reader) decode(k *cttraceCtEvent, ev *event.Event) {
 	}
 	ev.Flow, _ = tupleFromKernel(&k.Tuple)
 	if t, ok := tupleFromKernel(&k.Trigger); ok {
-		ev.Trigger = &t
+		r.trigger = t
+		ev.Trigger = &r.trigger
 	}
 }
 

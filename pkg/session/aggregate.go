@@ -54,13 +54,22 @@ func newAggregator(p *probe.Probe, start time.Time) (*aggregator, error) {
 
 // interval reads the kernel's aggregated counts and returns this
 // interval's aggregates: the AggregatesShown largest per source, then an
-// "other" per reason for the rest. The totals are read after the map, so
-// that they always cover what the map showed.
+// "other" per reason for the rest. "other" is what the totals have that no
+// named aggregate had, since start: while events arrive between the two
+// reads it may lag, never lead, and once they stop (at exit, after the
+// probes are detached) it is exact.
 func (a *aggregator) interval(p *probe.Probe, clock *event.Clock, now time.Time) ([]event.Aggregate, error) {
+	// Totals first, then the map: the kernel counts in the opposite order
+	// (bpf/cttrace.bpf.c, aggregate_event), so no event is in "other" now
+	// and in a named aggregate later.
+	totals, err := p.AggregatedTotals()
+	if err != nil {
+		return nil, err
+	}
 	a.gen++
 	batch := a.batch[:0]
 	sampling := uint64(1) << a.sampler.Shift()
-	err := p.Aggregated(clock, func(c *probe.AggregatedCount) error {
+	err = p.Aggregated(clock, func(c *probe.AggregatedCount) error {
 		k := aggKey{c.Netns, c.Source, c.Reason}
 		prev, seen := a.read[k]
 		a.read[k] = aggRead{count: c.Count, gen: a.gen}
@@ -80,10 +89,6 @@ func (a *aggregator) interval(p *probe.Probe, clock *event.Clock, now time.Time)
 		if r.gen != a.gen {
 			delete(a.read, k)
 		}
-	}
-	totals, err := p.AggregatedTotals()
-	if err != nil {
-		return nil, err
 	}
 	slices.SortFunc(batch, func(x, y event.Aggregate) int {
 		return cmp.Or(cmp.Compare(y.Count, x.Count), x.Source.Compare(y.Source), cmp.Compare(x.Reason, y.Reason))

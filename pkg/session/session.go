@@ -113,6 +113,7 @@ const maxRefresh = 100 * time.Millisecond
 // end the run cleanly; another error ends it and is returned.
 type Handler struct {
 	// Event is called for every event read, in the kernel's order per CPU.
+	// The event (and its Trigger) is reused after the call returns.
 	Event func(*event.Event) error
 	// Idle is called when the ring buffer has been drained: the moment to
 	// flush output, so a live view lags the kernel by no more than a read.
@@ -180,9 +181,22 @@ func (s *Session) finish(h Handler, ev *event.Event) error {
 	if err := s.Probe.Detach(); err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
-	s.reader.SetDeadline(time.Time{})
-	for !s.reader.Drained() {
-		if err := s.reader.Read(ev); err != nil {
+	// A deadline already past, not none: the records were written without
+	// a wakeup (BPF_RB_NO_WAKEUP), so a reader waiting for one would wait
+	// for ever; past its deadline it reads what is there.
+	s.reader.SetDeadline(time.Unix(1, 0))
+	for empty := 0; !s.reader.Drained(); {
+		err := s.reader.Read(ev)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// Bytes left that no read returns would be a record still
+			// reserved; the programs are detached, so none can be.
+			if empty++; empty > 3 {
+				return errors.New("read events: ring buffer not empty but nothing to read")
+			}
+			continue
+		}
+		empty = 0
+		if err != nil {
 			return fmt.Errorf("read events: %w", err)
 		}
 		if err := h.Event(ev); err != nil {
