@@ -204,6 +204,22 @@ struct {
 	__type(value, __u8);
 } stream_netns SEC(".maps");
 
+/* The last namespace each CPU checked against the filter, and the answer:
+ * a flood refuses packets of one namespace, so the hash lookup is paid once
+ * per change of namespace, not per event. The filter does not change after
+ * attach, so a cached answer stays right. */
+struct netns_verdict {
+	__u32 netns;
+	__u32 selected; /* 0: not checked yet, 1: selected, 2: not */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct netns_verdict);
+} netns_verdict SEC(".maps");
+
 /* The ring buffer wakes its reader only once this many bytes wait, or when
  * user space polls (every 100 ms): a wakeup per event costs the producing
  * CPU an irq_work and the reader a context switch, per refused packet. Set
@@ -296,9 +312,14 @@ static __always_inline bool is_drop(__u32 type)
 static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
 {
 	count_event(type);
-	if (!streamed(type) && !aggregate_sources)
-		return false;
-	__builtin_memset(e, 0, sizeof(*e));
+	if (!streamed(type)) {
+		if (!aggregate_sources)
+			return false;
+		/* Only counted per source: the tuple is all that is read. */
+		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
+	} else {
+		__builtin_memset(e, 0, sizeof(*e));
+	}
 	e->ts_boot_ns = bpf_ktime_get_boot_ns();
 	e->type = type;
 	e->cpu = bpf_get_smp_processor_id();
@@ -403,6 +424,21 @@ static __always_inline __u64 ringbuf_wakeup(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
+static __always_inline bool netns_selected(__u32 netns)
+{
+	struct netns_verdict *v;
+	__u32 zero = 0;
+
+	v = bpf_map_lookup_elem(&netns_verdict, &zero);
+	if (!v)
+		return bpf_map_lookup_elem(&stream_netns, &netns) != NULL;
+	if (v->selected == 0 || v->netns != netns) {
+		v->netns = netns;
+		v->selected = bpf_map_lookup_elem(&stream_netns, &netns) ? 1 : 2;
+	}
+	return v->selected == 1;
+}
+
 /* Whether this CPU has streamed its share of events this second. */
 static __always_inline bool over_stream_budget(__u64 now)
 {
@@ -470,7 +506,7 @@ static __always_inline void event_publish(const struct ct_event *e)
 		account_source(e);
 	if (!streamed(e->type))
 		return;
-	if (netns_filter && !bpf_map_lookup_elem(&stream_netns, &netns))
+	if (netns_filter && !netns_selected(netns))
 		return;
 	if (over_stream_budget(e->ts_boot_ns)) {
 		aggregate_event(e);

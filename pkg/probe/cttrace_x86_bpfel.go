@@ -117,6 +117,12 @@ type cttraceNetnsStats struct {
 	Events [8]uint64
 }
 
+type cttraceNetnsVerdict struct {
+	_        structs.HostLayout
+	Netns    uint32
+	Selected uint32
+}
+
 type cttraceSrcKey struct {
 	_      structs.HostLayout
 	Netns  uint32
@@ -162,6 +168,7 @@ const (
 	cttraceMapGcTasks                = "gc_tasks"
 	cttraceMapLost                   = "lost"
 	cttraceMapNetnsTotals            = "netns_totals"
+	cttraceMapNetnsVerdict           = "netns_verdict"
 	cttraceMapProduced               = "produced"
 	cttraceMapSourceStats            = "source_stats"
 	cttraceMapSources                = "sources"
@@ -282,6 +289,7 @@ type cttraceMapSpecs struct {
 	GcTasks         *ebpf.MapSpec `ebpf:"gc_tasks"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
 	NetnsTotals     *ebpf.MapSpec `ebpf:"netns_totals"`
+	NetnsVerdict    *ebpf.MapSpec `ebpf:"netns_verdict"`
 	Produced        *ebpf.MapSpec `ebpf:"produced"`
 	SourceStats     *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources         *ebpf.MapSpec `ebpf:"sources"`
@@ -338,6 +346,7 @@ type cttraceMaps struct {
 	GcTasks         *ebpf.Map `ebpf:"gc_tasks"`
 	Lost            *ebpf.Map `ebpf:"lost"`
 	NetnsTotals     *ebpf.Map `ebpf:"netns_totals"`
+	NetnsVerdict    *ebpf.Map `ebpf:"netns_verdict"`
 	Produced        *ebpf.Map `ebpf:"produced"`
 	SourceStats     *ebpf.Map `ebpf:"source_stats"`
 	Sources         *ebpf.Map `ebpf:"sources"`
@@ -355,6 +364,7 @@ func (m *cttraceMaps) Close() error {
 		m.GcTasks,
 		m.Lost,
 		m.NetnsTotals,
+		m.NetnsVerdict,
 		m.Produced,
 		m.SourceStats,
 		m.Sources,
