@@ -120,7 +120,7 @@ func TestFloodBench(t *testing.T) {
 	opt := Options{Rounds: cfg.rounds, Points: points, Kinds: kinds, StatsDivisor: 4, Log: os.Stderr}
 	fmt.Fprintf(os.Stderr, "bench: %d rounds × %d floods × %d tracers, %d packets at the maximum rate, into %s (nf_conntrack_max %d, held full); results in %s\n",
 		cfg.rounds, len(points), len(kinds), cfg.packets, lab.Name(), cfg.max, out)
-	began := time.Now()
+	began, load0 := time.Now(), loadAvg()
 	samples, runErr := Run(ctx, lab, env, opt)
 
 	backend := cttraceBackend(env.Cttrace)
@@ -138,7 +138,8 @@ func TestFloodBench(t *testing.T) {
 		fmt.Sprintf("%d refused flows per flood at the maximum rate (a quarter of that with BPF statistics on)", cfg.packets),
 		fmt.Sprintf("rate sweep from %d sources", cfg.sources),
 		fmt.Sprintf("NETFILTER_DROP = %d", reason),
-		fmt.Sprintf("took %v", time.Since(began).Round(time.Second)))
+		fmt.Sprintf("took %v", time.Since(began).Round(time.Second)),
+		fmt.Sprintf("load average %s before, %s after (other work on the machine skews the ratios)", load0, loadAvg()))
 	if runErr != nil {
 		header += fmt.Sprintf("\n\nINCOMPLETE: %v", runErr)
 	}
@@ -174,7 +175,7 @@ type config struct {
 }
 
 func loadConfig(t *testing.T) config {
-	c := config{rounds: 5, packets: 200000, sources: 1000, max: 64, paced: 2 * time.Second, kinds: AllKinds}
+	c := config{rounds: 5, packets: 200000, sources: 1000, max: 64, paced: 1500 * time.Millisecond, kinds: AllKinds}
 	c.quick = os.Getenv("BENCH_QUICK") == "1"
 	if c.quick {
 		c.rounds, c.packets, c.paced = 3, 100000, time.Second
@@ -327,6 +328,15 @@ func cttraceBackend(bin string) string {
 		if v, ok := strings.CutPrefix(line, "backend (auto): "); ok {
 			return strings.TrimSpace(v)
 		}
+	}
+	return "?"
+}
+
+// loadAvg is the 1-minute load average.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
 	}
 	return "?"
 }

@@ -19,15 +19,20 @@ import (
 // Row is one tracer at one point, over the rounds (medians unless said).
 type Row struct {
 	Sweep, Point string
+	Distinct     int  // distinct sources of the flood
+	MaxRate      bool // the flood was as fast as possible
 	Kind         Kind
 	Rounds       int
 	PPS          float64 // flood rate, statistics off
-	Ratio        float64 // PPS / untraced PPS of the same round
+	Ratio        float64 // PPS / untraced PPS (its reference flood, or the round's)
+	RatioMin     float64 // the smallest and largest of the rounds' ratios
+	RatioMax     float64
 	SenderRatio  float64 // flooding process's CPU per packet / untraced's, same round
 	SenderUs     float64 // flooding process's CPU per packet, µs
 	NsPerRun     float64 // BPF run time / runs (statistics on); NaN if none
 	NsPerDrop    float64 // BPF run time / kernel drops (statistics on)
 	CPUPer100k   float64 // tracer user+system ms per 100,000 kernel drops
+	CPUPercent   float64 // tracer user+system time / wall time, in % of one CPU
 	RSSMiB       float64 // tracer peak RSS
 	Capture      float64 // reported / kernel drops
 	CaptureMin   float64
@@ -52,10 +57,11 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 	var rows []Row
 	for _, p := range points {
 		for _, k := range kinds {
-			r := Row{Sweep: p.Sweep, Point: p.Label, Kind: k, NsPerRun: math.NaN(), NsPerDrop: math.NaN(),
+			r := Row{Sweep: p.Sweep, Point: p.Label, Distinct: p.Distinct(), MaxRate: p.Spec.Rate == 0, Kind: k,
+				NsPerRun: math.NaN(), NsPerDrop: math.NaN(), CPUPercent: math.NaN(),
 				CPUPer100k: math.NaN(), RSSMiB: math.NaN(), Capture: math.NaN(), CaptureMin: math.NaN(), Header: math.NaN(), Streamed: math.NaN(),
-				Ratio: math.NaN(), SenderRatio: math.NaN()}
-			var pps, ratio, sender, senderUs, nsRun, nsDrop, cpu, rss, capt, hdr, streamed, lost []float64
+				RatioMin: math.NaN(), RatioMax: math.NaN(), Ratio: math.NaN(), SenderRatio: math.NaN()}
+			var pps, ratio, sender, senderUs, nsRun, nsDrop, cpu, cpuPct, rss, capt, hdr, streamed, lost []float64
 			for _, s := range samples {
 				if s.Sweep != p.Sweep || s.Point != p.Label || s.Kind != k {
 					continue
@@ -65,7 +71,13 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 				if s.Packets > 0 {
 					senderUs = append(senderUs, float64(s.SenderCPU.Microseconds())/float64(s.Packets))
 				}
-				if u, ok := untraced[key{s.Sweep, s.Point, s.Round}]; ok && u.PPS > 0 {
+				if s.RefPPS > 0 {
+					// Its own reference flood, moments before.
+					ratio = append(ratio, s.PPS/s.RefPPS)
+					if s.RefSenderCPU > 0 {
+						sender = append(sender, float64(s.SenderCPU)/float64(s.RefSenderCPU))
+					}
+				} else if u, ok := untraced[key{s.Sweep, s.Point, s.Round}]; ok && u.PPS > 0 {
 					ratio = append(ratio, s.PPS/u.PPS)
 					if u.SenderCPU > 0 && s.Packets > 0 && u.Packets > 0 {
 						sender = append(sender, (float64(s.SenderCPU)/float64(s.Packets))/(float64(u.SenderCPU)/float64(u.Packets)))
@@ -86,6 +98,9 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 				if s.CPUDrops > 0 {
 					cpu = append(cpu, float64(s.TracerCPU.Milliseconds())*1e5/float64(s.CPUDrops))
 				}
+				if s.CPUWindow > 0 {
+					cpuPct = append(cpuPct, 100*float64(s.TracerCPU)/float64(s.CPUWindow))
+				}
 				rss = append(rss, float64(s.PeakRSS)/(1<<20))
 				if s.KernelDrops > 0 && s.Reported >= 0 {
 					capt = append(capt, float64(s.Reported)/float64(s.KernelDrops))
@@ -101,9 +116,13 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 			r.PPS, r.SenderUs = median(pps), median(senderUs)
 			r.Ratio, r.SenderRatio = median(ratio), median(sender)
 			r.NsPerRun, r.NsPerDrop, r.CPUPer100k, r.RSSMiB = median(nsRun), median(nsDrop), median(cpu), median(rss)
+			r.CPUPercent = median(cpuPct)
 			r.Capture, r.Header, r.Streamed, r.Lost = median(capt), median(hdr), median(streamed), median(lost)
 			if len(capt) > 0 {
 				r.CaptureMin = slices.Min(capt)
+			}
+			if len(ratio) > 1 && k != Untraced {
+				r.RatioMin, r.RatioMax = slices.Min(ratio), slices.Max(ratio)
 			}
 			rows = append(rows, r)
 		}
@@ -128,8 +147,8 @@ func median(v []float64) float64 {
 func Markdown(w io.Writer, header string, rows []Row) {
 	fmt.Fprintln(w, header)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| sweep | flood | tracer | flood pps | vs untraced | sender CPU/pkt vs untraced | BPF ns/run | BPF ns/drop | tracer CPU ms/100k drops | peak RSS MiB | capture | lost/run |")
-	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Fprintln(w, "| sweep | flood | tracer | flood pps | vs untraced (range) | sender CPU/pkt vs untraced | BPF ns/run | BPF ns/drop | tracer CPU ms/100k drops | tracer CPU % | peak RSS MiB | capture | lost/run |")
+	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	var notes []string
 	for _, r := range rows {
 		capture := num(r.Capture, "%.3f")
@@ -151,9 +170,14 @@ func Markdown(w io.Writer, header string, rows []Row) {
 			notes = append(notes, n)
 			mark += fmt.Sprintf(" [%d]", len(notes))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-			r.Sweep, r.Point, r.Kind.Describe(), mark, num(r.PPS, "%.0f"), num(r.Ratio, "%.2f"), num(r.SenderRatio, "%.2f"),
-			num(r.NsPerRun, "%.0f"), num(r.NsPerDrop, "%.0f"), num(r.CPUPer100k, "%.0f"), num(r.RSSMiB, "%.1f"), capture, lost)
+		ratio := num(r.Ratio, "%.2f")
+		if !math.IsNaN(r.RatioMin) && r.RatioMax-r.RatioMin >= 0.005 {
+			ratio += fmt.Sprintf(" (%.2f–%.2f)", r.RatioMin, r.RatioMax)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.Sweep, r.Point, r.Kind.Describe(), mark, num(r.PPS, "%.0f"), ratio, num(r.SenderRatio, "%.2f"),
+			num(r.NsPerRun, "%.0f"), num(r.NsPerDrop, "%.0f"), num(r.CPUPer100k, "%.0f"), num(r.CPUPercent, "%.1f"),
+			num(r.RSSMiB, "%.1f"), capture, lost)
 	}
 	for i, n := range notes {
 		fmt.Fprintf(w, "\n[%d] %s", i+1, n)
@@ -170,95 +194,110 @@ func num(v float64, f string) string {
 	return fmt.Sprintf(f, v)
 }
 
-// Chart draws capture, flood-rate ratio and sender CPU per packet against
-// the drop rate (the untraced flood's rate at each point of the rate
-// sweep), one line per tracer, into a PNG.
+// Chart draws, one line per tracer, capture, flood-rate ratio and sender
+// CPU per packet against the drop rate (left: the rate sweep, at the
+// untraced flood's rate of each point) and against the number of distinct
+// sources (right: the floods at the maximum rate), into a PNG.
 func Chart(path, title string, rows []Row, kinds []Kind) error {
-	var pts []string
-	x := map[string]float64{}
+	rateX := map[string]float64{}
 	for _, r := range rows {
 		if r.Sweep == "rate" && r.Kind == Untraced && !math.IsNaN(r.PPS) {
-			pts = append(pts, r.Point)
-			x[r.Point] = r.PPS / 1000
+			rateX[r.Point] = r.PPS / 1000
 		}
 	}
-	if len(pts) == 0 {
+	if len(rateX) == 0 {
 		return fmt.Errorf("no rate sweep to chart")
 	}
-	panels := []struct {
+	metrics := []struct {
 		y     string
 		value func(Row) float64
+		min   float64
+		max   float64
 	}{
-		{"capture (reported / kernel drops)", func(r Row) float64 { return r.Capture }},
-		{"flood rate / untraced", func(r Row) float64 { return r.Ratio }},
-		{"sender CPU per packet / untraced", func(r Row) float64 { return r.SenderRatio }},
+		{"capture (reported / kernel drops)", func(r Row) float64 { return r.Capture }, 0, 1.05},
+		{"flood rate / untraced", func(r Row) float64 { return r.Ratio }, 0, 1.15},
+		{"sender CPU per packet / untraced", func(r Row) float64 { return r.SenderRatio }, 0, math.NaN()},
+	}
+	axes := []struct {
+		x   string
+		in  func(Row) bool
+		at  func(Row) float64
+		log bool
+	}{
+		{"drop rate (thousand refused flows/s)", func(r Row) bool { return r.Sweep == "rate" }, func(r Row) float64 { return rateX[r.Point] }, false},
+		{"distinct sources (at the maximum rate)", func(r Row) bool { return r.MaxRate }, func(r Row) float64 { return float64(r.Distinct) }, true},
 	}
 	colors := []color.Color{
 		color.RGBA{0x4d, 0x4d, 0x4d, 255}, color.RGBA{0x1f, 0x77, 0xb4, 255}, color.RGBA{0xff, 0x7f, 0x0e, 255},
 		color.RGBA{0x2c, 0xa0, 0x2c, 255}, color.RGBA{0xd6, 0x27, 0x28, 255}, color.RGBA{0x94, 0x67, 0xbd, 255},
+		color.RGBA{0x8c, 0x56, 0x4b, 255},
 	}
-	var plots [][]*plot.Plot
-	for i, pn := range panels {
-		p := plot.New()
-		if i == 0 {
-			p.Title.Text = title
-		}
-		p.X.Label.Text = "drop rate (thousand refused flows/s; untraced rate at each point)"
-		p.Y.Label.Text = pn.y
-		p.Add(plotter.NewGrid())
-		ci := 0
-		for _, k := range kinds {
-			if k == Untraced {
-				continue
+	plots := make([][]*plot.Plot, len(metrics))
+	for i, m := range metrics {
+		for j, ax := range axes {
+			p := plot.New()
+			if i == 0 && j == 0 {
+				p.Title.Text = title
 			}
-			var xy plotter.XYs
-			for _, r := range rows {
-				if r.Sweep != "rate" || r.Kind != k {
+			p.X.Label.Text = ax.x
+			p.Y.Label.Text = m.y
+			p.Add(plotter.NewGrid())
+			if ax.log {
+				p.X.Scale = plot.LogScale{}
+				p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+			} else {
+				p.X.Min = 0
+			}
+			p.Y.Min = m.min
+			if !math.IsNaN(m.max) {
+				p.Y.Max = m.max
+			}
+			ci := 0
+			for _, k := range kinds {
+				if k == Untraced {
 					continue
 				}
-				v := pn.value(r)
-				if math.IsNaN(v) {
+				var xy plotter.XYs
+				for _, r := range rows {
+					if r.Kind != k || !ax.in(r) {
+						continue
+					}
+					if v := m.value(r); !math.IsNaN(v) {
+						xy = append(xy, plotter.XY{X: ax.at(r), Y: v})
+					}
+				}
+				c := colors[ci%len(colors)]
+				ci++
+				if len(xy) == 0 {
 					continue
 				}
-				xy = append(xy, plotter.XY{X: x[r.Point], Y: v})
+				slices.SortFunc(xy, func(a, b plotter.XY) int { return cmpFloat(a.X, b.X) })
+				line, points, err := plotter.NewLinePoints(xy)
+				if err != nil {
+					return err
+				}
+				line.Color, points.Color = c, c
+				line.Width = vg.Points(1.5)
+				points.Shape = draw.CircleGlyph{}
+				p.Add(line, points)
+				p.Legend.Add(k.Describe(), line, points)
 			}
-			if len(xy) == 0 {
-				continue
-			}
-			line, points, err := plotter.NewLinePoints(xy)
-			if err != nil {
-				return err
-			}
-			c := colors[ci%len(colors)]
-			ci++
-			line.Color, points.Color = c, c
-			line.Width = vg.Points(1.5)
-			points.Shape = draw.CircleGlyph{}
-			p.Add(line, points)
-			p.Legend.Add(k.Describe(), line, points)
+			p.Legend.Top = false // the lines sit near 1: legends go underneath
+			p.Legend.Left = true
+			p.Legend.TextStyle.Font.Size = vg.Points(7)
+			plots[i] = append(plots[i], p)
 		}
-		p.Legend.Top = false // the lines sit near 1: legends go underneath
-		p.Legend.Left = true
-		p.Legend.TextStyle.Font.Size = vg.Points(8)
-		if i == 0 {
-			p.Y.Min, p.Y.Max = 0, 1.05
-		}
-		if i == 1 {
-			p.Y.Min, p.Y.Max = 0, 1.15
-		}
-		if i == 2 {
-			p.Y.Min = 0
-		}
-		p.X.Min = 0
-		plots = append(plots, []*plot.Plot{p})
 	}
-	const w, h = 9 * vg.Inch, 13 * vg.Inch
+	const w, h = 14 * vg.Inch, 13 * vg.Inch
 	img := vgimg.New(w, h)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: len(plots), Cols: 1, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 6, PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
+	tiles := draw.Tiles{Rows: len(metrics), Cols: len(axes), PadX: vg.Millimeter * 8, PadY: vg.Millimeter * 6,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 4}
 	canvases := plot.Align(plots, tiles, dc)
 	for i := range plots {
-		plots[i][0].Draw(canvases[i][0])
+		for j := range plots[i] {
+			plots[i][j].Draw(canvases[i][j])
+		}
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -269,6 +308,16 @@ func Chart(path, title string, rows []Row, kinds []Kind) error {
 		return err
 	}
 	return f.Close()
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // Header is the results' first line.

@@ -7,10 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
 )
 
 func TestAggregate(t *testing.T) {
-	points := []Point{{Sweep: "rate", Label: "10k/s"}, {Sweep: "rate", Label: "max"}}
+	points := []Point{{Sweep: "rate", Label: "10k/s", Spec: ctlab.FloodSpec{Rate: 10000, Sources: 10, Packets: 1000}},
+		{Sweep: "rate", Label: "max", Spec: ctlab.FloodSpec{Sources: 10, Packets: 1000}}}
 	kinds := []Kind{Untraced, DropsFile}
 	var samples []Sample
 	for round, u := range []float64{100, 200, 300} {
@@ -19,7 +22,7 @@ func TestAggregate(t *testing.T) {
 				Sample{Round: round, Sweep: p.Sweep, Point: p.Label, Kind: Untraced, PPS: u, Packets: 1000, SenderCPU: time.Millisecond},
 				Sample{Round: round, Sweep: p.Sweep, Point: p.Label, Kind: DropsFile, PPS: u / 2, Packets: 1000, SenderCPU: 2 * time.Millisecond,
 					BPFRunTimeNs: 5000, BPFRunCnt: 10, StatsDrops: 5, TracerCPU: 50 * time.Millisecond, CPUDrops: 100000,
-					PeakRSS: 30 << 20, KernelDrops: 1000, Reported: 1000 - int64(round), Header: -1, Streamed: 100, Lost: int64(round)})
+					PeakRSS: 30 << 20, CPUWindow: 500 * time.Millisecond, KernelDrops: 1000, Reported: 1000 - int64(round), Header: -1, Streamed: 100, Lost: int64(round)})
 		}
 	}
 	rows := Aggregate(samples, points, kinds)
@@ -50,9 +53,20 @@ func TestAggregate(t *testing.T) {
 		t.Errorf("header %v, untraced ns/run %v: want NaN", r.Header, rows[0].NsPerRun)
 	}
 
+	// A reference flood of its own, when there is one, is the denominator.
+	withRef := append([]Sample(nil), samples...)
+	for i := range withRef {
+		if withRef[i].Kind == DropsFile && withRef[i].Point == "max" {
+			withRef[i].RefPPS, withRef[i].RefSenderCPU = withRef[i].PPS*1.25, time.Millisecond
+		}
+	}
+	if r := Aggregate(withRef, points, kinds)[3]; math.Abs(r.Ratio-0.8) > 1e-9 || math.Abs(r.SenderRatio-2) > 1e-9 {
+		t.Errorf("with reference floods: ratio %v, sender %v; want 0.8, 2", r.Ratio, r.SenderRatio)
+	}
+
 	var md strings.Builder
 	Markdown(&md, Header("6.18", "tracepoint", 2), rows)
-	if !strings.Contains(md.String(), "| rate | max | cttrace drops -o json > file | 100 | 0.50 | 2.00 | 500 | 1000 | 50 | 30.0 | 0.999 (min 0.998); streamed 0.100 | 1 |") {
+	if !strings.Contains(md.String(), "| rate | max | cttrace drops -o json > file | 100 | 0.50 | 2.00 | 500 | 1000 | 50 | 10.0 | 30.0 | 0.999 (min 0.998); streamed 0.100 | 1 |") {
 		t.Errorf("markdown:\n%s", md.String())
 	}
 	png := filepath.Join(t.TempDir(), "chart.png")

@@ -17,6 +17,14 @@ type Point struct {
 	Spec  ctlab.FloodSpec
 }
 
+// Distinct is the number of distinct source addresses the flood uses.
+func (p Point) Distinct() int {
+	if p.Spec.Random && p.Spec.Sources == 0 {
+		return p.Spec.Packets
+	}
+	return max(1, min(p.Spec.Sources, p.Spec.Packets))
+}
+
 // Options is a bench run.
 type Options struct {
 	Rounds int
@@ -42,6 +50,11 @@ type Sample struct {
 	PPS       float64       `json:"pps"`
 	SenderCPU time.Duration `json:"sender_cpu_ns"` // this process's CPU during that flood
 
+	// At the maximum rate: an untraced flood of the same packets just
+	// before the tracer started (0 otherwise).
+	RefPPS       float64       `json:"ref_pps"`
+	RefSenderCPU time.Duration `json:"ref_sender_cpu_ns"`
+
 	// The flood measured with statistics on.
 	BPFRunTimeNs uint64 `json:"bpf_run_time_ns"`
 	BPFRunCnt    uint64 `json:"bpf_run_cnt"`
@@ -50,7 +63,8 @@ type Sample struct {
 
 	// The tracer over both floods.
 	TracerCPU   time.Duration `json:"tracer_cpu_ns"`
-	CPUDrops    int64         `json:"cpu_drops"` // kernel drops in the tracer-CPU window
+	CPUWindow   time.Duration `json:"cpu_window_ns"` // wall time TracerCPU was measured over
+	CPUDrops    int64         `json:"cpu_drops"`     // kernel drops in the tracer-CPU window
 	PeakRSS     int64         `json:"peak_rss"`
 	KernelDrops int64         `json:"kernel_drops"` // namespace drop delta over the tracer's life
 	Reported    int64         `json:"reported"`
@@ -86,8 +100,12 @@ func Run(ctx context.Context, lab *ctlab.Lab, env Env, opt Options) ([]Sample, e
 				if opt.Log != nil {
 					done := len(samples)
 					eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(total-done))
-					fmt.Fprintf(opt.Log, "bench: [%d/%d, ~%v left] round %d %-7s %-10s %-20s %8.0f pps  capture %d/%d  lost %d%s\n",
-						done, total, eta.Round(time.Second), round+1, p.Sweep, p.Label, k, s.PPS, s.Reported, s.KernelDrops, s.Lost, noteSuffix(s.Note))
+					seen := fmt.Sprintf("reported %d of %d drops, lost %d", s.Reported, s.KernelDrops, s.Lost)
+					if k == Untraced {
+						seen = fmt.Sprintf("%d drops", s.KernelDrops)
+					}
+					fmt.Fprintf(opt.Log, "bench: [%d/%d, ~%v left] round %d %-7s %-16s %-20s %8.0f pps  %s%s\n",
+						done, total, eta.Round(time.Second), round+1, p.Sweep, p.Label, k, s.PPS, seen, noteSuffix(s.Note))
 				}
 			}
 		}
@@ -123,6 +141,18 @@ func sanitize(s string) string {
 // on (BPF time per run), flood with them off (the rate), stop it.
 func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point, k Kind, tag string) (s Sample, err error) {
 	s.Header, s.Streamed = -1, -1
+	// As fast as possible, the machine's own rate drifts by ±10 % over
+	// seconds: an untraced reference flood just before the tracer starts
+	// gives the ratio a denominator from the same moment.
+	if p.Spec.Rate == 0 && k != Untraced {
+		c0 := SelfCPU()
+		ref, err := lab.Flood(p.Spec)
+		if err != nil {
+			return s, err
+		}
+		s.RefSenderCPU = SelfCPU() - c0
+		s.RefPPS = float64(ref.Sent+ref.Refused) / ref.Elapsed.Seconds()
+	}
 	s0, err := settled(ctx, lab)
 	if err != nil {
 		return s, err
@@ -142,7 +172,9 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 	drainTimeout := 60 * time.Second
 
 	var cpu0 time.Duration
+	var window time.Time
 	if t != nil {
+		window = time.Now()
 		if cpu0, err = ProcCPU(t.PID()); err != nil {
 			return s, err
 		}
@@ -212,7 +244,7 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 		if err != nil {
 			return s, err
 		}
-		s.TracerCPU, s.CPUDrops = cpu1-cpu0, s1.Drop-s0.Drop
+		s.TracerCPU, s.CPUDrops, s.CPUWindow = cpu1-cpu0, s1.Drop-s0.Drop, time.Since(window)
 		if s.PeakRSS, err = PeakRSS(t.PID()); err != nil {
 			return s, err
 		}
