@@ -204,7 +204,10 @@ func New(opts Options, g topk.Grouping, start time.Time) (*Aggregator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Aggregator{opts: opts, hist: hist, read: map[Key]lastRead{}, held: map[Key]int64{},
+	// Sized for the kernel map once: a map grown by doubling under a flood
+	// leaves its old tables to the collector, at the peak of the attack.
+	read := make(map[Key]lastRead, max(opts.Capacity, 0))
+	return &Aggregator{opts: opts, hist: hist, read: read, held: map[Key]int64{},
 		prevNs: map[uint32]Counts{}, last: start}, nil
 }
 
