@@ -247,30 +247,8 @@ func (a *Aggregator) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespa
 		return snap, err
 	}
 	nsIndex := a.namespaces(tables, perNs)
-	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
-	var shown, hidden Row // sums over every row offered, and over those not shown
-	offer := func(r Row) {
-		shown.add(&r)
-		if out, pushed := best.offer(r); pushed {
-			hidden.add(&out)
-		}
-	}
-	hs := a.hist.Snapshot(topk.SortDrops, 0)
-	inHistory := make(map[Key]bool, len(hs.Rows))
-	for i := range hs.Rows {
-		r := rowOf(&hs.Rows[i])
-		r.Held = a.heldNow(r.Key, r.Total)
-		inHistory[r.Key] = true
-		offer(r)
-	}
-	// Sources that held entries at start but have had no event since are
-	// not in the history; they still hold their entries.
-	for key, n := range a.held {
-		if !inHistory[key] && a.shows(key.Netns) {
-			offer(Row{Key: key, Held: n})
-		}
-	}
-	snap.Bounded = a.evicted || hs.Bounded() || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
+	best, shown, hidden, historyBounded := a.rank()
+	snap.Bounded = a.evicted || historyBounded || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
 	for _, ns := range nsIndex {
 		snap.Namespaces = append(snap.Namespaces, *ns)
 	}
@@ -295,6 +273,33 @@ func (a *Aggregator) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespa
 	return snap, nil
 }
 
+// rank offers every source of the history, and every source seeded as
+// holding entries that has had no event since, to the shortlist of rows
+// shown. shown sums every row offered, hidden those the list left out.
+func (a *Aggregator) rank() (best shortlist, shown, hidden Row, bounded bool) {
+	best = shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+	offer := func(r Row) {
+		shown.add(&r)
+		if out, pushed := best.offer(r); pushed {
+			hidden.add(&out)
+		}
+	}
+	hs := a.hist.Snapshot(topk.SortDrops, 0)
+	inHistory := make(map[Key]bool, len(hs.Rows))
+	for i := range hs.Rows {
+		r := rowOf(&hs.Rows[i])
+		r.Held = a.heldNow(r.Key, r.Total)
+		inHistory[r.Key] = true
+		offer(r)
+	}
+	for key, n := range a.held {
+		if !inHistory[key] && a.shows(key.Netns) {
+			offer(Row{Key: key, Held: n})
+		}
+	}
+	return best, shown, hidden, hs.Bounded()
+}
+
 // readSources feeds what each source in the kernel's map did since the
 // last read to the history.
 func (a *Aggregator) readSources(k Kernel, snap *Snapshot) error {
@@ -311,7 +316,7 @@ func (a *Aggregator) readSources(k Kernel, snap *Snapshot) error {
 			prev = lastRead{} // gone from the map for a read, and back: all new
 		}
 		if c, ok := sinceRead(st, &prev); ok {
-			a.hist.AddCounts(topk.Key(key), c, st.LastDropReason, st.LastDrop)
+			a.hist.AddCounts(key, c, st.LastDropReason, st.LastDrop)
 		}
 		return nil
 	})
