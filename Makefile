@@ -94,9 +94,12 @@ BENCH_PACED   ?=
 BENCH_TRACERS ?=
 BENCH_MAX     ?=
 BENCH_OUT     ?=
+# CTTRACE_BIN: a cttrace binary to measure instead of building one from the
+# tree (an older commit's, for a before/after).
+CTTRACE_BIN   ?=
 BENCH_DEBS    := bpftool bpftrace
 
-.PHONY: bench-micro bench-flood
+.PHONY: bench-micro bench-flood bench-compare
 bench:
 	@$(MAKE) --no-print-directory bench-micro
 	@$(MAKE) --no-print-directory bench-flood
@@ -111,19 +114,25 @@ bench-flood:
 		echo "bench: installing" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
-	@# cttrace is built now, as it is in the tree; a build broken by an edit in
-	@# progress is retried for two minutes.
+	@# cttrace is built now, as it is in the tree (unless CTTRACE_BIN names
+	@# one); a build broken by an edit in progress is retried for two minutes.
 	@for try in 1 2 3; do \
-		echo "bench: go build -o $(BUILD)/cttrace ./cmd/cttrace"; \
-		$(GO) build -o $(BUILD)/cttrace ./cmd/cttrace && $(GO) build -o $(BUILD)/ctfloor ./bench/cmd/ctfloor && \
+		if [ -z "$(CTTRACE_BIN)" ]; then echo "bench: go build -o $(BUILD)/cttrace ./cmd/cttrace"; $(GO) build -o $(BUILD)/cttrace ./cmd/cttrace; fi && \
+		$(GO) build -o $(BUILD)/ctfloor ./bench/cmd/ctfloor && \
 		$(GO) test -c -tags privileged -o $(BUILD)/bench.test ./bench && break; \
 		[ $$try = 3 ] && exit 1; echo "bench: build failed, retrying in 60 s"; sleep 60; \
 	done
-	@out=$(BENCH_OUT); out=$${out:-$(BUILD)/bench/$$(date +%Y%m%d-%H%M%S)}; mkdir -p "$$out"; out=$$(realpath "$$out"); \
-	CTTRACE_BENCH=1 BENCH_OUT="$$out" BENCH_CTTRACE="$$(realpath $(BUILD)/cttrace)" BENCH_FLOOR="$$(realpath $(BUILD)/ctfloor)" \
+	@bin="$(CTTRACE_BIN)"; bin=$$(realpath "$${bin:-$(BUILD)/cttrace}"); \
+	out=$(BENCH_OUT); out=$${out:-$(BUILD)/bench/$$(date +%Y%m%d-%H%M%S)}; mkdir -p "$$out"; out=$$(realpath "$$out"); \
+	CTTRACE_BENCH=1 BENCH_OUT="$$out" $(if $(CTTRACE_BIN),CTTRACE_BIN="$$bin") BENCH_CTTRACE="$$bin" BENCH_FLOOR="$$(realpath $(BUILD)/ctfloor)" \
 	BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_QUICK="$(BENCH_QUICK)" BENCH_PACKETS="$(BENCH_PACKETS)" BENCH_SOURCES="$(BENCH_SOURCES)" \
 	BENCH_PACED="$(BENCH_PACED)" BENCH_TRACERS="$(BENCH_TRACERS)" BENCH_MAX="$(BENCH_MAX)" \
 		$(BUILD)/bench.test -test.run '^TestFloodBench$$' -test.timeout 4h
+
+# Before/after of two results folders: `make bench-compare BEFORE=build/bench/X AFTER=build/bench/Y`.
+bench-compare:
+	@[ -n "$(BEFORE)" ] && [ -n "$(AFTER)" ] || { echo "usage: make bench-compare BEFORE=DIR AFTER=DIR [POINTS='max, 1k sources;max, random']"; exit 2; }
+	$(GO) run ./bench/cmd/benchcmp $(if $(POINTS),-point '$(POINTS)') $(BEFORE) $(AFTER)
 
 clean:
 	rm -rf $(BUILD)

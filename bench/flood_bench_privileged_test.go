@@ -4,9 +4,12 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -44,6 +47,14 @@ func TestFloodBench(t *testing.T) {
 	}
 	env := Env{ScriptDir: filepath.Join(root, "bench", "bpftrace"), Dir: raw}
 	env.Cttrace = binary(t, root, cfg.cttrace, filepath.Join(root, "build", "cttrace"), "./cmd/cttrace")
+	env.StreamLimit = hasFlag(env.Cttrace, "drops", "--stream-limit")
+	cttraceDesc := fmt.Sprintf("cttrace %s (built from the tree)", gitRev(root))
+	if cfg.external {
+		cttraceDesc = fmt.Sprintf("cttrace binary %s (sha256 %s)", cfg.cttrace, fileSum(cfg.cttrace))
+	}
+	if !env.StreamLimit {
+		cttraceDesc += ", whose drops has no --stream-limit (it streams every event)"
+	}
 	env.Floor = binary(t, root, cfg.floor, filepath.Join(out, "ctfloor"), "./bench/cmd/ctfloor")
 
 	if _, err := MountTracefs(); err != nil {
@@ -132,7 +143,7 @@ func TestFloodBench(t *testing.T) {
 	}
 	uname := unameRelease()
 	header := Header(uname, backend, runtime.NumCPU(),
-		fmt.Sprintf("cttrace %s", gitRev(root)),
+		cttraceDesc,
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"),
 		fmt.Sprintf("median of %d rounds", cfg.rounds),
 		fmt.Sprintf("%d refused flows per flood at the maximum rate (a quarter of that with BPF statistics on)", cfg.packets),
@@ -170,6 +181,7 @@ type config struct {
 	rounds, packets, sources, max int
 	paced                         time.Duration
 	quick                         bool
+	external                      bool // cttrace is CTTRACE_BIN, not the tree's
 	kinds                         []Kind
 	out, cttrace, floor           string
 }
@@ -216,7 +228,21 @@ func loadConfig(t *testing.T) config {
 			c.kinds = append([]Kind{Untraced}, c.kinds...) // ratios need it
 		}
 	}
-	c.out, c.cttrace, c.floor = os.Getenv("BENCH_OUT"), os.Getenv("BENCH_CTTRACE"), os.Getenv("BENCH_FLOOR")
+	c.out, c.cttrace, c.floor = os.Getenv("BENCH_OUT"), os.Getenv("CTTRACE_BIN"), os.Getenv("BENCH_FLOOR")
+	c.external = c.cttrace != ""
+	if c.cttrace == "" {
+		c.cttrace = os.Getenv("BENCH_CTTRACE")
+	}
+	if c.cttrace != "" {
+		abs, err := filepath.Abs(c.cttrace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(abs); err != nil || st.Mode()&0o111 == 0 {
+			t.Fatalf("CTTRACE_BIN=%s: not an executable file (%v)", c.cttrace, err)
+		}
+		c.cttrace = abs
+	}
 	return c
 }
 
@@ -319,6 +345,27 @@ func lockBusy() (bool, error) {
 		return false, err
 	}
 	return false, unix.Flock(int(f.Fd()), unix.LOCK_UN)
+}
+
+// hasFlag says whether `bin cmd --help` lists flag (an older cttrace lacks
+// some).
+func hasFlag(bin, cmd, flag string) bool {
+	out, _ := exec.Command(bin, cmd, "--help").CombinedOutput()
+	return strings.Contains(string(out), flag+" ") || strings.Contains(string(out), flag+"=")
+}
+
+// fileSum is the first 12 hex digits of a file's SHA-256.
+func fileSum(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "?"
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // cttraceBackend is the backend `cttrace features` would choose.

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -111,5 +112,46 @@ func TestParsers(t *testing.T) {
 	f.Close()
 	if err := tr.scanDrops(); err != nil || tr.events != 3 {
 		t.Errorf("scanDrops after append: %d events, %v; want 3", tr.events, err)
+	}
+}
+
+func TestCompare(t *testing.T) {
+	mk := func(ratio float64, rss int64) []Sample {
+		var s []Sample
+		for round := range 3 {
+			s = append(s,
+				Sample{Round: round, Sweep: "rate", Point: "max, 1k sources", Kind: Untraced, PPS: 100, Packets: 100},
+				Sample{Round: round, Sweep: "rate", Point: "max, 1k sources", Kind: TopSources, PPS: 100 * ratio, RefPPS: 100, Packets: 100,
+					BPFRunTimeNs: 1000, BPFRunCnt: 10, PeakRSS: rss << 20, KernelDrops: 10, Reported: 10, Header: -1, Streamed: -1})
+		}
+		return s
+	}
+	dir := t.TempDir()
+	for name, s := range map[string][]Sample{"before": mk(0.5, 40), "after": mk(0.9, 30)} {
+		b, _ := json.Marshal(s)
+		os.MkdirAll(filepath.Join(dir, name), 0o755)
+		os.WriteFile(filepath.Join(dir, name, "samples.json"), b, 0o644)
+	}
+	before, err := LoadSamples(filepath.Join(dir, "before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := LoadSamples(filepath.Join(dir, "after", "samples.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w strings.Builder
+	Compare(&w, before, after, nil)
+	for _, want := range []string{
+		"#### cttrace top-sources -o json",
+		"| | max, 1k sources: before → after |",
+		"| flood rate vs untraced | 0.50 → 0.90 |",
+		"| BPF ns/run | 100 → 100 |",
+		"| peak RSS MiB | 40.0 → 30.0 |",
+		"| capture | 1.000 → 1.000 |",
+	} {
+		if !strings.Contains(w.String(), want) {
+			t.Errorf("no %q in:\n%s", want, w.String())
+		}
 	}
 }

@@ -41,6 +41,13 @@ var AllKinds = []Kind{Untraced, FloorProg, BPFTraceCount, BPFTracePerSource, Top
 // KnownKinds are AllKinds and those BENCH_TRACERS may add.
 var KnownKinds = append(AllKinds[:len(AllKinds):len(AllKinds)], DropsFileAll)
 
+// Base is the tracer without a backend suffix ("top-sources:fentry" is
+// top-sources with --backend fentry).
+func (k Kind) Base() Kind {
+	b, _, _ := strings.Cut(string(k), ":")
+	return Kind(b)
+}
+
 // Describe is the tracer's row label.
 func (k Kind) Describe() string {
 	switch k {
@@ -74,6 +81,9 @@ type Env struct {
 	Netns      string // /run/netns/<lab>
 	NetnsInode uint32
 	Dir        string // scratch directory for outputs
+	// StreamLimit: cttrace drops has --stream-limit (cttrace before the
+	// bounded stream streams every event and has no such flag).
+	StreamLimit bool
 }
 
 // Tracer is a running tracer process.
@@ -130,7 +140,7 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 		if k == DropsNull {
 			t.out = ""
 		}
-		if k == DropsFileAll {
+		if k == DropsFileAll && env.StreamLimit {
 			args = append(args, "--stream-limit", "0")
 		}
 	default:
