@@ -94,6 +94,11 @@ BENCH_PACED   ?=
 BENCH_TRACERS ?=
 BENCH_MAX     ?=
 BENCH_OUT     ?=
+BENCH_SWEEPS  ?=
+BENCH_POINTS  ?=
+BENCH_BACKENDS ?=
+BENCH_STEADY_FLOWS ?=
+BENCH_STEADY_MAX ?=
 # CTTRACE_BIN: a cttrace binary to measure instead of building one from the
 # tree (an older commit's, for a before/after).
 CTTRACE_BIN   ?=
@@ -127,6 +132,8 @@ bench-flood:
 	CTTRACE_BENCH=1 BENCH_OUT="$$out" $(if $(CTTRACE_BIN),CTTRACE_BIN="$$bin") BENCH_CTTRACE="$$bin" BENCH_FLOOR="$$(realpath $(BUILD)/ctfloor)" \
 	BENCH_ROUNDS="$(BENCH_ROUNDS)" BENCH_QUICK="$(BENCH_QUICK)" BENCH_PACKETS="$(BENCH_PACKETS)" BENCH_SOURCES="$(BENCH_SOURCES)" \
 	BENCH_PACED="$(BENCH_PACED)" BENCH_TRACERS="$(BENCH_TRACERS)" BENCH_MAX="$(BENCH_MAX)" \
+	BENCH_SWEEPS="$(BENCH_SWEEPS)" BENCH_POINTS="$(BENCH_POINTS)" BENCH_BACKENDS="$(BENCH_BACKENDS)" \
+	BENCH_STEADY_FLOWS="$(BENCH_STEADY_FLOWS)" BENCH_STEADY_MAX="$(BENCH_STEADY_MAX)" \
 		$(BUILD)/bench.test -test.run '^TestFloodBench$$' -test.timeout 4h
 
 # Before/after of two results folders: `make bench-compare BEFORE=build/bench/X AFTER=build/bench/Y`.

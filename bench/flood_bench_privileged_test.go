@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,12 +42,21 @@ func TestFloodBench(t *testing.T) {
 	if out == "" {
 		out = filepath.Join(root, "build", "bench", time.Now().Format("20060102-150405"))
 	}
+	if label := os.Getenv("CTTRACE_VM_KERNEL"); label != "" && cfg.out != "" {
+		out = filepath.Join(out, "vm-"+label) // one folder per guest kernel
+	}
 	raw := filepath.Join(out, "raw")
+	if cfg.raw != "" {
+		// Tracers' outputs on a faster file system (the VM's results share
+		// is 9p); the small ones are copied into out/raw at the end.
+		raw = cfg.raw
+		t.Cleanup(func() { copySmall(raw, filepath.Join(out, "raw"), 1<<20) })
+	}
 	if err := os.MkdirAll(raw, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	env := Env{ScriptDir: filepath.Join(root, "bench", "bpftrace"), Dir: raw}
-	env.Cttrace = binary(t, root, cfg.cttrace, filepath.Join(root, "build", "cttrace"), "./cmd/cttrace")
+	env.Cttrace = buildBinary(t, root, cfg.cttrace, filepath.Join(root, "build", "cttrace"), "./cmd/cttrace")
 	env.StreamLimit = hasFlag(env.Cttrace, "drops", "--stream-limit")
 	cttraceDesc := fmt.Sprintf("cttrace %s (built from the tree)", gitRev(root))
 	if cfg.external {
@@ -55,7 +65,7 @@ func TestFloodBench(t *testing.T) {
 	if !env.StreamLimit {
 		cttraceDesc += ", whose drops has no --stream-limit (it streams every event)"
 	}
-	env.Floor = binary(t, root, cfg.floor, filepath.Join(out, "ctfloor"), "./bench/cmd/ctfloor")
+	env.Floor = buildBinary(t, root, cfg.floor, filepath.Join(out, "ctfloor"), "./bench/cmd/ctfloor")
 
 	if _, err := MountTracefs(); err != nil {
 		t.Fatal(err)
@@ -92,16 +102,25 @@ func TestFloodBench(t *testing.T) {
 	if busy, err := lockBusy(); err == nil && busy {
 		fmt.Fprintf(os.Stderr, "bench: waiting for another process holding %s (a privileged test changing nf_conntrack_max?)\n", ctlab.LockPath)
 	}
-	ctlab.SetMax(t, cfg.max)
+	points := cfg.points()
+	var refused, steady []Point
+	for _, p := range points {
+		if p.Steady() {
+			steady = append(steady, p)
+		} else {
+			refused = append(refused, p)
+		}
+	}
+	if len(refused) > 0 {
+		ctlab.SetMax(t, cfg.max)
+	} else {
+		ctlab.SetMax(t, cfg.steadyMax)
+	}
 	// From here on, Ctrl-C or SIGTERM stop the run between steps and
 	// return, so that every cleanup runs (tracers, BPF statistics, the
-	// lab, the sysctls).
+	// labs, the sysctls).
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	t.Cleanup(stop)
-	lab := ctlab.New(t)
-	if err := lab.HoldEstablished(cfg.max); err != nil {
-		t.Fatal(err)
-	}
 	// Rates are measured with BPF statistics off; the statistics flood
 	// turns them on through a descriptor (gone with this process).
 	orig, err := ReadStatsSysctl()
@@ -120,19 +139,40 @@ func TestFloodBench(t *testing.T) {
 		})
 	}
 
-	if s, err := settled(ctx, lab); err != nil {
-		t.Fatal(err)
-	} else if s.Entries != int64(cfg.max) {
-		t.Fatalf("table holds %d entries after HoldEstablished(%d)", s.Entries, cfg.max)
-	}
-	env.Netns, env.NetnsInode = lab.Namespace().Path, lab.Inode()
-
-	points := cfg.points()
-	opt := Options{Rounds: cfg.rounds, Points: points, Kinds: kinds, StatsDivisor: 4, Log: os.Stderr}
-	fmt.Fprintf(os.Stderr, "bench: %d rounds × %d floods × %d tracers, %d packets at the maximum rate, into %s (nf_conntrack_max %d, held full); results in %s\n",
-		cfg.rounds, len(points), len(kinds), cfg.packets, lab.Name(), cfg.max, out)
 	began, load0 := time.Now(), loadAvg()
-	samples, runErr := Run(ctx, lab, env, opt)
+	var samples []Sample
+	var runErr error
+	if len(refused) > 0 {
+		// Refused flows: a table held full with connections early_drop
+		// cannot evict.
+		ctlab.SetMax(t, cfg.max)
+		lab := ctlab.New(t)
+		if err := lab.HoldEstablished(cfg.max); err != nil {
+			t.Fatal(err)
+		}
+		if s, err := settled(ctx, lab); err != nil {
+			t.Fatal(err)
+		} else if s.Entries != int64(cfg.max) {
+			t.Fatalf("table holds %d entries after HoldEstablished(%d)", s.Entries, cfg.max)
+		}
+		env.Netns, env.NetnsInode = lab.Namespace().Path, lab.Inode()
+		opt := Options{Rounds: cfg.rounds, Points: refused, Kinds: kinds, StatsDivisor: 4, Log: os.Stderr}
+		fmt.Fprintf(os.Stderr, "bench: %d rounds × %d floods × %d tracers, %d packets at the maximum rate, into %s (nf_conntrack_max %d, held full); results in %s\n",
+			cfg.rounds, len(refused), len(kinds), cfg.packets, lab.Name(), cfg.max, out)
+		samples, runErr = Run(ctx, lab, env, opt)
+	}
+	if len(steady) > 0 && runErr == nil {
+		// The steady state: a table far from full, every flow admitted.
+		ctlab.SetMax(t, cfg.steadyMax)
+		lab := ctlab.New(t)
+		env.Netns, env.NetnsInode = lab.Namespace().Path, lab.Inode()
+		sk := steadyKinds(kinds)
+		opt := Options{Rounds: cfg.rounds, Points: steady, Kinds: sk, StatsDivisor: 4, Log: os.Stderr}
+		fmt.Fprintf(os.Stderr, "bench: steady state: %d rounds × %d floods × %d tracers, %d new flows each, into %s (nf_conntrack_max %d, flushed before each flood); results in %s\n",
+			cfg.rounds, len(steady), len(sk), cfg.steadyFlows, lab.Name(), cfg.steadyMax, out)
+		more, err := Run(ctx, lab, env, opt)
+		samples, runErr = append(samples, more...), err
+	}
 
 	backend := cttraceBackend(env.Cttrace)
 	for _, s := range samples {
@@ -142,19 +182,24 @@ func TestFloodBench(t *testing.T) {
 		}
 	}
 	uname := unameRelease()
-	header := Header(uname, backend, runtime.NumCPU(),
-		cttraceDesc,
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"),
-		fmt.Sprintf("median of %d rounds", cfg.rounds),
-		fmt.Sprintf("%d refused flows per flood at the maximum rate (a quarter of that with BPF statistics on)", cfg.packets),
-		fmt.Sprintf("rate sweep from %d sources", cfg.sources),
+	parts := []string{cttraceDesc, time.Now().UTC().Format("2006-01-02 15:04 UTC"), fmt.Sprintf("median of %d rounds", cfg.rounds)}
+	if len(refused) > 0 {
+		parts = append(parts,
+			fmt.Sprintf("%d refused flows per flood at the maximum rate (a quarter of that with BPF statistics on)", cfg.packets),
+			fmt.Sprintf("rate sweep from %d sources", cfg.sources))
+	}
+	if len(steady) > 0 {
+		parts = append(parts, fmt.Sprintf("steady state: %d new flows per flood (a quarter of that with BPF statistics on), nf_conntrack_max %d", cfg.steadyFlows, cfg.steadyMax))
+	}
+	parts = append(parts,
 		fmt.Sprintf("NETFILTER_DROP = %d", reason),
 		fmt.Sprintf("took %v", time.Since(began).Round(time.Second)),
 		fmt.Sprintf("load average %s before, %s after (other work on the machine skews the ratios)", load0, loadAvg()))
+	header := Header(uname, backend, runtime.NumCPU(), parts...)
 	if runErr != nil {
 		header += fmt.Sprintf("\n\nINCOMPLETE: %v", runErr)
 	}
-	rows := Aggregate(samples, points, kinds)
+	rows := append(Aggregate(samples, refused, kinds), Aggregate(samples, steady, steadyKinds(kinds))...)
 	var md strings.Builder
 	Markdown(&md, header, rows)
 	fmt.Print("\n" + md.String())
@@ -179,23 +224,31 @@ func TestFloodBench(t *testing.T) {
 
 type config struct {
 	rounds, packets, sources, max int
+	steadyFlows, steadyMax        int
 	paced                         time.Duration
 	quick                         bool
 	external                      bool // cttrace is CTTRACE_BIN, not the tree's
 	kinds                         []Kind
-	out, cttrace, floor           string
+	sweeps                        []string
+	only                          []string // BENCH_POINTS: these floods only
+	out, cttrace, floor, raw      string
 }
 
+// Sweeps BENCH_SWEEPS may name.
+var knownSweeps = []string{"rate", "sources", "max", SteadySweep}
+
 func loadConfig(t *testing.T) config {
-	c := config{rounds: 5, packets: 200000, sources: 1000, max: 64, paced: 1500 * time.Millisecond, kinds: AllKinds}
+	c := config{rounds: 5, packets: 200000, sources: 1000, max: 64, paced: 1500 * time.Millisecond, kinds: AllKinds,
+		steadyFlows: 50000, steadyMax: 262144, sweeps: []string{"rate", "sources", SteadySweep}}
 	c.quick = os.Getenv("BENCH_QUICK") == "1"
 	if c.quick {
-		c.rounds, c.packets, c.paced = 3, 100000, time.Second
+		c.rounds, c.packets, c.paced, c.steadyFlows = 3, 100000, time.Second, 30000
 	}
 	for _, v := range []struct {
 		name string
 		to   *int
-	}{{"BENCH_ROUNDS", &c.rounds}, {"BENCH_PACKETS", &c.packets}, {"BENCH_SOURCES", &c.sources}, {"BENCH_MAX", &c.max}} {
+	}{{"BENCH_ROUNDS", &c.rounds}, {"BENCH_PACKETS", &c.packets}, {"BENCH_SOURCES", &c.sources}, {"BENCH_MAX", &c.max},
+		{"BENCH_STEADY_FLOWS", &c.steadyFlows}, {"BENCH_STEADY_MAX", &c.steadyMax}} {
 		if s := os.Getenv(v.name); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 {
@@ -228,6 +281,57 @@ func loadConfig(t *testing.T) config {
 			c.kinds = append([]Kind{Untraced}, c.kinds...) // ratios need it
 		}
 	}
+	if s := os.Getenv("BENCH_BACKENDS"); s != "" {
+		// Each cttrace tracer once per backend (--backend), in turn.
+		var backends []string
+		for _, b := range strings.Split(s, ",") {
+			b = strings.TrimSpace(b)
+			switch b {
+			case "auto":
+				b = ""
+			case "fentry", "kprobe", "tracepoint":
+			default:
+				t.Fatalf("BENCH_BACKENDS: unknown %q (want some of fentry, kprobe, tracepoint, auto)", b)
+			}
+			backends = append(backends, b)
+		}
+		var kinds []Kind
+		for _, k := range c.kinds {
+			if !k.IsCttrace() {
+				kinds = append(kinds, k)
+				continue
+			}
+			for _, b := range backends {
+				kinds = append(kinds, k.WithBackend(b))
+			}
+		}
+		c.kinds = kinds
+	}
+	if s := os.Getenv("BENCH_SWEEPS"); s != "" {
+		c.sweeps = nil
+		for _, name := range strings.Split(s, ",") {
+			name = strings.TrimSpace(name)
+			if !slices.Contains(knownSweeps, name) {
+				t.Fatalf("BENCH_SWEEPS: unknown %q (want some of %v)", name, knownSweeps)
+			}
+			c.sweeps = append(c.sweeps, name)
+		}
+	}
+	if s := os.Getenv("BENCH_POINTS"); s != "" {
+		for _, l := range strings.Split(s, ";") {
+			c.only = append(c.only, strings.TrimSpace(l))
+		}
+		var labels []string
+		for _, p := range c.allPoints() {
+			labels = append(labels, p.Label)
+		}
+		for _, l := range c.only {
+			if !slices.Contains(labels, l) {
+				t.Fatalf("BENCH_POINTS: no flood %q in the sweeps (%q)", l, labels)
+			}
+		}
+	}
+	c.raw = os.Getenv("BENCH_RAW")
 	c.out, c.cttrace, c.floor = os.Getenv("BENCH_OUT"), os.Getenv("CTTRACE_BIN"), os.Getenv("BENCH_FLOOR")
 	c.external = c.cttrace != ""
 	if c.cttrace == "" {
@@ -246,10 +350,64 @@ func loadConfig(t *testing.T) config {
 	return c
 }
 
-// points are the floods of both sweeps: drop rate (from c.sources distinct
-// sources) and distinct sources (at the maximum rate). The maximum rate
-// from c.sources sources belongs to both.
+// points are the floods of the sweeps, only those BENCH_POINTS names if
+// set.
 func (c config) points() []Point {
+	ps := c.allPoints()
+	if len(c.only) == 0 {
+		return ps
+	}
+	var out []Point
+	for _, p := range ps {
+		if slices.Contains(c.only, p.Label) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// allPoints are the floods of c.sweeps, each once, in this order: drop
+// rate (paced, from c.sources distinct sources, then the maximum rate);
+// distinct sources (at the maximum rate); steady state. "max" is the
+// maximum rate from c.sources sources and from random ones.
+func (c config) allPoints() []Point {
+	var ps []Point
+	add := func(more ...Point) {
+		for _, p := range more {
+			if !slices.ContainsFunc(ps, func(q Point) bool { return q.Label == p.Label }) {
+				ps = append(ps, p)
+			}
+		}
+	}
+	refused := c.refusedPoints()
+	for _, sw := range knownSweeps {
+		if !slices.Contains(c.sweeps, sw) {
+			continue
+		}
+		for _, p := range refused {
+			switch {
+			case sw == "max" && strings.HasPrefix(p.Label, "max, ") && (p.Sweep == "rate" || p.Label == "max, random"):
+				add(p)
+			case p.Sweep == sw:
+				add(p)
+			}
+		}
+		if sw == SteadySweep {
+			add(Point{Sweep: SteadySweep, Label: "new flows, " + sourcesLabel(c.sources), Spec: ctlab.FloodSpec{Sources: c.sources, Packets: c.steadyFlows}},
+				Point{Sweep: SteadySweep, Label: "new flows, random", Spec: ctlab.FloodSpec{Random: true, Seed: 2, Packets: c.steadyFlows}})
+		}
+	}
+	// In the order of the sweeps, whatever the order of BENCH_SWEEPS.
+	slices.SortStableFunc(ps, func(a, b Point) int { return sweepOrder(a.Sweep) - sweepOrder(b.Sweep) })
+	return ps
+}
+
+func sweepOrder(s string) int { return slices.Index(knownSweeps, s) }
+
+// refusedPoints are the floods of both refused-flow sweeps: drop rate (from
+// c.sources distinct sources) and distinct sources (at the maximum rate).
+// The maximum rate from c.sources sources belongs to both.
+func (c config) refusedPoints() []Point {
 	paced := func(rate int) Point {
 		return Point{Sweep: "rate", Label: fmt.Sprintf("%dk/s", rate/1000),
 			Spec: ctlab.FloodSpec{Sources: c.sources, Rate: rate, Packets: int(float64(rate) * c.paced.Seconds())}}
@@ -283,9 +441,9 @@ func sourcesLabel(n int) string {
 	return fmt.Sprintf("%d sources", n)
 }
 
-// binary returns path if set, else builds pkg into def (go build, retried:
+// buildBinary returns path if set, else builds pkg into def (go build, retried:
 // someone may be in the middle of an edit).
-func binary(t *testing.T, root, path, def, pkg string) string {
+func buildBinary(t *testing.T, root, path, def, pkg string) string {
 	if path != "" {
 		return path
 	}
@@ -345,6 +503,44 @@ func lockBusy() (bool, error) {
 		return false, err
 	}
 	return false, unix.Flock(int(f.Fd()), unix.LOCK_UN)
+}
+
+// steadyKinds are the tracers of the steady state: nothing attached and
+// cttrace's commands (with nothing dropped, drops to a file or to
+// /dev/null, all or bounded, are the same: the first one selected stands
+// for them). The others count drops only.
+func steadyKinds(kinds []Kind) []Kind {
+	var out []Kind
+	drops := map[string]bool{} // by backend
+	for _, k := range kinds {
+		switch k.Base() {
+		case Untraced, TopSources:
+			out = append(out, k)
+		case DropsFile, DropsNull, DropsFileAll:
+			if !drops[k.Backend()] {
+				drops[k.Backend()] = true
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// copySmall copies the regular files of src smaller than limit into dst.
+func copySmall(src, dst string, limit int64) {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return
+	}
+	os.MkdirAll(dst, 0o755)
+	for _, e := range ents {
+		if info, err := e.Info(); err != nil || !info.Mode().IsRegular() || info.Size() >= limit {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(src, e.Name())); err == nil {
+			os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644)
+		}
+	}
 }
 
 // hasFlag says whether `bin cmd --help` lists flag (an older cttrace lacks

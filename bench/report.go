@@ -39,7 +39,13 @@ type Row struct {
 	Header       float64 // top-sources: namespace-line drops / kernel drops; NaN otherwise
 	Streamed     float64 // drops: streamed one by one / kernel drops; NaN otherwise
 	Lost         float64 // events lost per run
-	Notes        []string
+	// Steady state (Sweep "steady"): CPUPer100k is per 100,000 flows
+	// admitted, and these are per flow.
+	Steady        bool
+	NsPerFlow     float64 // BPF run time / flows admitted (statistics on)
+	RunsPerFlow   float64 // BPF runs / flows admitted
+	InsertCapture float64 // top-sources: inserts counted / flows admitted; NaN otherwise
+	Notes         []string
 }
 
 // Aggregate turns samples into rows, in the order of points and kinds.
@@ -60,8 +66,10 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 			r := Row{Sweep: p.Sweep, Point: p.Label, Distinct: p.Distinct(), MaxRate: p.Spec.Rate == 0, Kind: k,
 				NsPerRun: math.NaN(), NsPerDrop: math.NaN(), CPUPercent: math.NaN(),
 				CPUPer100k: math.NaN(), RSSMiB: math.NaN(), Capture: math.NaN(), CaptureMin: math.NaN(), Header: math.NaN(), Streamed: math.NaN(),
-				RatioMin: math.NaN(), RatioMax: math.NaN(), Ratio: math.NaN(), SenderRatio: math.NaN()}
+				RatioMin: math.NaN(), RatioMax: math.NaN(), Ratio: math.NaN(), SenderRatio: math.NaN(),
+				Steady: p.Steady(), NsPerFlow: math.NaN(), RunsPerFlow: math.NaN(), InsertCapture: math.NaN()}
 			var pps, ratio, sender, senderUs, nsRun, nsDrop, cpu, cpuPct, rss, capt, hdr, streamed, lost []float64
+			var nsFlow, runsFlow, inserts []float64
 			for _, s := range samples {
 				if s.Sweep != p.Sweep || s.Point != p.Label || s.Kind != k {
 					continue
@@ -97,6 +105,15 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 				}
 				if s.CPUDrops > 0 {
 					cpu = append(cpu, float64(s.TracerCPU.Milliseconds())*1e5/float64(s.CPUDrops))
+				} else if s.CPUFlows > 0 {
+					cpu = append(cpu, float64(s.TracerCPU.Milliseconds())*1e5/float64(s.CPUFlows))
+				}
+				if s.StatsFlows > 0 {
+					nsFlow = append(nsFlow, float64(s.BPFRunTimeNs)/float64(s.StatsFlows))
+					runsFlow = append(runsFlow, float64(s.BPFRunCnt)/float64(s.StatsFlows))
+				}
+				if s.Flows > 0 && s.Inserts >= 0 {
+					inserts = append(inserts, float64(s.Inserts)/float64(s.Flows))
 				}
 				if s.CPUWindow > 0 {
 					cpuPct = append(cpuPct, 100*float64(s.TracerCPU)/float64(s.CPUWindow))
@@ -117,6 +134,7 @@ func Aggregate(samples []Sample, points []Point, kinds []Kind) []Row {
 			r.Ratio, r.SenderRatio = median(ratio), median(sender)
 			r.NsPerRun, r.NsPerDrop, r.CPUPer100k, r.RSSMiB = median(nsRun), median(nsDrop), median(cpu), median(rss)
 			r.CPUPercent = median(cpuPct)
+			r.NsPerFlow, r.RunsPerFlow, r.InsertCapture = median(nsFlow), median(runsFlow), median(inserts)
 			r.Capture, r.Header, r.Streamed, r.Lost = median(capt), median(hdr), median(streamed), median(lost)
 			if len(capt) > 0 {
 				r.CaptureMin = slices.Min(capt)
@@ -143,13 +161,64 @@ func median(v []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-// Markdown writes the rows as one table.
+// Markdown writes the rows as tables: refused flows, then the steady
+// state (if any).
 func Markdown(w io.Writer, header string, rows []Row) {
 	fmt.Fprintln(w, header)
+	var refused, steady []Row
+	for _, r := range rows {
+		if r.Steady {
+			steady = append(steady, r)
+		} else {
+			refused = append(refused, r)
+		}
+	}
+	var notes []string
+	if len(refused) > 0 {
+		fmt.Fprintln(w)
+		notes = refusedTable(w, refused, notes)
+	}
+	if len(steady) > 0 {
+		fmt.Fprintln(w)
+		notes = steadyTable(w, steady, notes)
+	}
+	for i, n := range notes {
+		fmt.Fprintf(w, "\n[%d] %s", i+1, n)
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+	}
+}
+
+// steadyTable writes the steady-state rows: new flows admitted into a
+// table far from full.
+func steadyTable(w io.Writer, rows []Row, notes []string) []string {
+	fmt.Fprintln(w, "Steady state: every flow new and admitted, the table flushed before each flood.")
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| flood | tracer | new flows/s | vs untraced (range) | sender CPU/pkt vs untraced | BPF ns/run | BPF runs/flow | BPF ns/flow | tracer CPU ms/100k flows | tracer CPU % | peak RSS MiB | inserts counted / flows |")
+	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, r := range rows {
+		mark := ""
+		for _, n := range r.Notes {
+			notes = append(notes, n)
+			mark += fmt.Sprintf(" [%d]", len(notes))
+		}
+		ratio := num(r.Ratio, "%.2f")
+		if !math.IsNaN(r.RatioMin) && r.RatioMax-r.RatioMin >= 0.005 {
+			ratio += fmt.Sprintf(" (%.2f–%.2f)", r.RatioMin, r.RatioMax)
+		}
+		fmt.Fprintf(w, "| %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.Point, r.Kind.Describe(), mark, num(r.PPS, "%.0f"), ratio, num(r.SenderRatio, "%.2f"),
+			num(r.NsPerRun, "%.0f"), num(r.RunsPerFlow, "%.2f"), num(r.NsPerFlow, "%.0f"), num(r.CPUPer100k, "%.0f"),
+			num(r.CPUPercent, "%.1f"), num(r.RSSMiB, "%.1f"), num(r.InsertCapture, "%.3f"))
+	}
+	return notes
+}
+
+// refusedTable writes the refused-flow rows.
+func refusedTable(w io.Writer, rows []Row, notes []string) []string {
 	fmt.Fprintln(w, "| sweep | flood | tracer | flood pps | vs untraced (range) | sender CPU/pkt vs untraced | BPF ns/run | BPF ns/drop | tracer CPU ms/100k drops | tracer CPU % | peak RSS MiB | capture | lost/run |")
 	fmt.Fprintln(w, "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	var notes []string
 	for _, r := range rows {
 		capture := num(r.Capture, "%.3f")
 		if !math.IsNaN(r.CaptureMin) && r.CaptureMin < r.Capture-0.0005 {
@@ -179,12 +248,7 @@ func Markdown(w io.Writer, header string, rows []Row) {
 			num(r.NsPerRun, "%.0f"), num(r.NsPerDrop, "%.0f"), num(r.CPUPer100k, "%.0f"), num(r.CPUPercent, "%.1f"),
 			num(r.RSSMiB, "%.1f"), capture, lost)
 	}
-	for i, n := range notes {
-		fmt.Fprintf(w, "\n[%d] %s", i+1, n)
-	}
-	if len(notes) > 0 {
-		fmt.Fprintln(w)
-	}
+	return notes
 }
 
 func num(v float64, f string) string {
@@ -225,7 +289,7 @@ func Chart(path, title string, rows []Row, kinds []Kind) error {
 		log bool
 	}{
 		{"drop rate (thousand refused flows/s)", func(r Row) bool { return r.Sweep == "rate" }, func(r Row) float64 { return rateX[r.Point] }, false},
-		{"distinct sources (at the maximum rate)", func(r Row) bool { return r.MaxRate }, func(r Row) float64 { return float64(r.Distinct) }, true},
+		{"distinct sources (at the maximum rate)", func(r Row) bool { return r.MaxRate && !r.Steady }, func(r Row) float64 { return float64(r.Distinct) }, true},
 	}
 	colors := []color.Color{
 		color.RGBA{0x4d, 0x4d, 0x4d, 255}, color.RGBA{0x1f, 0x77, 0xb4, 255}, color.RGBA{0xff, 0x7f, 0x0e, 255},

@@ -17,6 +17,14 @@ type Point struct {
 	Spec  ctlab.FloodSpec
 }
 
+// Steady says whether the point is a steady-state flood: new flows
+// admitted into a table far from full (flushed before each flood), rather
+// than refused by a full one.
+func (p Point) Steady() bool { return p.Sweep == SteadySweep }
+
+// SteadySweep is the Sweep of steady-state points.
+const SteadySweep = "steady"
+
 // Distinct is the number of distinct source addresses the flood uses.
 func (p Point) Distinct() int {
 	if p.Spec.Random && p.Spec.Sources == 0 {
@@ -46,6 +54,7 @@ type Sample struct {
 	// The flood measured with statistics off.
 	Packets   int           `json:"packets"`
 	Refused   int           `json:"refused"`
+	Admitted  int           `json:"admitted,omitempty"` // steady state: flows admitted
 	Elapsed   time.Duration `json:"elapsed_ns"`
 	PPS       float64       `json:"pps"`
 	SenderCPU time.Duration `json:"sender_cpu_ns"` // this process's CPU during that flood
@@ -59,26 +68,35 @@ type Sample struct {
 	BPFRunTimeNs uint64 `json:"bpf_run_time_ns"`
 	BPFRunCnt    uint64 `json:"bpf_run_cnt"`
 	StatsDrops   int64  `json:"stats_drops"`
+	StatsFlows   int64  `json:"stats_flows,omitempty"` // steady state: flows admitted
 	Programs     int    `json:"programs"`
 
 	// The tracer over both floods.
 	TracerCPU   time.Duration `json:"tracer_cpu_ns"`
-	CPUWindow   time.Duration `json:"cpu_window_ns"` // wall time TracerCPU was measured over
-	CPUDrops    int64         `json:"cpu_drops"`     // kernel drops in the tracer-CPU window
+	CPUWindow   time.Duration `json:"cpu_window_ns"`       // wall time TracerCPU was measured over
+	CPUDrops    int64         `json:"cpu_drops"`           // kernel drops in the tracer-CPU window
+	CPUFlows    int64         `json:"cpu_flows,omitempty"` // steady state: flows admitted in that window
 	PeakRSS     int64         `json:"peak_rss"`
 	KernelDrops int64         `json:"kernel_drops"` // namespace drop delta over the tracer's life
 	Reported    int64         `json:"reported"`
 	Header      int64         `json:"header"`   // top-sources namespace line; -1 otherwise
 	Streamed    int64         `json:"streamed"` // drops: of Reported, streamed one by one; -1 otherwise
 	Lost        int64         `json:"lost"`
-	Backend     string        `json:"backend,omitempty"`
-	Note        string        `json:"note,omitempty"`
+	// Steady state: flows admitted over the tracer's life, and the inserts
+	// top-sources counted (-1 for the others; 0 where the backend cannot
+	// see inserts).
+	Flows   int64  `json:"flows,omitempty"`
+	Inserts int64  `json:"inserts,omitempty"`
+	Backend string `json:"backend,omitempty"`
+	Note    string `json:"note,omitempty"`
 }
 
 // Run alternates the tracers over the points, round after round (the
-// tracers' order rotates by one each round), in lab, whose table must be
-// held full so that every packet is refused. It returns every sample taken
-// until ctx is cancelled or a step fails.
+// tracers' order rotates by one each round), in lab. For refused-flow points
+// its table must be held full so that every packet is refused; for steady
+// points (all of them or none) it must hold nothing and have room for every
+// flood's flows, and it is flushed before each flood. It returns every
+// sample taken until ctx is cancelled or a step fails.
 func Run(ctx context.Context, lab *ctlab.Lab, env Env, opt Options) ([]Sample, error) {
 	var samples []Sample
 	total := opt.Rounds * len(opt.Points) * len(opt.Kinds)
@@ -101,7 +119,12 @@ func Run(ctx context.Context, lab *ctlab.Lab, env Env, opt Options) ([]Sample, e
 					done := len(samples)
 					eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(total-done))
 					seen := fmt.Sprintf("reported %d of %d drops, lost %d", s.Reported, s.KernelDrops, s.Lost)
-					if k == Untraced {
+					switch {
+					case p.Steady() && k.Base() == TopSources:
+						seen = fmt.Sprintf("%d flows admitted, %d inserts counted", s.Flows, s.Inserts)
+					case p.Steady():
+						seen = fmt.Sprintf("%d flows admitted", s.Admitted)
+					case k == Untraced:
 						seen = fmt.Sprintf("%d drops", s.KernelDrops)
 					}
 					fmt.Fprintf(opt.Log, "bench: [%d/%d, ~%v left] round %d %-7s %-16s %-20s %8.0f pps  %s%s\n",
@@ -140,7 +163,17 @@ func sanitize(s string) string {
 // measure runs one tracer at one point: start it, flood with BPF statistics
 // on (BPF time per run), flood with them off (the rate), stop it.
 func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point, k Kind, tag string) (s Sample, err error) {
-	s.Header, s.Streamed = -1, -1
+	s.Header, s.Streamed, s.Inserts = -1, -1, -1
+	// Steady state: every flood starts from an empty table.
+	flush := func() error {
+		if !p.Steady() {
+			return nil
+		}
+		return lab.Flush(30 * time.Second)
+	}
+	if err := flush(); err != nil {
+		return s, err
+	}
 	// As fast as possible, the machine's own rate drifts by ±10 % over
 	// seconds: an untraced reference flood just before the tracer starts
 	// gives the ratio a denominator from the same moment.
@@ -152,6 +185,9 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 		}
 		s.RefSenderCPU = SelfCPU() - c0
 		s.RefPPS = float64(ref.Sent+ref.Refused) / ref.Elapsed.Seconds()
+		if err := flush(); err != nil {
+			return s, err
+		}
 	}
 	s0, err := settled(ctx, lab)
 	if err != nil {
@@ -195,8 +231,9 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 			on.Close()
 			return s, err
 		}
-		_, ferr := lab.Flood(stats)
+		sres, ferr := lab.Flood(stats)
 		end := time.Now()
+		s.StatsFlows = int64(sres.Sent)
 		after, err := BPFToolStats(t.Progs)
 		on.Close()
 		if err := errors.Join(ferr, err); err != nil {
@@ -214,6 +251,17 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 			}
 			s.Note = joinNote(s.Note, err.Error())
 		}
+		if p.Steady() {
+			// The flush's deletes are not the flood's work: the tracer's
+			// CPU is measured over the rate flood only.
+			if err := flush(); err != nil {
+				return s, err
+			}
+			window = time.Now()
+			if cpu0, err = ProcCPU(t.PID()); err != nil {
+				return s, err
+			}
+		}
 	}
 
 	// Statistics off: the flood's rate.
@@ -226,7 +274,14 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 	}
 	s.Packets, s.Refused, s.Elapsed = p.Spec.Packets, res.Refused, res.Elapsed
 	s.PPS = float64(res.Sent+res.Refused) / res.Elapsed.Seconds()
-	if res.Refused != p.Spec.Packets {
+	switch {
+	case p.Steady():
+		s.Admitted = res.Sent
+		s.Flows = s.StatsFlows + int64(res.Sent)
+		if res.Sent != p.Spec.Packets {
+			s.Note = joinNote(s.Note, fmt.Sprintf("only %d of %d flows admitted: table full?", res.Sent, p.Spec.Packets))
+		}
+	case res.Refused != p.Spec.Packets:
 		s.Note = joinNote(s.Note, fmt.Sprintf("only %d of %d refused: table not full?", res.Refused, p.Spec.Packets))
 	}
 	s1, err := settled(ctx, lab)
@@ -245,6 +300,9 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 			return s, err
 		}
 		s.TracerCPU, s.CPUDrops, s.CPUWindow = cpu1-cpu0, s1.Drop-s0.Drop, time.Since(window)
+		if p.Steady() {
+			s.CPUFlows = int64(res.Sent)
+		}
 		if s.PeakRSS, err = PeakRSS(t.PID()); err != nil {
 			return s, err
 		}
@@ -255,6 +313,9 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 			return s, err
 		}
 		s.Reported, s.Lost, s.Header, s.Streamed = o.Reported, o.Lost, o.Header, o.Streamed
+		if p.Steady() && k.Base() == TopSources {
+			s.Inserts = o.Inserts
+		}
 	}
 	s2, err := settled(ctx, lab)
 	if err != nil {

@@ -48,8 +48,40 @@ func (k Kind) Base() Kind {
 	return Kind(b)
 }
 
+// Backend is the backend a cttrace tracer is forced to ("" for auto).
+func (k Kind) Backend() string {
+	_, b, _ := strings.Cut(string(k), ":")
+	return b
+}
+
+// WithBackend is k forced to backend (k itself for tracers other than
+// cttrace's, or an empty backend).
+func (k Kind) WithBackend(backend string) Kind {
+	if backend == "" || !k.Base().IsCttrace() {
+		return k
+	}
+	return Kind(string(k.Base()) + ":" + backend)
+}
+
+// IsCttrace says whether k runs cttrace.
+func (k Kind) IsCttrace() bool {
+	switch k.Base() {
+	case TopSources, DropsFile, DropsNull, DropsFileAll:
+		return true
+	}
+	return false
+}
+
 // Describe is the tracer's row label.
 func (k Kind) Describe() string {
+	d := k.Base().describe()
+	if b := k.Backend(); b != "" {
+		d += " --backend " + b
+	}
+	return d
+}
+
+func (k Kind) describe() string {
 	switch k {
 	case Untraced:
 		return "nothing attached"
@@ -112,6 +144,7 @@ type Outcome struct {
 	Lost     int64 // events it says it lost
 	Header   int64 // top-sources: the namespace line's drops (-1 otherwise)
 	Streamed int64 // drops: of Reported, those streamed one by one (-1 when unknown)
+	Inserts  int64 // top-sources: inserts of its last snapshot's rows and other (-1 otherwise)
 }
 
 // Start starts a tracer and returns once it is attached (cttrace's
@@ -126,7 +159,7 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 	t.out, t.errPath, t.ready = base+".out", base+".err", base+".ready"
 	os.Remove(t.ready)
 	var args []string
-	switch k {
+	switch k.Base() {
 	case FloorProg:
 		args = []string{env.Floor, "-ready-file", t.ready}
 	case BPFTraceCount:
@@ -137,14 +170,17 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 		args = []string{env.Cttrace, "top-sources", "-o", "json", "--netns", env.Netns, "--ready-file", t.ready}
 	case DropsFile, DropsNull, DropsFileAll:
 		args = []string{env.Cttrace, "drops", "-o", "json", "--netns", env.Netns, "--ready-file", t.ready}
-		if k == DropsNull {
+		if k.Base() == DropsNull {
 			t.out = ""
 		}
-		if k == DropsFileAll && env.StreamLimit {
+		if k.Base() == DropsFileAll && env.StreamLimit {
 			args = append(args, "--stream-limit", "0")
 		}
 	default:
 		return nil, fmt.Errorf("unknown tracer %q", k)
+	}
+	if b := k.Backend(); b != "" {
+		args = append(args, "--backend", b)
 	}
 	t.cmd = exec.Command(args[0], args[1:]...)
 	// Its own process group: a Ctrl-C at the terminal reaches the harness,
@@ -174,7 +210,7 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 	}()
 
 	isReady := func() bool {
-		if k == BPFTraceCount || k == BPFTracePerSource {
+		if k.Base() == BPFTraceCount || k.Base() == BPFTracePerSource {
 			b, _ := os.ReadFile(t.out)
 			return bytes.Contains(b, []byte(`"data": "ready\n"`)) || bytes.Contains(b, []byte(`"data":"ready\n"`))
 		}
@@ -265,7 +301,7 @@ func (t *Tracer) Drain(ctx context.Context, expected int64, floodEnd time.Time, 
 			return ctx.Err()
 		default:
 		}
-		switch t.Kind {
+		switch t.Kind.Base() {
 		case DropsFile, DropsFileAll:
 			if err := t.scanDrops(); err != nil {
 				return err
@@ -383,10 +419,12 @@ type topSnapshot struct {
 		Drops int64  `json:"drops"`
 	} `json:"namespaces"`
 	Rows []struct {
-		Drops int64 `json:"drops"`
+		Drops   int64 `json:"drops"`
+		Inserts int64 `json:"inserts"`
 	} `json:"rows"`
 	Other struct {
-		Drops int64 `json:"drops"`
+		Drops   int64 `json:"drops"`
+		Inserts int64 `json:"inserts"`
 	} `json:"other"`
 }
 
@@ -413,7 +451,7 @@ func lastSnapshot(path string) (*topSnapshot, error) {
 // Stop interrupts the tracer (SIGINT, as Ctrl-C would), waits for it
 // (SIGKILL after 30 s) and reads what it reported.
 func (t *Tracer) Stop() (Outcome, error) {
-	o := Outcome{Header: -1, Streamed: -1}
+	o := Outcome{Header: -1, Streamed: -1, Inserts: -1}
 	if t == nil {
 		return o, nil
 	}
@@ -431,7 +469,7 @@ func (t *Tracer) Stop() (Outcome, error) {
 	if t.waitErr != nil {
 		return o, fmt.Errorf("%s: %v: %s", t.Kind, t.waitErr, tail(t.errPath))
 	}
-	switch t.Kind {
+	switch t.Kind.Base() {
 	case FloorProg:
 		var r struct{ Drops int64 }
 		b, err := os.ReadFile(t.out)
@@ -456,9 +494,10 @@ func (t *Tracer) Stop() (Outcome, error) {
 		if s == nil {
 			return o, errors.New("top-sources wrote no snapshot")
 		}
-		o.Reported = s.Other.Drops
+		o.Reported, o.Inserts = s.Other.Drops, s.Other.Inserts
 		for _, r := range s.Rows {
 			o.Reported += r.Drops
+			o.Inserts += r.Inserts
 		}
 		o.Lost = s.Lost
 		o.Header = 0
