@@ -822,23 +822,20 @@ static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_bu
 {
 	unsigned char *head = skb->head;
 	__u16 nh = skb->network_header;
+	struct iphdr ip;
 	__u32 l4off;
-	__u8 ver;
 
-	if (bpf_probe_read_kernel(&ver, 1, head + nh))
+	/* The IPv4 header's size is read at once: its version says whether it
+	 * is one (one helper call for IPv4), or the start of an IPv6 header. */
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
 		return -1;
-	ver >>= 4;
-	if (ver == 4) {
-		struct iphdr ip;
-
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
-			return -1;
+	if (ip.version == 4) {
 		t->family = NFPROTO_IPV4;
 		t->proto = ip.protocol;
 		__builtin_memcpy(t->saddr, &ip.saddr, 4);
 		__builtin_memcpy(t->daddr, &ip.daddr, 4);
 		l4off = nh + ip.ihl * 4;
-	} else if (ver == 6) {
+	} else if (ip.version == 6) {
 		struct ipv6hdr ip6;
 
 		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
