@@ -24,7 +24,10 @@ func dropsCommand() *cli.Command {
 		Usage: "print every packet conntrack refuses and every entry it evicts, live, with the reason",
 		Description: "Streams table_full, alloc_failed, early_drop and insert_failed events as they\n" +
 			"happen (insert, delete and clash_resolved with --reason). Text by default;\n" +
-			"--output json writes NDJSON (docs/drops.md). Ctrl-C prints a summary on stderr.",
+			"--output json writes NDJSON (docs/drops.md). Under a flood, past --stream-limit\n" +
+			"events a second, the rest are counted per source in the kernel and printed as\n" +
+			"aggregates once a second: every drop is printed, aggregated or reported lost.\n" +
+			"Ctrl-C prints a summary on stderr.",
 		Flags: append(traceFlags(),
 			outputFlag(),
 			&cli.StringSliceFlag{Name: "reason", Usage: "only these reasons (repeatable or comma-separated): " + reasonNames()},
