@@ -70,6 +70,8 @@ var CompareMetrics = []CompareMetric{
 	{"tracer CPU ms/100k drops", "%.0f", func(r Row) float64 { return r.CPUPer100k }},
 	{"peak RSS MiB", "%.1f", func(r Row) float64 { return r.RSSMiB }},
 	{"capture", "%.3f", func(r Row) float64 { return r.Capture }},
+	{"of which streamed one by one", "%.3f", func(r Row) float64 { return r.Streamed }},
+	{"header / kernel drops", "%.3f", func(r Row) float64 { return r.Header }},
 	{"lost/run", "%.0f", func(r Row) float64 { return r.Lost }},
 }
 
@@ -105,7 +107,9 @@ func Compare(w io.Writer, before, after []Sample, labels []string) {
 		}
 		fmt.Fprintf(w, "\n| --- |%s\n", strings.Repeat(" ---: |", len(labels)))
 		for _, m := range CompareMetrics {
-			fmt.Fprintf(w, "| %s |", m.Name)
+			var line strings.Builder
+			fmt.Fprintf(&line, "| %s |", m.Name)
+			have := false
 			for _, l := range labels {
 				b, okb := find(brows, l, k)
 				a, oka := find(arows, l, k)
@@ -116,13 +120,16 @@ func Compare(w io.Writer, before, after []Sample, labels []string) {
 				if oka {
 					av = m.Value(a)
 				}
+				have = have || !math.IsNaN(bv) || !math.IsNaN(av)
 				cell := num(bv, m.Format) + " → " + num(av, m.Format)
 				if m.Name == "flood rate vs untraced" {
 					cell = ratioCell(b, okb) + " → " + ratioCell(a, oka)
 				}
-				fmt.Fprintf(w, " %s |", cell)
+				fmt.Fprintf(&line, " %s |", cell)
 			}
-			fmt.Fprintln(w)
+			if have { // a metric the tracer has (streamed: drops; header: top-sources)
+				fmt.Fprintln(w, line.String())
+			}
 		}
 	}
 	// The untraced rates, for scale.
