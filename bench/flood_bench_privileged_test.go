@@ -45,6 +45,9 @@ func TestFloodBench(t *testing.T) {
 	if label := os.Getenv("CTTRACE_VM_KERNEL"); label != "" && cfg.out != "" {
 		out = filepath.Join(out, "vm-"+label) // one folder per guest kernel
 	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	raw := filepath.Join(out, "raw")
 	if cfg.raw != "" {
 		// Tracers' outputs on a faster file system (the VM's results share
@@ -175,10 +178,18 @@ func TestFloodBench(t *testing.T) {
 	}
 
 	backend := cttraceBackend(env.Cttrace)
-	for _, s := range samples {
-		if s.Backend != "" && s.Kind != FloorProg {
-			backend = s.Backend
-			break
+	forced := false
+	for _, k := range kinds {
+		forced = forced || k.Backend() != ""
+	}
+	if forced {
+		backend = fmt.Sprintf("%s when auto (rows with --backend force theirs)", backend)
+	} else {
+		for _, s := range samples {
+			if s.Backend != "" && s.Kind.IsCttrace() {
+				backend = s.Backend
+				break
+			}
 		}
 	}
 	uname := unameRelease()

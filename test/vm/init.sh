@@ -101,6 +101,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results /results ||
 	die "cannot mount the results share"
 echo "$release" >/results/release
 : >/results/booted
+# shellcheck source=/dev/null
+. /results/config
 
 load_list 2
 cp /modules.txt /results/modules.txt
@@ -158,6 +160,14 @@ while read -r pkgdir bin; do
 		fi
 	done
 done </results/manifest
+
+# VM_OUT_DIR: a writable host directory, at the same path inside the chroot (after the
+# tmpfs mounts above, so that it is not hidden by one of them).
+if [ -n "${VM_OUT_DIR:-}" ]; then
+	if ! { mkdir -p "$H$VM_OUT_DIR" && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$H$VM_OUT_DIR"; }; then
+		die "cannot mount the output share at $VM_OUT_DIR"
+	fi
+fi
 
 ip link set lo up || log "warning: cannot bring lo up"
 hostname cttrace-vm

@@ -33,6 +33,9 @@ VM_SMP=${VM_SMP:-2}
 # kprobes patches code too.
 VM_ACCEL=${VM_ACCEL:-tcg,thread=single}
 VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-8m}
+# A host directory the guest may write, mounted at the same path inside the chroot (empty:
+# none). The bench writes its results there (make bench-vm).
+VM_OUT_DIR=${VM_OUT_DIR:-}
 CACHE=${CTTRACE_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cttrace/vm}
 export PATH=$PATH:/usr/sbin:/sbin
 
@@ -74,6 +77,10 @@ manifest=$1
 for v in VM_TIMEOUT VM_MEM VM_SMP; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
+if [[ -n $VM_OUT_DIR ]]; then
+	[[ $VM_OUT_DIR == /* && $VM_OUT_DIR != *[[:space:]]* && -d $VM_OUT_DIR && -w $VM_OUT_DIR ]] ||
+		die "VM_OUT_DIR must be an absolute path (no spaces) to a writable directory, not '$VM_OUT_DIR'"
+fi
 
 missing=()
 for t in qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod modprobe:kmod xz:xz-utils \
@@ -325,9 +332,14 @@ run_kernel() {
 	{
 		echo "VM_LABEL=$(squote "$label")"
 		echo "VM_TEST_TIMEOUT=$(squote "$VM_TEST_TIMEOUT")"
+		echo "VM_OUT_DIR=$(squote "$VM_OUT_DIR")"
 	} >"$share/config"
+	out_share=()
+	if [[ -n $VM_OUT_DIR ]]; then
+		out_share=(-virtfs "local,path=$VM_OUT_DIR,mount_tag=out,security_model=none")
+	fi
 	while IFS= read -r n; do
-		[[ $n == CTTRACE_* && $n != CTTRACE_TESTBED && $n != CTTRACE_VM_KERNEL ]] || continue
+		[[ ($n == CTTRACE_* || $n == BENCH_*) && $n != CTTRACE_TESTBED && $n != CTTRACE_VM_KERNEL ]] || continue
 		printf '%s=%s\nexport %s\n' "$n" "$(squote "${!n}")" "$n"
 	done < <(compgen -e) >"$share/env.sh"
 
@@ -341,6 +353,7 @@ run_kernel() {
 		-append "console=ttyS0 quiet loglevel=3 panic=-1" \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
 		-virtfs "local,path=$share,mount_tag=results,security_model=none" \
+		"${out_share[@]}" \
 		</dev/null >"$run/qemu.log" 2>&1 &
 	qemu_pid=$!
 	wait "$qemu_pid" || rc=$?
