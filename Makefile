@@ -109,6 +109,8 @@ bench:
 	@$(MAKE) --no-print-directory bench-micro
 	@$(MAKE) --no-print-directory bench-flood
 
+# The Go micro-benchmarks of every package; bench's BPFHelper ones (per-helper
+# costs with BPF_PROG_TEST_RUN) need root and skip without it.
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
