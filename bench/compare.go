@@ -142,6 +142,8 @@ func Compare(w io.Writer, before, after []Sample, labels []string) {
 	fmt.Fprintln(w)
 }
 
+// ratioCell is the median ratio to untraced, with the rounds' range when
+// they differ; "–" when the row is missing (!ok).
 func ratioCell(r Row, ok bool) string {
 	if !ok {
 		return "–"

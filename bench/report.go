@@ -198,21 +198,26 @@ func steadyTable(w io.Writer, rows []Row, notes []string) []string {
 	fmt.Fprintln(w, "| flood | tracer | new flows/s | vs untraced (range) | sender CPU/pkt vs untraced | BPF ns/run | BPF runs/flow | BPF ns/flow | tracer CPU ms/100k flows | tracer CPU % | peak RSS MiB | inserts counted / flows |")
 	fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, r := range rows {
-		mark := ""
-		for _, n := range r.Notes {
-			notes = append(notes, n)
-			mark += fmt.Sprintf(" [%d]", len(notes))
-		}
-		ratio := num(r.Ratio, "%.2f")
-		if !math.IsNaN(r.RatioMin) && r.RatioMax-r.RatioMin >= 0.005 {
-			ratio += fmt.Sprintf(" (%.2f–%.2f)", r.RatioMin, r.RatioMax)
-		}
+		var mark string
+		notes, mark = footnotes(notes, r.Notes)
+		ratio := ratioCell(r, true)
 		fmt.Fprintf(w, "| %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Point, r.Kind.Describe(), mark, num(r.PPS, "%.0f"), ratio, num(r.SenderRatio, "%.2f"),
 			num(r.NsPerRun, "%.0f"), num(r.RunsPerFlow, "%.2f"), num(r.NsPerFlow, "%.0f"), num(r.CPUPer100k, "%.0f"),
 			num(r.CPUPercent, "%.1f"), num(r.RSSMiB, "%.1f"), num(r.InsertCapture, "%.3f"))
 	}
 	return notes
+}
+
+// footnotes appends a row's notes to the table's and returns the marks
+// ([1] [2]...) that point to them.
+func footnotes(notes, rowNotes []string) ([]string, string) {
+	mark := ""
+	for _, n := range rowNotes {
+		notes = append(notes, n)
+		mark += fmt.Sprintf(" [%d]", len(notes))
+	}
+	return notes, mark
 }
 
 // refusedTable writes the refused-flow rows.
@@ -234,15 +239,9 @@ func refusedTable(w io.Writer, rows []Row, notes []string) []string {
 		if r.Kind == Untraced {
 			capture, lost = "–", "–"
 		}
-		mark := ""
-		for _, n := range r.Notes {
-			notes = append(notes, n)
-			mark += fmt.Sprintf(" [%d]", len(notes))
-		}
-		ratio := num(r.Ratio, "%.2f")
-		if !math.IsNaN(r.RatioMin) && r.RatioMax-r.RatioMin >= 0.005 {
-			ratio += fmt.Sprintf(" (%.2f–%.2f)", r.RatioMin, r.RatioMax)
-		}
+		var mark string
+		notes, mark = footnotes(notes, r.Notes)
+		ratio := ratioCell(r, true)
 		fmt.Fprintf(w, "| %s | %s | %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Sweep, r.Point, r.Kind.Describe(), mark, num(r.PPS, "%.0f"), ratio, num(r.SenderRatio, "%.2f"),
 			num(r.NsPerRun, "%.0f"), num(r.NsPerDrop, "%.0f"), num(r.CPUPer100k, "%.0f"), num(r.CPUPercent, "%.1f"),

@@ -178,13 +178,8 @@ func (p *Probe) admission(at SampledMap) (Admission, error) {
 	return a, nil
 }
 
-// SourceAdmission reads the sources map's admission counters.
-func (p *Probe) SourceAdmission() (Admission, error) { return p.admission(SourcesMap) }
-
-// SetAdmitShift makes the kernel admit a source the sources map does not
-// hold with probability 2^-shift (sample and hold, bpf/cttrace.bpf.c).
-func (p *Probe) SetAdmitShift(shift uint32) error { return p.setShift(SourcesMap, shift) }
-
+// setShift makes the kernel admit a key the map does not hold with
+// probability 2^-shift (sample and hold, bpf/cttrace.bpf.c).
 func (p *Probe) setShift(at SampledMap, shift uint32) error {
 	if err := p.coll.Variables[at.shiftVar].Set(shift); err != nil {
 		return fmt.Errorf("set %s sampling: %w", at.mapName, err)
