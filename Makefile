@@ -146,7 +146,7 @@ bench-flood:
 # BENCH_OUT/vm-<kernel>/ (default build/bench/vm-<timestamp>). Root.
 VM_BENCH_SWEEPS   := max,steady
 VM_BENCH_POINTS   := max, 1k sources;new flows, 1k sources
-VM_BENCH_TRACERS  := top-sources,drops-file
+VM_BENCH_TRACERS  := hook-floor,top-sources,drops-file
 VM_BENCH_BACKENDS := fentry,kprobe
 bench-vm:
 	@[ "$$(id -u)" = 0 ] || { echo "bench-vm: run as root"; exit 1; }

@@ -308,7 +308,7 @@ func loadConfig(t *testing.T) config {
 		}
 		var kinds []Kind
 		for _, k := range c.kinds {
-			if !k.IsCttrace() {
+			if !k.TakesBackend() {
 				kinds = append(kinds, k)
 				continue
 			}
@@ -516,16 +516,16 @@ func lockBusy() (bool, error) {
 	return false, unix.Flock(int(f.Fd()), unix.LOCK_UN)
 }
 
-// steadyKinds are the tracers of the steady state: nothing attached and
+// steadyKinds are the tracers of the steady state: nothing attached,
 // cttrace's commands (with nothing dropped, drops to a file or to
 // /dev/null, all or bounded, are the same: the first one selected stands
-// for them). The others count drops only.
+// for them) and the per-flow floor. The others hook only drops.
 func steadyKinds(kinds []Kind) []Kind {
 	var out []Kind
 	drops := map[string]bool{} // by backend
 	for _, k := range kinds {
 		switch k.Base() {
-		case Untraced, TopSources:
+		case Untraced, TopSources, FlowFloor:
 			out = append(out, k)
 		case DropsFile, DropsNull, DropsFileAll:
 			if !drops[k.Backend()] {

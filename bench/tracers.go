@@ -33,13 +33,17 @@ const (
 	// DropsFileAll is drops to a file with --stream-limit 0: every event
 	// streamed one by one (not in the default set).
 	DropsFileAll Kind = "drops-file-all"
+	// FlowFloor is the per-flow floor of the fentry and kprobe backends
+	// (HookFloor), given one with BENCH_BACKENDS (not in the default
+	// set: this machine's kernel has neither).
+	FlowFloor Kind = "hook-floor"
 )
 
 // AllKinds in the order the tables list them.
 var AllKinds = []Kind{Untraced, FloorProg, BPFTraceCount, BPFTracePerSource, TopSources, DropsFile, DropsNull}
 
 // KnownKinds are AllKinds and those BENCH_TRACERS may add.
-var KnownKinds = append(AllKinds[:len(AllKinds):len(AllKinds)], DropsFileAll)
+var KnownKinds = append(AllKinds[:len(AllKinds):len(AllKinds)], DropsFileAll, FlowFloor)
 
 // Base is the tracer without a backend suffix ("top-sources:fentry" is
 // top-sources with --backend fentry).
@@ -54,13 +58,18 @@ func (k Kind) Backend() string {
 	return b
 }
 
-// WithBackend is k forced to backend (k itself for tracers other than
-// cttrace's, or an empty backend).
+// WithBackend is k forced to backend (k itself for tracers that have no
+// backends, or an empty backend).
 func (k Kind) WithBackend(backend string) Kind {
-	if backend == "" || !k.Base().IsCttrace() {
+	if backend == "" || !k.TakesBackend() {
 		return k
 	}
 	return Kind(string(k.Base()) + ":" + backend)
+}
+
+// TakesBackend says whether k runs once per backend of BENCH_BACKENDS.
+func (k Kind) TakesBackend() bool {
+	return k.IsCttrace() || k.Base() == FlowFloor
 }
 
 // IsCttrace says whether k runs cttrace.
@@ -87,6 +96,8 @@ func (k Kind) describe() string {
 		return "nothing attached"
 	case FloorProg:
 		return "floor: count-only tp_btf/kfree_skb"
+	case FlowFloor:
+		return "floor: empty per-flow hooks"
 	case BPFTraceCount:
 		return "bpftrace count.bt"
 	case BPFTracePerSource:
@@ -162,6 +173,11 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 	switch k.Base() {
 	case FloorProg:
 		args = []string{env.Floor, "-ready-file", t.ready}
+	case FlowFloor:
+		if k.Backend() != "fentry" && k.Backend() != "kprobe" {
+			return nil, fmt.Errorf("%s needs BENCH_BACKENDS fentry or kprobe", k)
+		}
+		args = []string{env.Floor, "-ready-file", t.ready, "-hooks", k.Backend()}
 	case BPFTraceCount:
 		args = []string{env.BPFTrace, "-f", "json", filepath.Join(env.ScriptDir, "count.bt"), strconv.Itoa(int(env.Reason))}
 	case BPFTracePerSource:
@@ -179,7 +195,7 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 	default:
 		return nil, fmt.Errorf("unknown tracer %q", k)
 	}
-	if b := k.Backend(); b != "" {
+	if b := k.Backend(); b != "" && k.IsCttrace() {
 		args = append(args, "--backend", b)
 	}
 	t.cmd = exec.Command(args[0], args[1:]...)
@@ -470,7 +486,7 @@ func (t *Tracer) Stop() (Outcome, error) {
 		return o, fmt.Errorf("%s: %v: %s", t.Kind, t.waitErr, tail(t.errPath))
 	}
 	switch t.Kind.Base() {
-	case FloorProg:
+	case FloorProg, FlowFloor:
 		var r struct{ Drops int64 }
 		b, err := os.ReadFile(t.out)
 		if err == nil {

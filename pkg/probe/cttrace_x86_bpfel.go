@@ -112,6 +112,13 @@ type cttraceCtTuple struct {
 	Pad    [2]uint8
 }
 
+type cttraceNetnsSlot struct {
+	_      structs.HostLayout
+	Netns  uint32
+	Pad    uint32
+	Events [8]uint64
+}
+
 type cttraceNetnsStats struct {
 	_      structs.HostLayout
 	Events [8]uint64
@@ -167,6 +174,7 @@ const (
 	cttraceMapEvents                 = "events"
 	cttraceMapGcTasks                = "gc_tasks"
 	cttraceMapLost                   = "lost"
+	cttraceMapNetnsSlots             = "netns_slots"
 	cttraceMapNetnsTotals            = "netns_totals"
 	cttraceMapNetnsVerdict           = "netns_verdict"
 	cttraceMapProduced               = "produced"
@@ -208,6 +216,7 @@ const (
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
 	cttraceVarUnusedCtEvent          = "unused_ct_event"
 	cttraceVarUnusedCtEventType      = "unused_ct_event_type"
+	cttraceVarUnusedNetnsSlot        = "unused_netns_slot"
 	cttraceVarUnusedSrcStat          = "unused_src_stat"
 	cttraceVarWakeupBytes            = "wakeup_bytes"
 )
@@ -288,6 +297,7 @@ type cttraceMapSpecs struct {
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	GcTasks         *ebpf.MapSpec `ebpf:"gc_tasks"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
+	NetnsSlots      *ebpf.MapSpec `ebpf:"netns_slots"`
 	NetnsTotals     *ebpf.MapSpec `ebpf:"netns_totals"`
 	NetnsVerdict    *ebpf.MapSpec `ebpf:"netns_verdict"`
 	Produced        *ebpf.MapSpec `ebpf:"produced"`
@@ -314,6 +324,7 @@ type cttraceVariableSpecs struct {
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.VariableSpec `ebpf:"unused_ct_event_type"`
+	UnusedNetnsSlot    *ebpf.VariableSpec `ebpf:"unused_netns_slot"`
 	UnusedSrcStat      *ebpf.VariableSpec `ebpf:"unused_src_stat"`
 	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
@@ -345,6 +356,7 @@ type cttraceMaps struct {
 	Events          *ebpf.Map `ebpf:"events"`
 	GcTasks         *ebpf.Map `ebpf:"gc_tasks"`
 	Lost            *ebpf.Map `ebpf:"lost"`
+	NetnsSlots      *ebpf.Map `ebpf:"netns_slots"`
 	NetnsTotals     *ebpf.Map `ebpf:"netns_totals"`
 	NetnsVerdict    *ebpf.Map `ebpf:"netns_verdict"`
 	Produced        *ebpf.Map `ebpf:"produced"`
@@ -363,6 +375,7 @@ func (m *cttraceMaps) Close() error {
 		m.Events,
 		m.GcTasks,
 		m.Lost,
+		m.NetnsSlots,
 		m.NetnsTotals,
 		m.NetnsVerdict,
 		m.Produced,
@@ -390,6 +403,7 @@ type cttraceVariables struct {
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.Variable `ebpf:"unused_ct_event_type"`
+	UnusedNetnsSlot    *ebpf.Variable `ebpf:"unused_netns_slot"`
 	UnusedSrcStat      *ebpf.Variable `ebpf:"unused_src_stat"`
 	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }

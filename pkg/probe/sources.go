@@ -130,20 +130,52 @@ func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
 	var perCPU []cttraceNetnsStats
 	it := p.coll.Maps["netns_totals"].Iterate()
 	for it.Next(&netns, &perCPU) {
-		m := map[event.Reason]uint64{}
 		for _, st := range perCPU {
-			for t, n := range st.Events {
-				if r := event.ReasonFromKernel(uint32(t)); r.Valid() {
-					m[r] += n
-				}
-			}
+			addEvents(out, netns, &st.Events)
 		}
-		out[netns] = m
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read namespace totals: %w", err)
 	}
+	if err := p.addNamespaceSlots(out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// addNamespaceSlots adds the kernel's per-CPU namespace slots (netns_slots,
+// where most events count) to the totals read from netns_totals.
+func (p *Probe) addNamespaceSlots(out map[uint32]map[event.Reason]uint64) error {
+	var i uint32
+	var perCPU []cttraceNetnsSlot
+	it := p.coll.Maps["netns_slots"].Iterate()
+	for it.Next(&i, &perCPU) {
+		for _, slot := range perCPU {
+			if slot.Netns == 0 {
+				continue // not claimed on this CPU
+			}
+			addEvents(out, slot.Netns, &slot.Events)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read namespace slots: %w", err)
+	}
+	return nil
+}
+
+// addEvents adds one CPU's counts, indexed by the kernel's event type, to
+// netns's totals by reason.
+func addEvents(out map[uint32]map[event.Reason]uint64, netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64) {
+	m := out[netns]
+	if m == nil {
+		m = map[event.Reason]uint64{}
+		out[netns] = m
+	}
+	for t, n := range events {
+		if r := event.ReasonFromKernel(uint32(t)); r.Valid() {
+			m[r] += n
+		}
+	}
 }
 
 // Admission is how one of the kernel's bounded maps took in new keys:
