@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -27,14 +28,20 @@ func dropsCommand() *cli.Command {
 			"--output json writes NDJSON (docs/drops.md). Under a flood, past --stream-limit\n" +
 			"events a second, the rest are counted per source in the kernel and printed as\n" +
 			"aggregates once a second: every drop is printed, aggregated or reported lost.\n" +
-			"Ctrl-C prints a summary on stderr.",
+			"Ctrl-C prints a summary on stderr.\n\n" +
+			"Examples:\n" +
+			"   cttrace drops --duration 60s\n" +
+			"   cttrace drops -o json | vector --config siem.toml\n" +
+			"   cttrace drops --reason table_full --src 203.0.113.0/24 --netns /run/netns/edge\n" +
+			"   cttrace drops --reason insert,delete --count 100",
 		Flags: append(traceFlags(),
 			outputFlag(),
-			&cli.StringSliceFlag{Name: "reason", Usage: "only these reasons (repeatable or comma-separated): " + reasonNames()},
+			&cli.StringFlag{Name: "ring-size", Value: "4M", Usage: "kernel ring buffer `SIZE`: a power of two from the page size to 1G (K, M and G suffixes)"},
+			&cli.StringSliceFlag{Name: "reason", Usage: "only events of `REASON` (repeatable or comma-separated): " + reasonNames()},
 			netnsFlag(),
-			&cli.StringSliceFlag{Name: "src", Usage: "only flows from this CIDR or address (repeatable)"},
-			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to this CIDR or address (repeatable)"},
-			&cli.StringSliceFlag{Name: "proto", Usage: "only this protocol: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
+			&cli.StringSliceFlag{Name: "src", Usage: "only flows from `CIDR` (or one address; repeatable)"},
+			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to `CIDR` (or one address; repeatable)"},
+			&cli.StringSliceFlag{Name: "proto", Usage: "only `PROTO`: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
 			&cli.Uint64Flag{Name: "count", Usage: "exit after printing `N` events (0: no limit)"},
 			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
 				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
@@ -47,10 +54,9 @@ func dropsCommand() *cli.Command {
 // traceFlags are the flags of every command that attaches probes.
 func traceFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "auto, fentry, kprobe or tracepoint (see cttrace features)"},
-		&cli.DurationFlag{Name: "duration", Usage: "exit after `D` (for example 30s; 0: until Ctrl-C)"},
+		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "use `BACKEND`: auto, fentry, kprobe or tracepoint (see cttrace features)"},
+		&cli.DurationFlag{Name: "duration", Usage: "exit after `DURATION` (for example 30s; 0: until Ctrl-C)"},
 		&cli.StringFlag{Name: "ready-file", Usage: "write `PATH` once the probes are attached (for scripts)"},
-		&cli.StringFlag{Name: "ring-size", Value: "4M", Usage: "kernel ring buffer `SIZE`: a power of two, at least the page size (K and M suffixes)"},
 	}
 }
 
@@ -85,25 +91,27 @@ func parseTraceOptions(c *cli.Context) (traceOptions, error) {
 	var o traceOptions
 	var err error
 	if o.backend, err = probe.ParseBackend(c.String("backend")); err != nil {
-		return o, usageError(err)
-	}
-	if o.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
-		return o, usageError(err)
+		return o, invalidFlag("backend", c.String("backend"), "auto, fentry, kprobe or tracepoint")
 	}
 	if o.duration = c.Duration("duration"); o.duration < 0 {
-		return o, usageError(fmt.Errorf("invalid --duration %s", o.duration))
+		return o, invalidFlag("duration", o.duration.String(), "0 or more")
 	}
-	o.readyFile = c.String("ready-file")
+	if o.readyFile = c.String("ready-file"); o.readyFile != "" {
+		// Found out now, not after the probes are attached.
+		if _, err := os.Stat(filepath.Dir(o.readyFile)); err != nil {
+			return o, flagValueError("ready-file", err)
+		}
+	}
 	return o, nil
 }
 
 func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	o := dropsOptions{count: c.Uint64("count"), utc: c.Bool("utc")}
-	if c.NArg() > 0 {
-		return o, usageError(fmt.Errorf("unexpected argument %q (filters are flags: see cttrace drops --help)", c.Args().First()))
-	}
 	var err error
 	if o.trace, err = parseTraceOptions(c); err != nil {
+		return o, err
+	}
+	if o.trace.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
 		return o, err
 	}
 	if o.format, err = outputFormat(c); err != nil {
@@ -117,7 +125,7 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 		for _, s := range rs {
 			r, err := event.ParseReason(s)
 			if err != nil {
-				return o, usageError(err)
+				return o, invalidFlag("reason", s, suggestValue(s, reasonNames()))
 			}
 			o.reasons = append(o.reasons, r)
 			o.filter.Reasons[r] = true
@@ -138,7 +146,7 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	for _, s := range splitList(c.StringSlice("proto")) {
 		p, err := event.ParseProto(s)
 		if err != nil {
-			return o, usageError(err)
+			return o, flagValueError("proto", err)
 		}
 		if o.filter.Protos == nil {
 			o.filter.Protos = map[uint8]bool{}
@@ -280,8 +288,8 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 	return stderr.Flush()
 }
 
-// parseRingSize reads 4M, 64K or 262144 and checks what the kernel demands
-// of a ring buffer: a power of two, at least one page.
+// parseRingSize reads 4M, 64K, 1G or 262144 and checks what the kernel
+// demands of a ring buffer: a power of two, at least one page.
 func parseRingSize(arg string) (uint32, error) {
 	s, mult := arg, uint64(1)
 	switch {
@@ -289,18 +297,20 @@ func parseRingSize(arg string) (uint32, error) {
 		mult, s = 1<<10, s[:len(s)-1]
 	case strings.HasSuffix(s, "M"), strings.HasSuffix(s, "m"):
 		mult, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"), strings.HasSuffix(s, "g"):
+		mult, s = 1<<30, s[:len(s)-1]
 	}
 	n, err := strconv.ParseUint(s, 10, 32)
 	size := n * mult
 	if err != nil || size > 1<<30 || size < uint64(os.Getpagesize()) || size&(size-1) != 0 {
-		return 0, fmt.Errorf("invalid --ring-size %q: want a power of two from %d bytes to 1G", arg, os.Getpagesize())
+		return 0, invalidFlag("ring-size", arg, fmt.Sprintf("a power of two from %dK to 1G", os.Getpagesize()>>10))
 	}
 	return uint32(size), nil
 }
 
 // netnsFlag is --netns, shared by the commands that filter by namespace.
 func netnsFlag() cli.Flag {
-	return &cli.StringSliceFlag{Name: "netns", Usage: "only this network namespace: inode number or a path like /run/netns/NAME (repeatable)"}
+	return &cli.StringSliceFlag{Name: "netns", Usage: "only the network namespace `NETNS`: an inode number or a path like /run/netns/NAME (repeatable)"}
 }
 
 // parseNetnsFlag returns the namespaces --netns names, or nil for all.
@@ -309,7 +319,7 @@ func parseNetnsFlag(c *cli.Context) (map[uint32]bool, error) {
 	for _, s := range splitList(c.StringSlice("netns")) {
 		ino, err := parseNetns(s)
 		if err != nil {
-			return nil, usageError(err)
+			return nil, flagValueError("netns", err)
 		}
 		if set == nil {
 			set = map[uint32]bool{}
@@ -319,14 +329,20 @@ func parseNetnsFlag(c *cli.Context) (map[uint32]bool, error) {
 	return set, nil
 }
 
-// parseNetns accepts an inode number or a path to a namespace file.
+// parseNetns accepts an inode number or a path to a namespace file
+// (/run/netns/NAME, /proc/PID/ns/net): a path to any other file has an
+// inode number too, which would silently match nothing.
 func parseNetns(s string) (uint32, error) {
 	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
 		return uint32(n), nil
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(s, &st); err != nil {
-		return 0, fmt.Errorf("invalid --netns %q: not an inode number, and %w", s, err)
+		return 0, fmt.Errorf("%s: %w (want an inode number or a path like /run/netns/NAME)", s, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(s, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("%s is not a namespace file (want an inode number or a path like /run/netns/NAME)", s)
 	}
 	return uint32(st.Ino), nil
 }
@@ -336,7 +352,7 @@ func parseCIDRs(flag string, values []string) ([]netip.Prefix, error) {
 	for _, s := range splitList(values) {
 		p, err := event.ParseCIDR(s)
 		if err != nil {
-			return nil, usageError(fmt.Errorf("invalid --%s: %w", flag, err))
+			return nil, flagValueError(flag, err)
 		}
 		out = append(out, p)
 	}

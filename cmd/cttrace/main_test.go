@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/cttrace/cttrace/pkg/probe"
 )
@@ -31,45 +34,142 @@ func cttrace(args ...string) *exec.Cmd {
 	return cmd
 }
 
-func TestUsageErrorsExitWithStatus2(t *testing.T) {
-	for _, args := range [][]string{
-		{"no-such-command"},
-		{"features", "--no-such-flag"},
-		{"features", "--output", "yaml"},
-		{"drops", "--src", "300.1.1.1"},
-		{"drops", "--dst", "10.0.0.0/33"},
-		{"drops", "--reason", "table_ful"},
-		{"drops", "--proto", "tcpp"},
-		{"drops", "--ring-size", "5000"},
-		{"drops", "--backend", "ebpf"},
-		{"drops", "--netns", "/nonexistent"},
-		{"drops", "extra-argument"},
-		{"top-sources", "--sort", "bytes"},
-		{"top-sources", "--group-v4", "/33"},
-		{"top-sources", "--group-v4", "/24x"},
-		{"top-sources", "--group-v6", "64"},
-		{"top-sources", "--limit", "0"},
-		{"top-sources", "--max-sources", "0"},
-		{"top-sources", "--interval", "1ms"},
-		{"top-sources", "--netns", "/nonexistent"},
-	} {
-		cmd := cttrace(args...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		// Run as root, a command line that is wrongly accepted would trace
-		// until stopped: bound it.
-		cmd.WaitDelay = time.Second
-		timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
-		err := cmd.Run()
-		timer.Stop()
-		ee, ok := err.(*exec.ExitError)
-		if !ok || ee.ExitCode() != exitUsage {
-			t.Errorf("cttrace %v: %v, want exit status %d; stderr: %s", args, err, exitUsage, stderr.String())
-		}
-		if !strings.Contains(stderr.String(), "cttrace:") {
-			t.Errorf("cttrace %v: stderr does not say what is wrong: %q", args, stderr.String())
+// badInvocations are command lines an operator gets wrong, with the exact
+// first line of stderr cttrace must answer and its exit status. Every one
+// leaves stdout empty: it may be a JSON pipe.
+var badInvocations = []struct {
+	args   []string
+	status int
+	stderr string
+	// unprivileged rows run without root or capabilities.
+	unprivileged bool
+}{
+	{[]string{"dorps"}, 2, `cttrace: unknown command "dorps" (did you mean drops?)`, false},
+	{[]string{"no-such-command"}, 2, `cttrace: unknown command "no-such-command"`, false},
+	{[]string{"--bogus"}, 2, `cttrace: unknown flag --bogus`, false},
+	{[]string{"drops", "--bogus", "-o", "json"}, 2, `cttrace: unknown flag --bogus`, false},
+	{[]string{"drops", "--reasn", "table_full"}, 2, `cttrace: unknown flag --reasn (did you mean --reason?)`, false},
+	{[]string{"drops", "--duration", "5"}, 2, `cttrace: invalid --duration "5": want a duration such as 500ms, 30s or 5m`, false},
+	{[]string{"drops", "--duration", "-1s"}, 2, `cttrace: invalid --duration "-1s": want 0 or more`, false},
+	{[]string{"drops", "--count", "abc"}, 2, `cttrace: invalid --count "abc": want a whole number, 0 or more`, false},
+	{[]string{"drops", "--count", "-1"}, 2, `cttrace: invalid --count "-1": want a whole number, 0 or more`, false},
+	{[]string{"drops", "--stream-limit", "lots"}, 2, `cttrace: invalid --stream-limit "lots": want a whole number, 0 or more`, false},
+	{[]string{"drops", "-o"}, 2, `cttrace: -o needs a value`, false},
+	{[]string{"drops", "--ready-file"}, 2, `cttrace: --ready-file needs a value`, false},
+	{[]string{"drops", "--output", "yaml"}, 2, `cttrace: invalid --output "yaml": want text or json`, false},
+	{[]string{"drops", "--utc=maybe"}, 2, `cttrace: invalid --utc "maybe": want true or false`, false},
+	{[]string{"drops", "--src", "300.1.1.1"}, 2, `cttrace: --src: invalid address "300.1.1.1": want an IP address or a prefix like 10.0.0.0/8`, false},
+	{[]string{"drops", "--dst", "10.0.0.0/33"}, 2, `cttrace: --dst: invalid prefix "10.0.0.0/33": want an IP address or a prefix like 10.0.0.0/8`, false},
+	{[]string{"drops", "--reason", "table_ful"}, 2, `cttrace: invalid --reason "table_ful": want table_full, alloc_failed, early_drop, insert_failed, insert, delete, clash_resolved (did you mean table_full?)`, false},
+	{[]string{"drops", "--proto", "tcpp"}, 2, `cttrace: --proto: unknown protocol "tcpp" (valid: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, or a number 0-255)`, false},
+	{[]string{"drops", "--ring-size", "5000"}, 2, `cttrace: invalid --ring-size "5000": want a power of two from 4K to 1G`, false},
+	{[]string{"drops", "--ring-size", "2G"}, 2, `cttrace: invalid --ring-size "2G": want a power of two from 4K to 1G`, false},
+	{[]string{"drops", "--backend", "ebpf"}, 2, `cttrace: invalid --backend "ebpf": want auto, fentry, kprobe or tracepoint`, false},
+	{[]string{"drops", "--netns", "/nonexistent"}, 2, `cttrace: --netns: /nonexistent: no such file or directory (want an inode number or a path like /run/netns/NAME)`, false},
+	{[]string{"drops", "--netns", "/etc/hostname"}, 2, `cttrace: --netns: /etc/hostname is not a namespace file (want an inode number or a path like /run/netns/NAME)`, false},
+	{[]string{"drops", "--ready-file", "/nonexistent/ready"}, 2, `cttrace: --ready-file: stat /nonexistent: no such file or directory`, false},
+	{[]string{"drops", "extra-argument"}, 2, `cttrace: unexpected argument "extra-argument"`, false},
+	{[]string{"top-sources", "--sort", "bytes"}, 2, `cttrace: invalid --sort "bytes": want drops, inserts or held`, false},
+	{[]string{"top-sources", "--group-v4", "/33"}, 2, `cttrace: invalid --group-v4 "/33": want /1 to /32`, false},
+	{[]string{"top-sources", "--group-v4", "/24x"}, 2, `cttrace: invalid --group-v4 "/24x": want /1 to /32`, false},
+	{[]string{"top-sources", "--group-v6", "64"}, 2, `cttrace: invalid --group-v6 "64": want /1 to /128`, false},
+	{[]string{"top-sources", "--limit", "0"}, 2, `cttrace: invalid --limit "0": want 1 or more`, false},
+	{[]string{"top-sources", "--max-sources", "0"}, 2, `cttrace: invalid --max-sources "0": want 1 to 16777216`, false},
+	{[]string{"top-sources", "--max-sources", "-1"}, 2, `cttrace: invalid --max-sources "-1": want a whole number, 0 or more`, false},
+	{[]string{"top-sources", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 10ms`, false},
+	{[]string{"top-sources", "--ring-size", "8M"}, 2, `cttrace: unknown flag --ring-size`, false},
+	{[]string{"top-sources", "--netns", "/nonexistent"}, 2, `cttrace: --netns: /nonexistent: no such file or directory (want an inode number or a path like /run/netns/NAME)`, false},
+	{[]string{"top-sources", "now"}, 2, `cttrace: unexpected argument "now"`, false},
+	{[]string{"features", "extra"}, 2, `cttrace: unexpected argument "extra"`, false},
+	{[]string{"features", "--output", "yaml"}, 2, `cttrace: invalid --output "yaml": want text or json`, false},
+	{[]string{"help", "dorps"}, 2, `cttrace: unknown command "dorps" (did you mean drops?)`, false},
+	{[]string{"help", "drops", "top-sources"}, 2, `cttrace: unexpected argument "top-sources" (help takes one command)`, false},
+	{[]string{"completion"}, 2, `cttrace: want one shell: bash, zsh or fish`, false},
+	{[]string{"completion", "tcsh"}, 2, `cttrace: unknown shell "tcsh" (want bash, zsh or fish)`, false},
+	// Mistakes come before privileges: an unprivileged user is told what
+	// is wrong with the command line first.
+	{[]string{"drops", "--bogus"}, 2, `cttrace: unknown flag --bogus`, true},
+	{[]string{"features"}, 1, `cttrace: detect features: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"drops", "--duration", "1s"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"top-sources", "--once"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+}
+
+func TestBadInvocations(t *testing.T) {
+	unpriv := unprivileged(t)
+	for _, tc := range badInvocations {
+		name := strings.Join(tc.args, " ")
+		t.Run(name, func(t *testing.T) {
+			cmd := cttrace(tc.args...)
+			if tc.unprivileged {
+				if unpriv == nil {
+					t.Skip("running as root without setpriv(1) (util-linux): cannot drop privileges")
+				}
+				cmd = unpriv(tc.args...)
+			}
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			// A command line that is wrongly accepted would trace until
+			// stopped: bound it.
+			cmd.WaitDelay = time.Second
+			timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+			err := cmd.Run()
+			timer.Stop()
+			status := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				status = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			first, _, _ := strings.Cut(stderr.String(), "\n")
+			if status != tc.status || first != tc.stderr {
+				t.Errorf("cttrace %s: status %d, stderr\n%s\nwant status %d and first line\n%s", name, status, stderr.String(), tc.status, tc.stderr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("cttrace %s: wrote %d bytes on stdout (want none):\n%s", name, stdout.Len(), stdout.String())
+			}
+			if tc.status == exitUsage && !strings.Contains(stderr.String(), "--help' for usage.") {
+				t.Errorf("cttrace %s: no hint after the error:\n%s", name, stderr.String())
+			}
+		})
+	}
+}
+
+// unprivileged returns a way to run cttrace without root or capabilities:
+// as nobody through setpriv(1) when the tests run as root, as the current
+// user otherwise; nil when neither is possible.
+func unprivileged(t *testing.T) func(args ...string) *exec.Cmd {
+	if os.Geteuid() != 0 {
+		return cttrace
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return nil
+	}
+	// nobody must be able to reach the binary: go test's build directory
+	// is private.
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
 		}
 	}
+	bin := filepath.Join(dir, "cttrace")
+	if err := copyFile(os.Args[0], bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return func(args ...string) *exec.Cmd {
+		cmd := exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--", bin}, args...)...)
+		cmd.Env = append(os.Environ(), "CTTRACE_TEST_AS_MAIN=1")
+		return cmd
+	}
+}
+
+func copyFile(from, to string, mode os.FileMode) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, mode)
 }
 
 func TestHelpExitsZero(t *testing.T) {
@@ -105,5 +205,134 @@ func TestFeaturesTextReport(t *testing.T) {
 	}
 	if buf.String() != string(want) {
 		t.Fatalf("features report differs from %s:\n--- got\n%s\n--- want\n%s", golden, buf.String(), want)
+	}
+}
+
+// stdoutOf runs cmd and returns its stdout, failing unless it exits 0
+// with nothing on stderr.
+func stdoutOf(t *testing.T, cmd *exec.Cmd) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil || stderr.Len() != 0 {
+		t.Fatalf("%v: %v, stderr:\n%s", cmd.Args, err, stderr.String())
+	}
+	return stdout.String()
+}
+
+func TestVersion(t *testing.T) {
+	out := stdoutOf(t, cttrace("--version"))
+	for _, want := range []string{"cttrace ", "\ngo:          go1.", "\ncilium/ebpf: v0."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("--version lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
+	for _, name := range []string{"drops", "top-sources", "features", "completion"} {
+		help, flag := stdoutOf(t, cttrace("help", name)), stdoutOf(t, cttrace(name, "--help"))
+		if help != flag {
+			t.Errorf("cttrace help %s differs from cttrace %s --help:\n%s\n---\n%s", name, name, help, flag)
+		}
+		if name != "features" && !strings.Contains(help, "Examples:") {
+			t.Errorf("cttrace help %s has no examples:\n%s", name, help)
+		}
+	}
+	if out := stdoutOf(t, cttrace("help")); !strings.Contains(out, "top-sources") || strings.Contains(out, "   man ") {
+		t.Errorf("cttrace help lists the wrong commands:\n%s", out)
+	}
+}
+
+// Every flag that takes a value names it with a placeholder from one
+// vocabulary, so that help reads the same across commands.
+func TestFlagPlaceholders(t *testing.T) {
+	known := map[string]bool{"DURATION": true, "CIDR": true, "PATH": true, "N": true, "FORMAT": true, "BACKEND": true,
+		"SIZE": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true}
+	for _, cmd := range newApp().Commands {
+		for _, f := range cmd.Flags {
+			if _, isBool := f.(*cli.BoolFlag); isBool {
+				continue
+			}
+			usage := f.(cli.DocGenerationFlag).GetUsage()
+			_, rest, ok := strings.Cut(usage, "`")
+			placeholder, _, ok2 := strings.Cut(rest, "`")
+			if !ok || !ok2 || !known[placeholder] {
+				t.Errorf("cttrace %s --%s: usage %q names no known placeholder", cmd.Name, f.Names()[0], usage)
+			}
+		}
+	}
+}
+
+// cttraceOnPath puts the test binary on PATH as cttrace, as the completion
+// scripts call it.
+func cttraceOnPath(t *testing.T) []string {
+	dir := t.TempDir()
+	if err := os.Symlink(os.Args[0], filepath.Join(dir, "cttrace")); err != nil {
+		t.Fatal(err)
+	}
+	return append(os.Environ(), "CTTRACE_TEST_AS_MAIN=1", "PATH="+dir+":"+os.Getenv("PATH"))
+}
+
+func TestBashCompletion(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash to run the script in")
+	}
+	env := cttraceOnPath(t)
+	for _, tc := range []struct {
+		words string // what was typed, the last word being completed
+		want  string
+	}{
+		{"cttrace dr", "drops"},
+		{"cttrace top", "top-sources"},
+		{"cttrace drops --rea", "--ready-file --reason"},
+		{"cttrace top-sources --gr", "--group-v4 --group-v6"},
+	} {
+		script := fmt.Sprintf(`source <(cttrace completion bash) && COMP_WORDS=(%s) && COMP_CWORD=$((${#COMP_WORDS[@]} - 1)) && _cttrace && echo "${COMPREPLY[*]}"`, tc.words)
+		cmd := exec.Command(bash, "-c", script)
+		cmd.Env = env
+		if got := strings.TrimSpace(stdoutOf(t, cmd)); got != tc.want {
+			t.Errorf("bash completion of %q: %q, want %q", tc.words, got, tc.want)
+		}
+	}
+}
+
+func TestZshAndFishCompletion(t *testing.T) {
+	if out := stdoutOf(t, cttrace("completion", "fish")); !strings.Contains(out, "complete -c cttrace") || !strings.Contains(out, "top-sources") {
+		t.Errorf("fish completion does not complete cttrace's commands:\n%s", out)
+	}
+	zsh := stdoutOf(t, cttrace("completion", "zsh"))
+	if !strings.HasPrefix(zsh, "#compdef cttrace\n") {
+		t.Errorf("zsh completion does not start with #compdef:\n%s", zsh)
+	}
+	if path, err := exec.LookPath("zsh"); err == nil {
+		cmd := exec.Command(path, "-n")
+		cmd.Stdin = strings.NewReader(zsh)
+		stdoutOf(t, cmd)
+	} else {
+		t.Log("no zsh here: its script's syntax is not checked")
+	}
+}
+
+// The manual page is written from the same definitions as --help: every
+// command and flag is in it.
+func TestManPage(t *testing.T) {
+	page := stdoutOf(t, cttrace("man"))
+	if !strings.HasPrefix(page, ".nh\n.TH cttrace 8") {
+		t.Fatalf("not a roff manual page:\n%.200s", page)
+	}
+	for _, cmd := range newApp().Commands {
+		if cmd.Hidden {
+			continue
+		}
+		if !strings.Contains(page, "\n.SH "+strings.ToUpper("commands")) || !strings.Contains(page, cmd.Name) {
+			t.Errorf("manual page lacks command %s", cmd.Name)
+		}
+		for _, f := range cmd.Flags {
+			if !strings.Contains(page, "--"+f.Names()[0]) {
+				t.Errorf("manual page lacks %s --%s", cmd.Name, f.Names()[0])
+			}
+		}
 	}
 }

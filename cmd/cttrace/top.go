@@ -27,16 +27,21 @@ func topCommand() *cli.Command {
 		Description: "Counts every conntrack event per source (or prefix) in the kernel, in a map\n" +
 			"bounded by --max-sources, and shows the heaviest every --interval. On a\n" +
 			"terminal the view refreshes in place; otherwise (or with --output json) one\n" +
-			"snapshot is written per interval. Sources past the bound are counted in \"other\".",
+			"snapshot is written per interval. Sources past the bound are counted in \"other\".\n\n" +
+			"Examples:\n" +
+			"   cttrace top-sources\n" +
+			"   cttrace top-sources --group-v4 /24 --sort held --netns /run/netns/edge\n" +
+			"   cttrace top-sources -o json --interval 10s > top.ndjson\n" +
+			"   cttrace top-sources --once -o json | jq '.rows[0]'",
 		Flags: append(traceFlags(),
 			outputFlag(),
-			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh every `D`"},
-			&cli.StringFlag{Name: "sort", Value: "drops", Usage: "rank by drops, inserts or held"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh every `DURATION`"},
+			&cli.StringFlag{Name: "sort", Value: "drops", Usage: "rank by `KEY`: drops, inserts or held"},
 			&cli.IntFlag{Name: "limit", Value: 20, Usage: "show the first `N` sources"},
 			netnsFlag(),
-			&cli.StringFlag{Name: "group-v4", Value: "/32", Usage: "group IPv4 sources by this prefix length, like /24"},
-			&cli.StringFlag{Name: "group-v6", Value: "/128", Usage: "group IPv6 sources by this prefix length, like /64"},
-			&cli.UintFlag{Name: "max-sources", Value: 65536, Usage: "sources tracked in the kernel at most (bounds memory under spoofed floods)"},
+			&cli.StringFlag{Name: "group-v4", Value: "/32", Usage: "group IPv4 sources by prefix length `/LEN`, like /24"},
+			&cli.StringFlag{Name: "group-v6", Value: "/128", Usage: "group IPv6 sources by prefix length `/LEN`, like /64"},
+			&cli.UintFlag{Name: "max-sources", Value: 65536, Usage: "track at most `N` sources in the kernel (bounds memory under spoofed floods)"},
 			&cli.BoolFlag{Name: "once", Usage: "print one snapshot after one interval and exit"},
 		),
 		Action: runTop,
@@ -56,9 +61,6 @@ type topOptions struct {
 func parseTopOptions(c *cli.Context) (topOptions, error) {
 	o := topOptions{once: c.Bool("once"), interval: c.Duration("interval")}
 	var err error
-	if c.NArg() > 0 {
-		return o, usageError(fmt.Errorf("unexpected argument %q", c.Args().First()))
-	}
 	if o.trace, err = parseTraceOptions(c); err != nil {
 		return o, err
 	}
@@ -66,23 +68,23 @@ func parseTopOptions(c *cli.Context) (topOptions, error) {
 		return o, err
 	}
 	if o.interval < 10*time.Millisecond {
-		return o, usageError(fmt.Errorf("invalid --interval %s (at least 10ms)", o.interval))
+		return o, invalidFlag("interval", o.interval.String(), "at least 10ms")
 	}
 	switch s := top.SortBy(c.String("sort")); s {
 	case top.SortDrops, top.SortInserts, top.SortHeld:
 		o.view.Sort = s
 	default:
-		return o, usageError(fmt.Errorf("invalid --sort %q (want drops, inserts or held)", s))
+		return o, invalidFlag("sort", string(s), "drops, inserts or held")
 	}
 	if o.view.Limit = c.Int("limit"); o.view.Limit < 1 {
-		return o, usageError(fmt.Errorf("invalid --limit %d", o.view.Limit))
+		return o, invalidFlag("limit", strconv.Itoa(o.view.Limit), "1 or more")
 	}
 	if o.view.Netns, err = parseNetnsFlag(c); err != nil {
 		return o, err
 	}
 	max := c.Uint("max-sources")
 	if max < 1 || max > 1<<24 {
-		return o, usageError(fmt.Errorf("invalid --max-sources %d (1 to %d)", max, 1<<24))
+		return o, invalidFlag("max-sources", strconv.FormatUint(uint64(max), 10), fmt.Sprintf("1 to %d", 1<<24))
 	}
 	o.view.Capacity = int(max)
 	o.sources = probe.SourceOptions{Enabled: true, Max: uint32(max)}
@@ -99,7 +101,7 @@ func parsePrefixLen(flag, s string, max int) (uint8, error) {
 	digits, ok := strings.CutPrefix(s, "/")
 	n, err := strconv.Atoi(digits)
 	if !ok || err != nil || n < 1 || n > max {
-		return 0, usageError(fmt.Errorf("invalid --%s %q (want /1 to /%d)", flag, s, max))
+		return 0, invalidFlag(flag, s, fmt.Sprintf("/1 to /%d", max))
 	}
 	return uint8(n), nil
 }
