@@ -16,7 +16,7 @@ GENERATED := $(wildcard pkg/probe/*_bpfel.go pkg/probe/*_bpfel.o)
 # Debian packages the tests need: clang/llvm/libbpf-dev rebuild the BPF
 # objects, the rest boots kernels and makes traffic. Installed when missing,
 # so `make test` works on a fresh machine.
-DEB_PACKAGES := clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iproute2 conntrack tmux
+DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iproute2 conntrack tmux
 
 all: build
 
@@ -60,14 +60,16 @@ vet:
 
 # Tier 1: unit tests, no privileges, no kernel features.
 test-unit:
-	@mkdir -p $(LOGS); echo "=== tier unit: go test ./... ==="
-	$(GO) test -count=1 -v ./... 2>&1 | tee $(LOGS)/unit.log
+	@mkdir -p $(LOGS); echo "=== tier unit: go test -race ./... ==="
+	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(LOGS)/unit.log
 
 # Tier 2: privileged tests on this machine's kernel (root). -p 1: tests that
-# change global sysctls must not run concurrently.
+# change global sysctls must not run concurrently. Both tiers here run with
+# the race detector (cgo: gcc); the VM tier's binaries, without it, check
+# the memory bounds that -race's shadow memory would break.
 test-host:
-	@mkdir -p $(LOGS); echo "=== tier host: privileged tests on $$(uname -r) ==="
-	CTTRACE_TESTBED=host $(GO) test -tags privileged -p 1 -count=1 -v ./... 2>&1 | tee $(LOGS)/host.log
+	@mkdir -p $(LOGS); echo "=== tier host: privileged tests with -race on $$(uname -r) ==="
+	CTTRACE_TESTBED=host $(GO) test -race -tags privileged -p 1 -count=1 -v ./... 2>&1 | tee $(LOGS)/host.log
 
 # Tier 3: the same privileged tests inside Debian's 6.1 and 6.12 kernels under
 # QEMU (KERNELS="6.1" picks a subset). One boot per kernel runs them all.

@@ -750,7 +750,11 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 		detail = CT_DETAIL_EVICT_ALLOC;
 		for_alloc = true;
 	} else if (in_gc()) {
-		type = CT_EV_EARLY_DROP;
+		/* Not CT_EV_EARLY_DROP: gc_worker's kills are not in the kernel's
+		 * early_drop counter (net/netfilter/nf_conntrack_core.c counts
+		 * early_drop only in early_drop()), and summaries must compare
+		 * with conntrack -S. */
+		type = CT_EV_GC_EVICT;
 		detail = CT_DETAIL_EVICT_GC;
 	} else if (portid) {
 		detail = CT_DETAIL_NETLINK;

@@ -15,13 +15,14 @@ enum ct_event_type {
 	CT_EV_INSERT = 5,	  /* a new entry was confirmed into the table */
 	CT_EV_DELETE = 6,	  /* an entry left the table other than by eviction */
 	CT_EV_CLASH_RESOLVED = 7, /* a confirmation clash was resolved, nothing dropped */
-	CT_EV_MAX = 8,
+	CT_EV_GC_EVICT = 8,	  /* gc_worker evicted an entry under pressure (not counted as early_drop) */
+	CT_EV_MAX = 9,
 };
 
 enum ct_detail {
 	CT_DETAIL_NONE = 0,
 	CT_DETAIL_EVICT_ALLOC = 1,    /* early_drop: evicted by early_drop() for a new flow */
-	CT_DETAIL_EVICT_GC = 2,	      /* early_drop: evicted by gc_worker under pressure */
+	CT_DETAIL_EVICT_GC = 2,	      /* gc_evict: evicted by gc_worker under pressure */
 	CT_DETAIL_CLASH = 3,	      /* insert_failed: clash with an entry, not resolvable */
 	CT_DETAIL_CHAIN_TOO_LONG = 4, /* insert_failed: hash chain over the limit (5.15+) */
 	CT_DETAIL_DYING = 5,	      /* insert_failed: the entry was already dying */

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -161,12 +162,11 @@ func runDrops(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := traceContext(c.Context, o.trace.duration)
-	defer cancel()
-	s, err := startSession(o.trace, session.Config{Reasons: o.reasons, Stream: o.stream})
+	ctx, cancel, s, err := startTrace(c.Context, o.trace, session.Config{Reasons: o.reasons, Stream: o.stream})
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer s.Close()
 	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
 		return err
@@ -212,30 +212,41 @@ func runDrops(c *cli.Context) error {
 	if closedPipe(err) {
 		return nil
 	}
+	if errors.Is(err, probe.ErrConntrackGone) {
+		// The summary still says what was seen before; the status says
+		// the run was cut short.
+		if serr := writeSummary(s, w, o.format); serr != nil {
+			return serr
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}
 	return writeSummary(s, w, o.format)
 }
 
-// traceContext ends on Ctrl-C, SIGTERM or after d (if not zero). SIGPIPE is
-// turned into EPIPE errors, so that `cttrace drops | head` ends cleanly.
-func traceContext(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+// startTrace attaches the probes as cfg and the trace flags say, and
+// returns the context the run lasts for: until Ctrl-C or SIGTERM, or for
+// --duration counted from the moment the probes are attached (loading
+// takes seconds on a slow machine, and that time is not traced). SIGPIPE
+// is turned into EPIPE errors, so that `cttrace drops | head` ends cleanly.
+func startTrace(parent context.Context, o traceOptions, cfg session.Config) (context.Context, context.CancelFunc, *session.Session, error) {
 	ignoreSIGPIPE()
 	ctx, stop := signalContext(parent)
 	// Once stopping, a second Ctrl-C kills at once, as with any tool.
 	context.AfterFunc(ctx, stop)
-	if d <= 0 {
-		return ctx, stop
-	}
-	ctx, cancel := context.WithTimeout(ctx, d)
-	return ctx, func() { cancel(); stop() }
-}
-
-// startSession attaches the probes as cfg and the trace flags say.
-func startSession(o traceOptions, cfg session.Config) (*session.Session, error) {
 	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
-	return session.Start(cfg)
+	s, err := session.Start(cfg)
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	if o.duration <= 0 {
+		return ctx, stop, s, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	return ctx, func() { cancel(); stop() }, s, nil
 }
 
 // writeReady tells scripts waiting on --ready-file that every event from
@@ -266,7 +277,8 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 	if err != nil {
 		return err
 	}
-	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Lost: s.Lost(), Aggregated: s.Aggregated(), Duration: s.Elapsed()}
+	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Visible: s.Backend.Sees(),
+		Lost: s.Lost(), Aggregated: s.Aggregated(), Duration: s.Elapsed()}
 	if format == "json" {
 		if err := w.Summary(sum); err != nil && !closedPipe(err) {
 			return err

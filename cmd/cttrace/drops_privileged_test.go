@@ -34,7 +34,60 @@ type process struct {
 	cmd    *exec.Cmd
 	stdout *lockedBuffer
 	stderr *lockedBuffer
-	done   chan error
+	// exited is closed once Wait has returned; only then may err and
+	// cmd.ProcessState be read (the race detector holds the tests to it).
+	exited chan struct{}
+	err    error
+}
+
+// startCttrace starts `cttrace args... --ready-file F` and waits until its
+// probes are attached. stdout is captured unless the caller gives one.
+func startCttrace(t *testing.T, stdout io.Writer, args ...string) *process {
+	t.Helper()
+	testbed.RequireRoot(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	r := &process{cmd: cttrace(append(args, "--ready-file", ready)...), stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	if stdout == nil {
+		r.stdout = &lockedBuffer{}
+		stdout = r.stdout
+	}
+	r.cmd.Stdout, r.cmd.Stderr = stdout, r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		r.err = r.cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		<-r.exited
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			return r
+		}
+		select {
+		case <-r.exited:
+			t.Fatalf("cttrace %s exited before attaching: %v\n%s", args[0], r.err, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cttrace %s did not attach within a minute\n%s", args[0], r.stderr)
+		}
+	}
+}
+
+// wait waits for the process to end by itself and returns its exit status.
+func (r *process) wait(t *testing.T, limit time.Duration) int {
+	t.Helper()
+	select {
+	case <-r.exited:
+	case <-time.After(limit):
+		t.Fatalf("cttrace still running after %s\n%s", limit, r.stderr)
+	}
+	return r.cmd.ProcessState.ExitCode()
 }
 
 // lockedBuffer is a process's output, safe to read while the process
@@ -77,9 +130,8 @@ func (r *process) waitOutput(t *testing.T, what string, done func(lines []string
 	deadline := time.Now().Add(60 * time.Second)
 	for !done(r.stdout.completeLines()) {
 		select {
-		case err := <-r.done:
-			r.done <- err
-			t.Fatalf("cttrace exited while waiting for %s: %v\n%s", what, err, r.stderr)
+		case <-r.exited:
+			t.Fatalf("cttrace exited while waiting for %s: %v\n%s", what, r.err, r.stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -89,48 +141,17 @@ func (r *process) waitOutput(t *testing.T, what string, done func(lines []string
 }
 
 // startDrops starts `cttrace drops args...` and waits until its probes are
-// attached (the ready file). stdout is captured unless the caller set it.
+// attached. stdout is captured unless the caller gives one.
 func startDrops(t *testing.T, stdout io.Writer, args ...string) *process {
 	t.Helper()
-	testbed.RequireRoot(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	r := &process{cmd: cttrace(append([]string{"drops", "--ready-file", ready}, args...)...), stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	if stdout == nil {
-		r.stdout = &lockedBuffer{}
-		stdout = r.stdout
-	}
-	r.cmd.Stdout, r.cmd.Stderr = stdout, r.stderr
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() { r.cmd.Process.Kill() })
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			return r
-		}
-		select {
-		case err := <-r.done:
-			t.Fatalf("cttrace drops exited before attaching: %v\n%s", err, r.stderr)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cttrace drops did not attach within a minute\n%s", r.stderr)
-		}
-	}
+	return startCttrace(t, stdout, append([]string{"drops"}, args...)...)
 }
 
 // stop sends sig and returns the exit status.
 func (r *process) stop(t *testing.T, sig syscall.Signal) int {
 	t.Helper()
 	r.cmd.Process.Signal(sig)
-	select {
-	case <-r.done:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("cttrace did not exit within a minute of %v\n%s", sig, r.stderr)
-	}
-	return r.cmd.ProcessState.ExitCode()
+	return r.wait(t, time.Minute)
 }
 
 // fullTable returns a Lab whose table holds max ASSURED entries, so every
@@ -243,25 +264,7 @@ func TestDropsReportsEveryLostEvent(t *testing.T) {
 	if code := r.stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit status %d after SIGTERM\n%s", code, r.stderr)
 	}
-	var delivered, lost int
-	var summaryLost float64
-	for _, m := range records(t, r.stdout.Bytes()) {
-		switch m["type"] {
-		case "event":
-			delivered++
-		case "lost":
-			lost += int(m["lost"].(float64))
-		case "summary":
-			summaryLost = m["lost"].(float64)
-		}
-	}
-	t.Logf("kernel drops %d: delivered %d, lost %d (summary says %v)", delta.Drop, delivered, lost, summaryLost)
-	if lost == 0 {
-		t.Fatal("nothing was lost: the ring buffer did not fill, the test proves nothing")
-	}
-	if delivered+lost != int(delta.Drop) || float64(lost) != summaryLost {
-		t.Errorf("delivered %d + lost %d != kernel drops %d (summary lost %v)", delivered, lost, delta.Drop, summaryLost)
-	}
+	checkLossAccounted(t, r, delta.Drop)
 }
 
 // `cttrace drops | head -1`: the reader goes away, cttrace ends quietly
@@ -281,12 +284,7 @@ func TestDropsEndsQuietlyOnClosedPipe(t *testing.T) {
 	}
 	pr.Close()
 	refuse(t, lab, "127.42.0.2", 5) // the next write meets the closed pipe
-	select {
-	case <-r.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("cttrace kept running after its reader went away")
-	}
-	if code := r.cmd.ProcessState.ExitCode(); code != 0 || strings.Contains(r.stderr.String(), "broken pipe") {
+	if code := r.wait(t, 30*time.Second); code != 0 || strings.Contains(r.stderr.String(), "broken pipe") {
 		t.Fatalf("exit status %d, stderr:\n%s", code, r.stderr)
 	}
 	assertNothingLoaded(t)
@@ -297,9 +295,8 @@ func TestDropsLeavesNothingLoaded(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
 		t.Run(sig.String(), func(t *testing.T) {
 			r := startDrops(t, nil)
-			names, _ := probe.ProgramNames()
-			if len(testbed.LoadedPrograms(names)) == 0 {
-				t.Fatal("no cttrace program is loaded while it runs: the check would prove nothing")
+			if loaded := testbed.LoadedNow(objectNames(t)); len(loaded.Programs) == 0 || len(loaded.Maps) == 0 || len(loaded.Links) == 0 {
+				t.Fatalf("cttrace's programs, maps and links are not all seen while it runs (%s): the check would prove nothing", loaded)
 			}
 			code := r.stop(t, sig)
 			if sig != syscall.SIGKILL && code != 0 {
@@ -310,14 +307,20 @@ func TestDropsLeavesNothingLoaded(t *testing.T) {
 	}
 }
 
-// assertNothingLoaded fails if any of cttrace's programs outlives it.
+// assertNothingLoaded fails if any of cttrace's programs, maps or links
+// outlives it.
 func assertNothingLoaded(t *testing.T) {
 	t.Helper()
-	names, err := probe.ProgramNames()
+	testbed.AssertUnloaded(t, objectNames(t))
+}
+
+func objectNames(t *testing.T) testbed.Names {
+	t.Helper()
+	progs, maps, err := probe.ObjectNames()
 	if err != nil {
 		t.Fatal(err)
 	}
-	testbed.AssertUnloaded(t, names)
+	return testbed.Names{Programs: progs, Maps: maps}
 }
 
 // Without the capabilities, cttrace says which are missing and exits 1.
@@ -425,5 +428,48 @@ func TestDropsStreamIsBoundedAndExact(t *testing.T) {
 		if n := perSrc[src]; n > perHeavy || float64(n) < perHeavy-10*sampling {
 			t.Errorf("%s: %d streamed or aggregated of %d refused (sampling 1 in %.0f)", src, n, perHeavy, sampling)
 		}
+	}
+}
+
+// --duration is traced time: it counts from the moment the probes are
+// attached, not from the start of a load that takes seconds under
+// emulation. The summary's duration_s is measured from the attach.
+func TestDropsDurationCountsFromAttach(t *testing.T) {
+	r := startDrops(t, nil, "-o", "json", "--duration", "1s")
+	if code := r.wait(t, time.Minute); code != 0 {
+		t.Fatalf("exit status %d\n%s", code, r.stderr)
+	}
+	recs := records(t, r.stdout.Bytes())
+	if len(recs) == 0 || recs[len(recs)-1]["type"] != "summary" {
+		t.Fatalf("no summary at the end:\n%s", r.stdout)
+	}
+	if d := recs[len(recs)-1]["duration_s"].(float64); d < 1.0 || d > 30 {
+		t.Fatalf("traced for %.3f s with --duration 1s", d)
+	}
+}
+
+// checkLossAccounted checks a drops -o json run that lost events: the
+// events it streamed plus the losses its `lost` records report are the
+// kernel's drops, and its summary's lost is the same total.
+func checkLossAccounted(t *testing.T, r *process, drops int64) {
+	t.Helper()
+	var delivered, lost int64
+	summaryLost := -1.0
+	for _, m := range records(t, r.stdout.Bytes()) {
+		switch m["type"] {
+		case "event":
+			delivered++
+		case "lost":
+			lost += int64(m["lost"].(float64))
+		case "summary":
+			summaryLost = m["lost"].(float64)
+		}
+	}
+	t.Logf("kernel drops %d: delivered %d, lost %d (summary says %.0f)", drops, delivered, lost, summaryLost)
+	if lost == 0 {
+		t.Fatal("nothing was lost: the ring buffer did not fill, the test proves nothing")
+	}
+	if delivered+lost != drops || float64(lost) != summaryLost {
+		t.Errorf("delivered %d + lost %d != kernel drops %d (summary lost %.0f)", delivered, lost, drops, summaryLost)
 	}
 }

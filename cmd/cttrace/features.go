@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
 )
 
 func featuresCommand() *cli.Command {
@@ -28,10 +29,21 @@ func featuresCommand() *cli.Command {
 				return fmt.Errorf("detect features: %w", err)
 			}
 			report := newFeatureReport(f)
-			if format == "json" {
-				return writeJSON(c.App.Writer, report)
+			// The report is still worth reading without conntrack, but
+			// the verdict is the tracing commands': nothing to trace.
+			noConntrack := session.RequireConntrack()
+			if noConntrack != nil {
+				report.Backend, report.BackendReason = "none", noConntrack.Error()
 			}
-			return report.writeText(c.App.Writer)
+			if format == "json" {
+				err = writeJSON(c.App.Writer, report)
+			} else {
+				err = report.writeText(c.App.Writer)
+			}
+			if err != nil {
+				return err
+			}
+			return noConntrack
 		},
 	}
 }

@@ -60,7 +60,7 @@ var badInvocations = []struct {
 	{[]string{"drops", "--utc=maybe"}, 2, `cttrace: invalid --utc "maybe": want true or false`, false},
 	{[]string{"drops", "--src", "300.1.1.1"}, 2, `cttrace: --src: invalid address "300.1.1.1": want an IP address or a prefix like 10.0.0.0/8`, false},
 	{[]string{"drops", "--dst", "10.0.0.0/33"}, 2, `cttrace: --dst: invalid prefix "10.0.0.0/33": want an IP address or a prefix like 10.0.0.0/8`, false},
-	{[]string{"drops", "--reason", "table_ful"}, 2, `cttrace: invalid --reason "table_ful": want table_full, alloc_failed, early_drop, insert_failed, insert, delete, clash_resolved (did you mean table_full?)`, false},
+	{[]string{"drops", "--reason", "table_ful"}, 2, `cttrace: invalid --reason "table_ful": want table_full, alloc_failed, early_drop, insert_failed, insert, delete, clash_resolved, gc_evict (did you mean table_full?)`, false},
 	{[]string{"drops", "--proto", "tcpp"}, 2, `cttrace: --proto: unknown protocol "tcpp" (valid: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre, or a number 0-255)`, false},
 	{[]string{"drops", "--ring-size", "5000"}, 2, `cttrace: invalid --ring-size "5000": want a power of two from 4K to 1G`, false},
 	{[]string{"drops", "--ring-size", "2G"}, 2, `cttrace: invalid --ring-size "2G": want a power of two from 4K to 1G`, false},

@@ -119,12 +119,11 @@ func runTop(c *cli.Context) error {
 		return err
 	}
 	debug.SetMemoryLimit(topMemoryLimit)
-	ctx, cancel := traceContext(c.Context, o.trace.duration)
-	defer cancel()
-	s, err := startSession(o.trace, session.Config{Sources: o.sources})
+	ctx, cancel, s, err := startTrace(c.Context, o.trace, session.Config{Sources: o.sources})
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer s.Close()
 	grouping := topk.Grouping{V4Bits: int(o.sources.V4Bits), V6Bits: int(o.sources.V6Bits)}
 	agg, err := top.New(o.view, grouping, time.Now())
@@ -175,6 +174,9 @@ func runTop(c *cli.Context) error {
 				return err
 			}
 		case now := <-ticker.C:
+			if err := session.RequireConntrack(); err != nil {
+				return probe.ErrConntrackGone
+			}
 			counts := tables.read()
 			if redump && !now.Before(nextDump) {
 				agg.ResetHeld()

@@ -60,49 +60,13 @@ type topRecord struct {
 // startTop starts `cttrace top-sources args...` and waits for its probes.
 func startTop(t *testing.T, args ...string) *process {
 	t.Helper()
-	testbed.RequireRoot(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	r := &process{cmd: cttrace(append([]string{"top-sources", "--ready-file", ready}, args...)...),
-		stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan error, 1)}
-	r.cmd.Stdout, r.cmd.Stderr = r.stdout, r.stderr
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.done <- r.cmd.Wait() }()
-	t.Cleanup(func() { r.cmd.Process.Kill() })
-	waitReady(t, r, ready)
-	return r
-}
-
-func waitReady(t *testing.T, r *process, ready string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			return
-		}
-		select {
-		case err := <-r.done:
-			t.Fatalf("cttrace exited before attaching: %v\n%s", err, r.stderr)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cttrace did not attach within a minute\n%s", r.stderr)
-		}
-	}
+	return startCttrace(t, nil, append([]string{"top-sources"}, args...)...)
 }
 
 // lastSnapshot waits for the process to end and returns its last snapshot.
 func lastSnapshot(t *testing.T, r *process) topRecord {
 	t.Helper()
-	if r.cmd.ProcessState == nil { // not stopped by the test: --once or --duration
-		select {
-		case <-r.done:
-		case <-time.After(120 * time.Second):
-			t.Fatalf("top-sources did not end\n%s", r.stderr)
-		}
-	}
-	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := r.wait(t, 2*time.Minute); code != 0 {
 		t.Fatalf("exit status %d\n%s", code, r.stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout.String()), "\n")
@@ -229,9 +193,7 @@ func TestTopSourcesStaysBoundedUnderSpoofedFlood(t *testing.T) {
 	drop := after.Sub(before).Drop
 	t.Logf("%d packets from %d sources: kernel drops %d; cttrace RSS %.1f MiB, BPF maps %.1f MiB; tracked %d of %d, bounded %v",
 		len(plan), len(sent), drop, float64(rss)/(1<<20), float64(mapBytes)/(1<<20), rec.Tracked, rec.Capacity, rec.Bounded)
-	if rss > 64<<20 {
-		t.Errorf("resident memory %d bytes, over 64 MiB", rss)
-	}
+	checkMemoryBound(t, "resident memory", rss)
 	if mapBytes > mapBound(maxSources) {
 		t.Errorf("BPF map memory %d bytes, over the documented bound %d", mapBytes, mapBound(maxSources))
 	}
@@ -531,7 +493,18 @@ func TestTopSourcesHeavyHittersSurviveASpoofedFlood(t *testing.T) {
 			t.Errorf("%s: %d drops shown of %d refused: outside the documented error %d", row.Source, row.Drops, perHeavy, bound)
 		}
 	}
-	if peak > 64<<20 {
-		t.Errorf("peak resident memory %.1f MiB, over 64 MiB", float64(peak)/(1<<20))
+	checkMemoryBound(t, "peak resident memory", peak)
+}
+
+// checkMemoryBound fails if cttrace's resident memory passed the 64 MiB
+// the README promises. A -race build (the host tier's) cannot be held to
+// it: the VM tier's builds, without -race, are.
+func checkMemoryBound(t *testing.T, what string, bytes uint64) {
+	t.Helper()
+	switch {
+	case raceEnabled:
+		t.Logf("%s %.1f MiB not checked against 64 MiB: built with -race, which multiplies it", what, float64(bytes)/(1<<20))
+	case bytes > 64<<20:
+		t.Errorf("%s %.1f MiB, over 64 MiB", what, float64(bytes)/(1<<20))
 	}
 }

@@ -1,54 +1,106 @@
 package testbed
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
-// LoadedPrograms returns which of names belong to programs loaded in the
-// kernel right now. The kernel keeps 15 characters of a name; cilium/ebpf
-// restores the full one from BTF when the kernel has it, so both count.
-func LoadedPrograms(names []string) []string {
-	want := map[string]bool{}
+// Names are the names of a tool's BPF programs and maps, as its object
+// file has them.
+type Names struct {
+	Programs, Maps []string
+}
+
+// Loaded is what of a tool is in the kernel right now: its programs, its
+// maps, and the links that attach its programs.
+type Loaded struct {
+	Programs, Maps, Links []string
+}
+
+// Empty says whether nothing is loaded.
+func (l Loaded) Empty() bool { return len(l.Programs)+len(l.Maps)+len(l.Links) == 0 }
+
+func (l Loaded) String() string {
+	return fmt.Sprintf("programs %v, maps %v, links %v", l.Programs, l.Maps, l.Links)
+}
+
+// nameSet holds names as the kernel keeps them: 15 characters; cilium/ebpf
+// restores the full name from BTF when the kernel has it, so both count.
+func nameSet(names []string) map[string]bool {
+	set := map[string]bool{}
 	for _, n := range names {
-		want[n] = true
-		want[n[:min(len(n), 15)]] = true
+		set[n] = true
+		set[n[:min(len(n), 15)]] = true
 	}
-	var left []string
-	var id ebpf.ProgramID
+	return set
+}
+
+// LoadedNow walks every BPF program, map and link in the kernel and returns
+// those of names (a link by the name of its program).
+func LoadedNow(names Names) Loaded {
+	progs, maps := nameSet(names.Programs), nameSet(names.Maps)
+	var l Loaded
+	ids := map[ebpf.ProgramID]string{}
+	eachID(ebpf.ProgramGetNextID, func(id ebpf.ProgramID) {
+		if p, err := ebpf.NewProgramFromID(id); err == nil {
+			info, err := p.Info()
+			p.Close()
+			if err == nil && progs[info.Name] {
+				l.Programs = append(l.Programs, info.Name)
+				ids[id] = info.Name
+			}
+		}
+	})
+	eachID(ebpf.MapGetNextID, func(id ebpf.MapID) {
+		if m, err := ebpf.NewMapFromID(id); err == nil {
+			info, err := m.Info()
+			m.Close()
+			if err == nil && maps[info.Name] {
+				l.Maps = append(l.Maps, info.Name)
+			}
+		}
+	})
+	it := new(link.Iterator)
+	for it.Next() {
+		if info, err := it.Link.Info(); err == nil && ids[info.Program] != "" {
+			l.Links = append(l.Links, fmt.Sprintf("%s (link type %d)", ids[info.Program], info.Type))
+		}
+	}
+	it.Close()
+	return l
+}
+
+// eachID calls fn with every ID the kernel hands out after 0 (objects
+// freed meanwhile are skipped by fn's own lookup).
+func eachID[ID ~uint32](next func(ID) (ID, error), fn func(ID)) {
+	var id ID
 	for {
-		next, err := ebpf.ProgramGetNextID(id)
+		n, err := next(id)
 		if err != nil {
-			return left
+			return // the end (ErrNotExist), or nothing more to learn
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // unloaded meanwhile
-		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && want[info.Name] {
-			left = append(left, info.Name)
-		}
+		id = n
+		fn(id)
 	}
 }
 
-// AssertUnloaded fails the test unless none of names is loaded within ten
-// seconds: the kernel frees a program after an RCU grace period, not at the
-// moment its last file descriptor closes.
-func AssertUnloaded(t testing.TB, names []string) {
+// AssertUnloaded fails the test unless nothing of names is loaded within
+// ten seconds: the kernel frees programs and maps after an RCU grace
+// period, not at the moment the last file descriptor closes.
+func AssertUnloaded(t testing.TB, names Names) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		left := LoadedPrograms(names)
-		if len(left) == 0 {
+		left := LoadedNow(names)
+		if left.Empty() {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("programs still loaded: %v", left)
+			t.Fatalf("still loaded: %s", left)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

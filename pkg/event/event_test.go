@@ -24,7 +24,8 @@ func TestReasonFromKernel(t *testing.T) {
 		{5, ReasonInsert},
 		{6, ReasonDelete},
 		{7, ReasonClashResolved},
-		{8, ""}, // CT_EV_MAX
+		{8, ReasonGCEvict},
+		{9, ""}, // CT_EV_MAX
 		{1 << 31, ""},
 	}
 	for _, tt := range tests {
@@ -38,11 +39,11 @@ func TestReasonFromKernel(t *testing.T) {
 }
 
 func TestReasonsAndDrops(t *testing.T) {
-	want := []Reason{"table_full", "alloc_failed", "early_drop", "insert_failed", "insert", "delete", "clash_resolved"}
+	want := []Reason{"table_full", "alloc_failed", "early_drop", "insert_failed", "insert", "delete", "clash_resolved", "gc_evict"}
 	if got := Reasons(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Reasons() = %v, want %v", got, want)
 	}
-	drops := []Reason{"table_full", "alloc_failed", "early_drop", "insert_failed"}
+	drops := []Reason{"table_full", "alloc_failed", "early_drop", "gc_evict", "insert_failed"}
 	if got := DropReasons(); !reflect.DeepEqual(got, drops) {
 		t.Errorf("DropReasons() = %v, want %v", got, drops)
 	}

@@ -24,6 +24,9 @@ const (
 	ReasonInsert        Reason = "insert"         // a new entry was confirmed
 	ReasonDelete        Reason = "delete"         // an entry left other than by eviction
 	ReasonClashResolved Reason = "clash_resolved" // a clash was resolved, nothing dropped
+	// ReasonGCEvict is apart from early_drop because the kernel's early_drop
+	// counter (conntrack -S) does not count the gc worker's evictions.
+	ReasonGCEvict Reason = "gc_evict" // the gc worker evicted an entry under pressure
 )
 
 // kernelReasons is indexed by enum ct_event_type; 0 is not a type.
@@ -35,6 +38,7 @@ var kernelReasons = [...]Reason{
 	5: ReasonInsert,
 	6: ReasonDelete,
 	7: ReasonClashResolved,
+	8: ReasonGCEvict,
 }
 
 // Reasons returns every reason in the kernel's order, which is also the
@@ -46,7 +50,7 @@ func Reasons() []Reason {
 // DropReasons returns the reasons that mean a packet was dropped or an entry
 // lost: what `cttrace drops` streams unless told otherwise.
 func DropReasons() []Reason {
-	return []Reason{ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonInsertFailed}
+	return []Reason{ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonGCEvict, ReasonInsertFailed}
 }
 
 // ReasonFromKernel maps an enum ct_event_type value to its Reason. A value
@@ -58,6 +62,18 @@ func ReasonFromKernel(t uint32) Reason {
 		return ""
 	}
 	return kernelReasons[t]
+}
+
+// KernelType is r's enum ct_event_type value, 0 for a reason cttrace does
+// not know: the one reverse of ReasonFromKernel, for masks and counters
+// indexed by the kernel's type.
+func (r Reason) KernelType() uint32 {
+	for t, k := range kernelReasons {
+		if k == r && r != "" {
+			return uint32(t)
+		}
+	}
+	return 0
 }
 
 // Valid reports whether r is one of the reasons cttrace knows.
@@ -73,7 +89,7 @@ func (r Reason) Valid() bool {
 // IsDrop reports whether r means a packet was dropped or an entry lost.
 func (r Reason) IsDrop() bool {
 	switch r {
-	case ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonInsertFailed:
+	case ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonGCEvict, ReasonInsertFailed:
 		return true
 	}
 	return false
@@ -101,7 +117,7 @@ type Detail string
 const (
 	DetailNone              Detail = ""
 	DetailEvictedForNewFlow Detail = "evicted_for_new_flow" // early_drop() made room for a new flow
-	DetailEvictedByGC       Detail = "evicted_by_gc"        // gc_worker evicted under pressure
+	DetailEvictedByGC       Detail = "evicted_by_gc"        // gc_evict: gc_worker evicted under pressure
 	DetailClash             Detail = "clash"                // insert clashed with an entry, unresolvable
 	DetailChainTooLong      Detail = "chain_too_long"       // hash chain over the limit (5.15+)
 	DetailDying             Detail = "dying"                // the entry was already dying

@@ -80,7 +80,8 @@ func summary() Summary {
 			event.ReasonTableFull: 2, event.ReasonAllocFailed: 0,
 			event.ReasonEarlyDrop: 2, event.ReasonInsertFailed: 1,
 		},
-		Lost: 17, Duration: 60*time.Second + 503*time.Millisecond + 400*time.Microsecond,
+		Visible: event.Reasons(),
+		Lost:    17, Duration: 60*time.Second + 503*time.Millisecond + 400*time.Microsecond,
 	}
 }
 

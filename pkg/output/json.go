@@ -140,7 +140,14 @@ func (j *JSONWriter) Summary(s Summary) error {
 		b = append(b, ':')
 		b = strconv.AppendUint(b, s.Events[r], 10)
 	}
-	b = append(b, '}')
+	b = append(b, `},"visible":[`...)
+	for i, r := range s.Visible {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, string(r))
+	}
+	b = append(b, ']')
 	b = appendUintField(b, "lost", s.Lost)
 	b = appendUintField(b, "aggregated", s.Aggregated)
 	b = append(b, `,"duration_s":`...)

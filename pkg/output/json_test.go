@@ -101,7 +101,8 @@ func TestJSONLostAndSummary(t *testing.T) {
 	want := []string{
 		`{"schema":1,"type":"lost","time":"2025-03-14T23:41:07.123456789Z","lost":5,"lost_total":12}`,
 		`{"schema":1,"type":"summary","time":"2025-03-14T23:42:07.123456789Z","backend":"fentry",` +
-			`"events":{"table_full":2,"alloc_failed":0,"early_drop":2,"insert_failed":1,"insert":0,"delete":0,"clash_resolved":0},` +
+			`"events":{"table_full":2,"alloc_failed":0,"early_drop":2,"insert_failed":1,"insert":0,"delete":0,"clash_resolved":0,"gc_evict":0},` +
+			`"visible":["table_full","alloc_failed","early_drop","insert_failed","insert","delete","clash_resolved","gc_evict"],` +
 			`"lost":17,"aggregated":0,"duration_s":60.503}`,
 	}
 	if !slices.Equal(lines, want) {

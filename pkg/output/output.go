@@ -40,7 +40,10 @@ type Summary struct {
 	// keys, so a caller that counted only some reasons can leave the others
 	// out rather than print a misleading "insert=0".
 	Events map[event.Reason]uint64
-	Lost   uint64 // events the kernel could not deliver, in all
+	// Visible lists the reasons the backend can see at all: a 0 in Events
+	// for a reason not listed means "not visible", not "none happened".
+	Visible []event.Reason
+	Lost    uint64 // events the kernel could not deliver, in all
 	// Aggregated is the events written in aggregates (past the stream
 	// limit) rather than one by one, in all.
 	Aggregated uint64

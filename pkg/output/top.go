@@ -40,10 +40,11 @@ func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
 	fmt.Fprintf(&b, "  lost events %d\n\n", s.Lost)
 
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "NETNS\tENTRIES/MAX\tFILL\tDROPS/s\tEARLY/s\tINSERTS/s\t")
+	fmt.Fprintln(tw, "NETNS\tENTRIES/MAX\tFILL\tDROPS/s\tEARLY/s\tGC/s\tINSERTS/s\t")
 	for _, ns := range s.Namespaces {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns, entries(ns), fill(ns.Fill()),
-			rate(ns.Rate.Drops, s.Interval), rate(ns.Rate.Evicted, s.Interval), rate(ns.Rate.Inserts, s.Interval))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns, entries(ns), fill(ns.Fill()),
+			rate(ns.Rate.Drops, s.Interval), rate(ns.Rate.EarlyDrops(), s.Interval), rate(ns.Rate.GCEvicted, s.Interval),
+			rate(ns.Rate.Inserts, s.Interval))
 	}
 	tw.Flush()
 	b.WriteString("\n")
@@ -119,9 +120,11 @@ type topNetnsJSON struct {
 	Fill           float64 `json:"fill"`
 	DropsPerS      float64 `json:"drops_per_s"`
 	EarlyDropsPerS float64 `json:"early_drops_per_s"`
+	GCEvictsPerS   float64 `json:"gc_evictions_per_s"`
 	InsertsPerS    float64 `json:"inserts_per_s"`
 	Drops          uint64  `json:"drops"`
 	EarlyDrops     uint64  `json:"early_drops"`
+	GCEvicts       uint64  `json:"gc_evictions"`
 	Inserts        uint64  `json:"inserts"`
 }
 
@@ -148,8 +151,9 @@ func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
 		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
 	for _, ns := range s.Namespaces {
 		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
-			DropsPerS: top.PerSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.Evicted, s.Interval),
-			InsertsPerS: top.PerSec(ns.Rate.Inserts, s.Interval), Drops: ns.Total.Drops, EarlyDrops: ns.Total.Evicted, Inserts: ns.Total.Inserts})
+			DropsPerS: top.PerSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.EarlyDrops(), s.Interval),
+			GCEvictsPerS: top.PerSec(ns.Rate.GCEvicted, s.Interval), InsertsPerS: top.PerSec(ns.Rate.Inserts, s.Interval),
+			Drops: ns.Total.Drops, EarlyDrops: ns.Total.EarlyDrops(), GCEvicts: ns.Total.GCEvicted, Inserts: ns.Total.Inserts})
 	}
 	for i := range s.Rows {
 		rec.Rows = append(rec.Rows, sourceJSON(&s.Rows[i], s.Interval, s.Rows[i].Prefix.String()))

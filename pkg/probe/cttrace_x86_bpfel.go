@@ -98,7 +98,8 @@ const (
 	cttraceCtEventTypeCT_EV_INSERT         cttraceCtEventType = 5
 	cttraceCtEventTypeCT_EV_DELETE         cttraceCtEventType = 6
 	cttraceCtEventTypeCT_EV_CLASH_RESOLVED cttraceCtEventType = 7
-	cttraceCtEventTypeCT_EV_MAX            cttraceCtEventType = 8
+	cttraceCtEventTypeCT_EV_GC_EVICT       cttraceCtEventType = 8
+	cttraceCtEventTypeCT_EV_MAX            cttraceCtEventType = 9
 )
 
 type cttraceCtTuple struct {
@@ -116,12 +117,12 @@ type cttraceNetnsSlot struct {
 	_      structs.HostLayout
 	Netns  uint32
 	Pad    uint32
-	Events [8]uint64
+	Events [9]uint64
 }
 
 type cttraceNetnsStats struct {
 	_      structs.HostLayout
-	Events [8]uint64
+	Events [9]uint64
 }
 
 type cttraceNetnsVerdict struct {
@@ -150,7 +151,7 @@ const (
 
 type cttraceSrcStats struct {
 	_            structs.HostLayout
-	Events       [8]uint64
+	Events       [9]uint64
 	LastDropNs   uint64
 	LastDropType uint32
 	Pad          uint32

@@ -100,12 +100,15 @@ func TestAttachEveryUsableBackend(t *testing.T) {
 			if err != nil {
 				t.Fatalf("attach: %v", err)
 			}
-			names := p.Programs()
-			t.Logf("attached %v", names)
+			t.Logf("attached %v", p.Programs())
 			if err := p.Close(); err != nil {
 				t.Fatalf("close: %v", err)
 			}
-			testbed.AssertUnloaded(t, names)
+			progs, maps, err := ObjectNames()
+			if err != nil {
+				t.Fatal(err)
+			}
+			testbed.AssertUnloaded(t, testbed.Names{Programs: progs, Maps: maps})
 		})
 		attached++
 	}

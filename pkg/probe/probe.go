@@ -18,9 +18,24 @@ type Probe struct {
 	// Missing lists what this run cannot see because an optional hook did
 	// not attach, in words for the operator.
 	Missing []string
-	coll    *ebpf.Collection
+	coll    *ebpf.Collection // the programs
+	objs    loadedObjects
 	links   []link.Link
 	sources SourceOptions
+}
+
+// specObjects and loadedObjects are bpf2go's typed views of the object's
+// maps and variables, before and after loading: a map or variable renamed
+// in bpf/ fails the build here, not a lookup by name at run time. Programs
+// are handled by name, as the backend decides which are loaded.
+type specObjects struct {
+	cttraceMapSpecs
+	cttraceVariableSpecs
+}
+
+type loadedObjects struct {
+	cttraceMaps
+	cttraceVariables
 }
 
 // Options says what to load.
@@ -75,22 +90,26 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if len(spec.Programs) == 0 {
 		return nil, fmt.Errorf("no programs for backend %q", b)
 	}
-	if err := spec.Variables["stream_mask"].Set(opts.StreamMask); err != nil {
+	var specs specObjects
+	if err := spec.Assign(&specs); err != nil {
+		return nil, fmt.Errorf("bpf object: %w", err)
+	}
+	if err := specs.StreamMask.Set(opts.StreamMask); err != nil {
 		return nil, fmt.Errorf("set stream mask: %w", err)
 	}
 	if opts.RingBytes != 0 {
-		spec.Maps["events"].MaxEntries = opts.RingBytes
+		specs.Events.MaxEntries = opts.RingBytes
 	}
 	// Woken at an eighth full, the reader has seven eighths left to catch up
 	// before anything is lost; below that it reads on its 100 ms timer.
-	if err := spec.Variables["wakeup_bytes"].Set(spec.Maps["events"].MaxEntries / 8); err != nil {
+	if err := specs.WakeupBytes.Set(specs.Events.MaxEntries / 8); err != nil {
 		return nil, fmt.Errorf("set wakeup threshold: %w", err)
 	}
 	opts.Sources = opts.Sources.withDefaults()
-	if err := opts.Sources.apply(spec); err != nil {
+	if err := opts.Sources.apply(&specs); err != nil {
 		return nil, err
 	}
-	if err := opts.Stream.apply(spec); err != nil {
+	if err := opts.Stream.apply(&specs); err != nil {
 		return nil, err
 	}
 	collOpts := ebpf.CollectionOptions{}
@@ -111,6 +130,10 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
 	p := &Probe{Backend: b, coll: coll, sources: opts.Sources}
+	if err := coll.Assign(&p.objs); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("bpf object: %w", err)
+	}
 	// The filter is filled before the programs are attached, so that no
 	// event of another namespace is streamed meanwhile.
 	if err := p.selectNamespaces(opts.Stream.Netns); err != nil {
@@ -164,10 +187,20 @@ func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program) (link.Link, error) 
 // variable BPF cannot name, so user space tells the programs.
 const MaxPath = "/proc/sys/net/netfilter/nf_conntrack_max"
 
+// ErrConntrackGone says that nf_conntrack was unloaded under the probes. A
+// kprobe on a function of an unloaded module is gone for good (the kernel
+// does not re-arm it when the module comes back) and tp_btf/kfree_skb has
+// nothing left to see, so the run cannot go on; fentry pins the module
+// (the kernel refuses to unload it while a trampoline calls into it).
+var ErrConntrackGone = errors.New("nf_conntrack was unloaded while cttrace ran, and the hooks went with it: run cttrace again once it is loaded")
+
 // RefreshMax copies nf_conntrack_max into the programs, for the max field of
 // the events. Called at attach and then periodically by the reader.
 func (p *Probe) RefreshMax() error {
 	b, err := os.ReadFile(MaxPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return ErrConntrackGone
+	}
 	if err != nil {
 		return fmt.Errorf("read table max: %w", err)
 	}
@@ -175,7 +208,7 @@ func (p *Probe) RefreshMax() error {
 	if err != nil {
 		return fmt.Errorf("parse %s: %w", MaxPath, err)
 	}
-	if err := p.coll.Variables["ct_max"].Set(uint32(max)); err != nil {
+	if err := p.objs.CtMax.Set(uint32(max)); err != nil {
 		return fmt.Errorf("set table max: %w", err)
 	}
 	return nil
@@ -184,7 +217,7 @@ func (p *Probe) RefreshMax() error {
 // Lost sums, over CPUs, the events the kernel side could not deliver.
 func (p *Probe) Lost() (uint64, error) {
 	var perCPU []uint64
-	if err := p.coll.Maps["lost"].Lookup(uint32(0), &perCPU); err != nil {
+	if err := p.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("read lost counter: %w", err)
 	}
 	return sum(perCPU), nil
@@ -196,7 +229,7 @@ func (p *Probe) Produced() ([]uint64, error) {
 	counts := make([]uint64, cttraceCtEventTypeCT_EV_MAX)
 	for t := range counts {
 		var perCPU []uint64
-		if err := p.coll.Maps["produced"].Lookup(uint32(t), &perCPU); err != nil {
+		if err := p.objs.Produced.Lookup(uint32(t), &perCPU); err != nil {
 			return nil, fmt.Errorf("read event counters: %w", err)
 		}
 		counts[t] = sum(perCPU)
@@ -236,19 +269,22 @@ func (p *Probe) Detach() error {
 func (p *Probe) Close() error {
 	err := p.Detach()
 	p.coll.Close()
+	p.objs.cttraceMaps.Close()
 	return err
 }
 
-// ProgramNames lists the names of every program in the object, for checks
-// that none is left loaded.
-func ProgramNames() ([]string, error) {
+// ObjectNames lists the names of every program and map in the object, for
+// checks that nothing is left loaded.
+func ObjectNames() (programs, maps []string, err error) {
 	spec, err := loadCttrace()
 	if err != nil {
-		return nil, fmt.Errorf("read bpf object: %w", err)
+		return nil, nil, fmt.Errorf("read bpf object: %w", err)
 	}
-	var names []string
 	for name := range spec.Programs {
-		names = append(names, name)
+		programs = append(programs, name)
 	}
-	return names, nil
+	for name := range spec.Maps {
+		maps = append(maps, name)
+	}
+	return programs, maps, nil
 }

@@ -26,7 +26,7 @@ var ErrClosed = os.ErrClosed
 
 // NewReader opens the probe's ring buffer.
 func (p *Probe) NewReader() (*Reader, error) {
-	rb, err := ringbuf.NewReader(p.coll.Maps["events"])
+	rb, err := ringbuf.NewReader(p.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}

@@ -31,7 +31,7 @@ func (o SourceOptions) withDefaults() SourceOptions {
 	return o
 }
 
-func (o SourceOptions) apply(spec *ebpf.CollectionSpec) error {
+func (o SourceOptions) apply(specs *specObjects) error {
 	if !o.Enabled {
 		return nil
 	}
@@ -39,13 +39,16 @@ func (o SourceOptions) apply(spec *ebpf.CollectionSpec) error {
 	if v4 > 32 || v6 > 128 {
 		return fmt.Errorf("invalid source grouping /%d, /%d", v4, v6)
 	}
-	for name, v := range map[string]uint32{"aggregate_sources": 1, "group_v4_bits": uint32(v4), "group_v6_bits": uint32(v6)} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
+	for _, v := range []struct {
+		spec  *ebpf.VariableSpec
+		value uint32
+	}{{specs.AggregateSources, 1}, {specs.GroupV4Bits, uint32(v4)}, {specs.GroupV6Bits, uint32(v6)}} {
+		if err := v.spec.Set(v.value); err != nil {
+			return fmt.Errorf("set %s: %w", v.spec.Name, err)
 		}
 	}
 	if o.Max != 0 {
-		spec.Maps["sources"].MaxEntries = o.Max
+		specs.Sources.MaxEntries = o.Max
 	}
 	return nil
 }
@@ -63,10 +66,8 @@ type SourceTotals struct {
 
 // Count returns the source's events of reason r.
 func (s *SourceTotals) Count(r event.Reason) uint64 {
-	for t := range s.Events {
-		if event.ReasonFromKernel(uint32(t)) == r {
-			return s.Events[t]
-		}
+	if t := r.KernelType(); t != 0 && int(t) < len(s.Events) {
+		return s.Events[t]
 	}
 	return 0
 }
@@ -99,7 +100,7 @@ func eachEntry[K, V any](m *ebpf.Map, fn func(*K, *V) error) error {
 // Sources calls fn for every source the kernel tracks now.
 func (p *Probe) Sources(clock *event.Clock, fn func(*SourceTotals) error) error {
 	var st SourceTotals
-	return eachEntry(p.coll.Maps["sources"], func(k *cttraceSrcKey, v *cttraceSrcStats) error {
+	return eachEntry(p.objs.Sources, func(k *cttraceSrcKey, v *cttraceSrcStats) error {
 		p.decodeSource(k, v, clock, &st)
 		return fn(&st)
 	})
@@ -128,7 +129,7 @@ func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
 	out := map[uint32]map[event.Reason]uint64{}
 	var netns uint32
 	var perCPU []cttraceNetnsStats
-	it := p.coll.Maps["netns_totals"].Iterate()
+	it := p.objs.NetnsTotals.Iterate()
 	for it.Next(&netns, &perCPU) {
 		for _, st := range perCPU {
 			addEvents(out, netns, &st.Events)
@@ -148,7 +149,7 @@ func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
 func (p *Probe) addNamespaceSlots(out map[uint32]map[event.Reason]uint64) error {
 	var i uint32
 	var perCPU []cttraceNetnsSlot
-	it := p.coll.Maps["netns_slots"].Iterate()
+	it := p.objs.NetnsSlots.Iterate()
 	for it.Next(&i, &perCPU) {
 		for _, slot := range perCPU {
 			if slot.Netns == 0 {
@@ -184,26 +185,29 @@ type Admission struct {
 	Missed, Admitted uint64
 }
 
-// SampledMap names a map that admits new keys by sample and hold:
-// its admission counters and the variable holding its shift.
+// SampledMap is a map that admits new keys by sample and hold: the map, the
+// variable holding its shift, and its admission counters.
 type SampledMap struct {
-	mapName, shiftVar string
-	missed, admitted  cttraceSrcStat
+	name             string
+	of               func(*loadedObjects) (*ebpf.Map, *ebpf.Variable)
+	missed, admitted cttraceSrcStat
 }
 
 var (
 	// SourcesMap is the per-source map of top-sources.
-	SourcesMap = SampledMap{"sources", "admit_shift", cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED}
+	SourcesMap = SampledMap{"sources", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Sources, o.AdmitShift },
+		cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED}
 	// AggregatedMap holds the per-source counts past the stream limit.
-	AggregatedMap = SampledMap{"aggregated", "agg_admit_shift", cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED}
+	AggregatedMap = SampledMap{"aggregated", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Aggregated, o.AggAdmitShift },
+		cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED}
 )
 
 func (p *Probe) admission(at SampledMap) (Admission, error) {
 	var a Admission
 	for i, dst := range map[cttraceSrcStat]*uint64{at.missed: &a.Missed, at.admitted: &a.Admitted} {
 		var perCPU []uint64
-		if err := p.coll.Maps["source_stats"].Lookup(uint32(i), &perCPU); err != nil {
-			return a, fmt.Errorf("read %s admission: %w", at.mapName, err)
+		if err := p.objs.SourceStats.Lookup(uint32(i), &perCPU); err != nil {
+			return a, fmt.Errorf("read %s admission: %w", at.name, err)
 		}
 		*dst = sum(perCPU)
 	}
@@ -213,8 +217,9 @@ func (p *Probe) admission(at SampledMap) (Admission, error) {
 // setShift makes the kernel admit a key the map does not hold with
 // probability 2^-shift (sample and hold, bpf/cttrace.bpf.c).
 func (p *Probe) setShift(at SampledMap, shift uint32) error {
-	if err := p.coll.Variables[at.shiftVar].Set(shift); err != nil {
-		return fmt.Errorf("set %s sampling: %w", at.mapName, err)
+	_, v := at.of(&p.objs)
+	if err := v.Set(shift); err != nil {
+		return fmt.Errorf("set %s sampling: %w", at.name, err)
 	}
 	return nil
 }
@@ -249,7 +254,8 @@ const readsBeforeEviction = 4
 // NewSampler starts with every key admitted (exact counts). at is
 // SourcesMap or AggregatedMap; readEvery is how often user space reads it.
 func (p *Probe) NewSampler(at SampledMap, readEvery time.Duration) (*Sampler, error) {
-	capacity := float64(p.coll.Maps[at.mapName].MaxEntries())
+	m, _ := at.of(&p.objs)
+	capacity := float64(m.MaxEntries())
 	a, err := p.admission(at)
 	if err != nil {
 		return nil, err

@@ -6,8 +6,6 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/cttrace/cttrace/pkg/event"
 )
 
@@ -33,21 +31,21 @@ func (o StreamOptions) perCPU() uint32 {
 	return (o.Limit + cpus - 1) / cpus
 }
 
-func (o StreamOptions) apply(spec *ebpf.CollectionSpec) error {
+func (o StreamOptions) apply(specs *specObjects) error {
 	if o.Limit == 0 {
-		spec.Maps["aggregated"].MaxEntries = 1 // never written: no memory for it
+		specs.Aggregated.MaxEntries = 1 // never written: no memory for it
 	}
-	if err := spec.Variables["stream_per_cpu_per_s"].Set(o.perCPU()); err != nil {
+	if err := specs.StreamPerCpuPerS.Set(o.perCPU()); err != nil {
 		return fmt.Errorf("set stream limit: %w", err)
 	}
-	if len(o.Netns) > int(spec.Maps["stream_netns"].MaxEntries) {
-		return fmt.Errorf("at most %d namespaces can be selected, not %d", spec.Maps["stream_netns"].MaxEntries, len(o.Netns))
+	if len(o.Netns) > int(specs.StreamNetns.MaxEntries) {
+		return fmt.Errorf("at most %d namespaces can be selected, not %d", specs.StreamNetns.MaxEntries, len(o.Netns))
 	}
 	var filter uint32
 	if len(o.Netns) > 0 {
 		filter = 1
 	}
-	if err := spec.Variables["netns_filter"].Set(filter); err != nil {
+	if err := specs.NetnsFilter.Set(filter); err != nil {
 		return fmt.Errorf("set namespace filter: %w", err)
 	}
 	return nil
@@ -56,7 +54,7 @@ func (o StreamOptions) apply(spec *ebpf.CollectionSpec) error {
 // selectNamespaces fills the loaded program's namespace filter.
 func (p *Probe) selectNamespaces(netns []uint32) error {
 	for _, ns := range netns {
-		if err := p.coll.Maps["stream_netns"].Put(ns, uint8(1)); err != nil {
+		if err := p.objs.StreamNetns.Put(ns, uint8(1)); err != nil {
 			return fmt.Errorf("select namespace %d: %w", ns, err)
 		}
 	}
@@ -77,7 +75,7 @@ type AggregatedCount struct {
 // aggregated map holds now, read in batches.
 func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) error {
 	var a AggregatedCount
-	return eachEntry(p.coll.Maps["aggregated"], func(k *cttraceAggKey, v *cttraceAggValue) error {
+	return eachEntry(p.objs.Aggregated, func(k *cttraceAggKey, v *cttraceAggValue) error {
 		a = AggregatedCount{Netns: k.Netns, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
 		if k.Family == 2 {
 			a.Source = netip.AddrFrom4([4]byte(k.Addr[:4]))
@@ -94,7 +92,7 @@ func (p *Probe) AggregatedTotals() (map[event.Reason]uint64, error) {
 	out := map[event.Reason]uint64{}
 	for t := uint32(1); t < uint32(cttraceCtEventTypeCT_EV_MAX); t++ {
 		var perCPU []uint64
-		if err := p.coll.Maps["aggregated_total"].Lookup(t, &perCPU); err != nil {
+		if err := p.objs.AggregatedTotal.Lookup(t, &perCPU); err != nil {
 			return nil, fmt.Errorf("read aggregated totals: %w", err)
 		}
 		if r := event.ReasonFromKernel(t); r.Valid() {

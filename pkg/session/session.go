@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
@@ -47,10 +46,19 @@ var ErrNoConntrack = errors.New("nf_conntrack is not loaded, so no connection tr
 	"(check with `lsmod | grep nf_conntrack` or `ls /proc/sys/net/netfilter/nf_conntrack_max`; " +
 	"any stateful firewall rule, NAT or Kubernetes loads it)")
 
+// RequireConntrack returns ErrNoConntrack when there is nothing to trace:
+// what `features` and the tracing commands agree on.
+func RequireConntrack() error {
+	if _, err := os.Stat(probe.MaxPath); errors.Is(err, os.ErrNotExist) {
+		return ErrNoConntrack
+	}
+	return nil
+}
+
 // Start detects what the kernel allows, chooses the backend and attaches it.
 func Start(cfg Config) (*Session, error) {
-	if _, err := os.Stat(probe.MaxPath); errors.Is(err, os.ErrNotExist) {
-		return nil, ErrNoConntrack
+	if err := RequireConntrack(); err != nil {
+		return nil, err
 	}
 	f, err := probe.DetectBackends()
 	if err != nil {
@@ -94,8 +102,8 @@ func Start(cfg Config) (*Session, error) {
 // streamMask turns reasons into the kernel's bit mask of event types.
 func streamMask(reasons []event.Reason) uint32 {
 	var m uint32
-	for t := uint32(1); event.ReasonFromKernel(t) != ""; t++ {
-		if slices.Contains(reasons, event.ReasonFromKernel(t)) {
+	for _, r := range reasons {
+		if t := r.KernelType(); t != 0 {
 			m |= 1 << t
 		}
 	}
@@ -156,7 +164,13 @@ func (s *Session) Run(ctx context.Context, h Handler) error {
 		}
 		if !time.Now().Before(nextMax) {
 			nextMax = time.Now().Add(maxRefresh)
-			if err := s.Probe.RefreshMax(); err != nil {
+			if err := s.Probe.RefreshMax(); errors.Is(err, probe.ErrConntrackGone) {
+				// What was read before the unload is still delivered.
+				if err := s.finish(h, &ev); err != nil {
+					return stopped(err)
+				}
+				return err
+			} else if err != nil {
 				return err
 			}
 			if s.agg != nil {

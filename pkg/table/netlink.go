@@ -225,15 +225,27 @@ func parseReplies(b []byte, seq uint32, fn func(resID uint16, attrs []byte) erro
 	return false, intr, nil
 }
 
+// ErrNoCtnetlink says that the kernel has no ctnetlink: nfnetlink answers
+// EINVAL for a subsystem nobody registered, after trying to load its module
+// (net/netfilter/nfnetlink.c, nfnetlink_rcv_msg), which fails where module
+// loading is off or modprobe is missing.
+var ErrNoCtnetlink = errors.New("ctnetlink is not available: load the nf_conntrack_netlink module (modprobe nf_conntrack_netlink)")
+
 // parseError reads an NLMSG_ERROR body: a negative errno, or 0 for an ACK.
 func parseError(msg []byte) error {
 	if len(msg) < 4 {
 		return errors.New("ctnetlink: short error message")
 	}
-	if errno := int32(binary.NativeEndian.Uint32(msg[0:4])); errno != 0 {
-		return fmt.Errorf("ctnetlink: %w", unix.Errno(-errno))
+	errno := unix.Errno(-int32(binary.NativeEndian.Uint32(msg[0:4])))
+	switch errno {
+	case 0:
+		return nil
+	case unix.EINVAL:
+		// Every request cttrace sends is well formed: EINVAL is the
+		// missing subsystem.
+		return fmt.Errorf("%w (the kernel said: %w)", ErrNoCtnetlink, errno)
 	}
-	return nil
+	return fmt.Errorf("ctnetlink: %w", errno)
 }
 
 func nlAlign(n int) int { return (n + 3) &^ 3 }

@@ -20,63 +20,65 @@ type Key = topk.Key
 type Counts struct {
 	Drops   uint64 // packets refused: table_full, alloc_failed, insert_failed
 	Evicted uint64 // its entries evicted by early_drop or the gc
-	Inserts uint64 // entries it got confirmed
-	Deletes uint64 // its entries removed otherwise
+	// GCEvicted is the part of Evicted by the gc worker, which the kernel's
+	// early_drop counter leaves out (namespace totals only: rows say 0).
+	GCEvicted uint64
+	Inserts   uint64 // entries it got confirmed
+	Deletes   uint64 // its entries removed otherwise
 }
 
-// kernelIndex maps each reason to its index in SourceTotals.Events, once.
-var kernelIndex = func() map[event.Reason]int {
-	m := map[event.Reason]int{}
-	for t := 1; event.ReasonFromKernel(uint32(t)) != ""; t++ {
-		m[event.ReasonFromKernel(uint32(t))] = t
-	}
-	return m
-}()
-
 var (
-	ixTableFull    = kernelIndex[event.ReasonTableFull]
-	ixAllocFailed  = kernelIndex[event.ReasonAllocFailed]
-	ixInsertFailed = kernelIndex[event.ReasonInsertFailed]
-	ixEarlyDrop    = kernelIndex[event.ReasonEarlyDrop]
-	ixInsert       = kernelIndex[event.ReasonInsert]
-	ixDelete       = kernelIndex[event.ReasonDelete]
+	ixTableFull    = event.ReasonTableFull.KernelType()
+	ixAllocFailed  = event.ReasonAllocFailed.KernelType()
+	ixInsertFailed = event.ReasonInsertFailed.KernelType()
+	ixEarlyDrop    = event.ReasonEarlyDrop.KernelType()
+	ixGCEvict      = event.ReasonGCEvict.KernelType()
+	ixInsert       = event.ReasonInsert.KernelType()
+	ixDelete       = event.ReasonDelete.KernelType()
 )
 
 func countsOfTotals(t map[event.Reason]uint64) Counts {
 	return Counts{
-		Drops:   t[event.ReasonTableFull] + t[event.ReasonAllocFailed] + t[event.ReasonInsertFailed],
-		Evicted: t[event.ReasonEarlyDrop],
-		Inserts: t[event.ReasonInsert],
-		Deletes: t[event.ReasonDelete],
+		Drops:     t[event.ReasonTableFull] + t[event.ReasonAllocFailed] + t[event.ReasonInsertFailed],
+		Evicted:   t[event.ReasonEarlyDrop] + t[event.ReasonGCEvict],
+		GCEvicted: t[event.ReasonGCEvict],
+		Inserts:   t[event.ReasonInsert],
+		Deletes:   t[event.ReasonDelete],
 	}
 }
 
+// EarlyDrops are the evictions the kernel counts as early_drop.
+func (c Counts) EarlyDrops() uint64 { return c.Evicted - c.GCEvicted }
+
+// each combines c and o column by column.
+func (c Counts) each(o Counts, f func(x, y uint64) uint64) Counts {
+	return Counts{f(c.Drops, o.Drops), f(c.Evicted, o.Evicted), f(c.GCEvicted, o.GCEvicted), f(c.Inserts, o.Inserts), f(c.Deletes, o.Deletes)}
+}
+
 func (c Counts) sub(o Counts) Counts {
-	return Counts{c.Drops - o.Drops, c.Evicted - o.Evicted, c.Inserts - o.Inserts, c.Deletes - o.Deletes}
+	return c.each(o, func(x, y uint64) uint64 { return x - y })
 }
 
 // atLeastZero is c - o, column by column, never below zero: the kernel's
 // totals and its per-source map are read a moment apart.
 func (c Counts) atLeastZero(o Counts) Counts {
-	d := func(x, y uint64) uint64 { return x - min(x, y) }
-	return Counts{d(c.Drops, o.Drops), d(c.Evicted, o.Evicted), d(c.Inserts, o.Inserts), d(c.Deletes, o.Deletes)}
+	return c.each(o, func(x, y uint64) uint64 { return x - min(x, y) })
 }
 
 // since is what a source counted since prev. A source pushed out of the
 // kernel's LRU map and back starts again from zero: a count below the
 // previous one is all new.
 func (c Counts) since(prev Counts) Counts {
-	d := func(now, before uint64) uint64 {
+	return c.each(prev, func(now, before uint64) uint64 {
 		if now < before {
 			return now
 		}
 		return now - before
-	}
-	return Counts{d(c.Drops, prev.Drops), d(c.Evicted, prev.Evicted), d(c.Inserts, prev.Inserts), d(c.Deletes, prev.Deletes)}
+	})
 }
 
 func (c Counts) add(o Counts) Counts {
-	return Counts{c.Drops + o.Drops, c.Evicted + o.Evicted, c.Inserts + o.Inserts, c.Deletes + o.Deletes}
+	return c.each(o, func(x, y uint64) uint64 { return x + y })
 }
 
 // Row is one line of the view.
@@ -350,7 +352,7 @@ func sinceRead(st *Source, prev *lastRead) (topk.Counts, bool) {
 		TableFull:       d[ixTableFull],
 		AllocFailed:     d[ixAllocFailed],
 		InsertFailed:    d[ixInsertFailed],
-		EarlyDropVictim: d[ixEarlyDrop],
+		EarlyDropVictim: d[ixEarlyDrop] + d[ixGCEvict],
 		Inserts:         d[ixInsert],
 		Deletes:         d[ixDelete],
 	}

@@ -74,7 +74,7 @@ func (m *model) add(k Key, r event.Reason) {
 		case event.ReasonDelete:
 			c.Deletes++
 			c.Held--
-		case event.ReasonEarlyDrop:
+		case event.ReasonEarlyDrop, event.ReasonGCEvict:
 			c.EarlyDropVictim++
 			c.Held--
 		default:
@@ -186,7 +186,7 @@ func TestExactWhileSourcesFit(t *testing.T) {
 		src := netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(64))})
 		ev := flowFrom(reasons[rng.IntN(len(reasons))], testNetns, src)
 		k := DefaultGrouping.KeyOf(ev)
-		if (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop) && m.of(k).Held == 0 {
+		if (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held == 0 {
 			continue // an entry must exist to go
 		}
 		tr.Add(ev)
@@ -244,7 +244,7 @@ func TestOtherMakesTotalsAddUp(t *testing.T) {
 					h := int64(1 + rng.IntN(5))
 					tr.AddHeld(k, h)
 					m.addHeld(k, h)
-				case (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop) && m.of(k).Held <= 0:
+				case (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held <= 0:
 				case ev.Reason == event.ReasonClashResolved:
 					tr.Add(ev)
 				default:

@@ -74,8 +74,8 @@ func (t *Tracker) Add(ev *event.Event) {
 		t.refused(t.grouping.KeyOf(ev), ev.Reason, ev.Time)
 	case event.ReasonInsert:
 		t.inserted(t.grouping.KeyOf(ev))
-	case event.ReasonEarlyDrop:
-		t.evicted(t.grouping.KeyOf(ev), ev.Time)
+	case event.ReasonEarlyDrop, event.ReasonGCEvict:
+		t.evicted(t.grouping.KeyOf(ev), ev.Reason, ev.Time)
 	case event.ReasonDelete:
 		t.deleted(t.grouping.KeyOf(ev))
 	}
@@ -95,15 +95,16 @@ func (t *Tracker) inserted(k Key) {
 	}
 }
 
-// evicted counts an early_drop against its victim. Losing an entry is not
-// activity of the victim's, so it neither weighs for nor creates a row.
-func (t *Tracker) evicted(k Key, at time.Time) {
+// evicted counts an eviction (early_drop or gc_evict) against its victim.
+// Losing an entry is not activity of the victim's, so it neither weighs
+// for nor creates a row.
+func (t *Tracker) evicted(k Key, r event.Reason, at time.Time) {
 	c := t.holder(k)
 	c.now.EarlyDropVictim++
-	c.noteDrop(event.ReasonEarlyDrop, at)
+	c.noteDrop(r, at)
 	t.release(c, 1)
 	t.totals.now.EarlyDropVictim++
-	t.totals.noteDrop(event.ReasonEarlyDrop, at)
+	t.totals.noteDrop(r, at)
 	t.totals.now.Held--
 }
 

@@ -1,0 +1,7 @@
+//go:build race
+
+package main
+
+// raceEnabled: this test binary, which doubles as cttrace, was built with
+// -race, whose shadow memory multiplies cttrace's resident size.
+const raceEnabled = true
