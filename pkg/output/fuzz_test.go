@@ -1,0 +1,52 @@
+package output
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// FuzzWriteEvent: any event the decoder can produce (reasons and details
+// by kernel number, in range or not; any tuple; any counts and times) is
+// written as one line of valid JSON and as text, never a panic.
+func FuzzWriteEvent(f *testing.F) {
+	f.Add(uint32(3), uint8(1), uint8(0), uint8(2), uint8(6), []byte("\x0a\x00\x00\x01"), []byte("\x0a\x00\x00\x02"), uint16(80), uint16(443), uint32(0x1a), int64(-40e6), uint8(3), true)
+	f.Add(uint32(1), uint8(0), uint8(1), uint8(10), uint8(58), bytes.Repeat([]byte{0xfe}, 16), []byte{}, uint16(0), uint16(0), uint32(0), int64(0), uint8(0), false)
+	f.Add(uint32(99), uint8(200), uint8(7), uint8(0), uint8(0), []byte{}, []byte{}, uint16(0), uint16(0), ^uint32(0), int64(1)<<62, uint8(255), true)
+	f.Fuzz(func(t *testing.T, typ uint32, detail, conf, family, proto uint8, src, dst []byte, sport, dport uint16,
+		status uint32, timeout int64, tcpState uint8, trigger bool) {
+		var s, d [16]byte
+		copy(s[:], src)
+		copy(d[:], dst)
+		e := &event.Event{
+			Time: time.Unix(1700000000, 123), Reason: event.ReasonFromKernel(typ), Detail: event.DetailFromKernel(detail),
+			Confidence: event.ConfidenceFromKernel(conf), CPU: 1, Netns: 4026531840, Count: 5, Max: 10,
+			Status: status, TimeoutLeft: time.Duration(timeout), TCPState: tcpState,
+		}
+		if e.Reason == "" {
+			return // Run counts these as bugs and never hands them to a writer
+		}
+		e.Flow, _ = event.TupleFromKernel(family, proto, s, d, sport, dport)
+		if trigger {
+			tr, _ := event.TupleFromKernel(family, proto, d, s, dport, sport)
+			e.Trigger = &tr
+		}
+		var jb, tb bytes.Buffer
+		jw := NewJSON(&jb)
+		if err := jw.Event(e); err != nil {
+			t.Fatal(err)
+		}
+		jw.Flush()
+		if line := bytes.TrimSuffix(jb.Bytes(), []byte("\n")); !json.Valid(line) || bytes.Contains(line, []byte("\n")) {
+			t.Fatalf("not one line of JSON: %q", jb.Bytes())
+		}
+		tw := NewText(&tb)
+		if err := tw.Event(e); err != nil {
+			t.Fatal(err)
+		}
+		tw.Flush()
+	})
+}
