@@ -119,7 +119,7 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 		return o, err
 	}
 	o.stream.Limit = uint32(min(c.Uint("stream-limit"), 1<<31))
-	o.reasons = event.DropReasons()
+	o.reasons = event.RefusalsAndEvictions()
 	if rs := splitList(c.StringSlice("reason")); len(rs) > 0 {
 		o.reasons = nil
 		o.filter.Reasons = map[event.Reason]bool{}

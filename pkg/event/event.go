@@ -108,7 +108,3 @@ func (e *Event) TCPStateName() string {
 	}
 	return TCPStateName(e.TCPState)
 }
-
-// IsDrop reports whether the event means a packet was dropped or an entry
-// lost.
-func (e *Event) IsDrop() bool { return e.Reason.IsDrop() }

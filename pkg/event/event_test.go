@@ -43,17 +43,15 @@ func TestReasonsAndDrops(t *testing.T) {
 	if got := Reasons(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Reasons() = %v, want %v", got, want)
 	}
-	drops := []Reason{"table_full", "alloc_failed", "early_drop", "gc_evict", "insert_failed"}
-	if got := DropReasons(); !reflect.DeepEqual(got, drops) {
-		t.Errorf("DropReasons() = %v, want %v", got, drops)
+	streamed := []Reason{"table_full", "alloc_failed", "early_drop", "gc_evict", "insert_failed"}
+	if got := RefusalsAndEvictions(); !reflect.DeepEqual(got, streamed) {
+		t.Errorf("RefusalsAndEvictions() = %v, want %v", got, streamed)
 	}
 	for _, r := range want {
-		isDrop := false
-		for _, d := range drops {
-			isDrop = isDrop || d == r
-		}
-		if r.IsDrop() != isDrop {
-			t.Errorf("%s.IsDrop() = %v, want %v", r, r.IsDrop(), isDrop)
+		isDrop := r == "table_full" || r == "alloc_failed" || r == "insert_failed"
+		isEviction := r == "early_drop" || r == "gc_evict"
+		if r.IsDrop() != isDrop || r.IsEviction() != isEviction {
+			t.Errorf("%s: IsDrop %v, IsEviction %v; want %v, %v", r, r.IsDrop(), r.IsEviction(), isDrop, isEviction)
 		}
 	}
 	// Callers may change what they get without changing the package's.

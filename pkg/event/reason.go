@@ -47,9 +47,15 @@ func Reasons() []Reason {
 	return append([]Reason(nil), kernelReasons[1:]...)
 }
 
-// DropReasons returns the reasons that mean a packet was dropped or an entry
-// lost: what `cttrace drops` streams unless told otherwise.
-func DropReasons() []Reason {
+// A drop, everywhere in cttrace (the DROPS columns, the headers, the
+// kernel side's is_drop), is a packet conntrack refused: table_full,
+// alloc_failed or insert_failed, what the kernel counts as `drop` and
+// `insert_failed`. An eviction (early_drop, gc_evict) loses an entry, not
+// a packet, and is counted apart.
+
+// RefusalsAndEvictions returns the drops and the evictions: what `cttrace
+// drops` streams unless told otherwise.
+func RefusalsAndEvictions() []Reason {
 	return []Reason{ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonGCEvict, ReasonInsertFailed}
 }
 
@@ -86,13 +92,19 @@ func (r Reason) Valid() bool {
 	return false
 }
 
-// IsDrop reports whether r means a packet was dropped or an entry lost.
+// IsDrop reports whether r means a packet was refused (see
+// RefusalsAndEvictions).
 func (r Reason) IsDrop() bool {
 	switch r {
-	case ReasonTableFull, ReasonAllocFailed, ReasonEarlyDrop, ReasonGCEvict, ReasonInsertFailed:
+	case ReasonTableFull, ReasonAllocFailed, ReasonInsertFailed:
 		return true
 	}
 	return false
+}
+
+// IsEviction reports whether r means an entry was evicted.
+func (r Reason) IsEviction() bool {
+	return r == ReasonEarlyDrop || r == ReasonGCEvict
 }
 
 // ParseReason reads a reason as an operator types it (for --reason). The

@@ -176,82 +176,74 @@ func returnZero(ret int32) asm.Instructions {
 	return asm.Instructions{asm.Mov.Imm(asm.R0, ret), asm.Return()}
 }
 
-func trialTracing(name string, at ebpf.AttachType, target string) Feature {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "cttrace_trial", Type: ebpf.Tracing, AttachType: at, AttachTo: target,
-		Instructions: returnZero(0), License: "GPL",
-	})
+// trial loads spec with a program that returns ret, attaches it with
+// attach and detaches it: every trial's shape, its outcome in the kernel's
+// words for the operator.
+func trial(name, detail string, spec ebpf.ProgramSpec, ret int32, attach func(*ebpf.Program) (link.Link, error)) Feature {
+	spec.Name, spec.License, spec.Instructions = "cttrace_trial", "GPL", returnZero(ret)
+	prog, err := ebpf.NewProgram(&spec)
 	if err != nil {
-		return result(name, target, refusal("load", err))
+		return result(name, detail, refusal("load", err))
 	}
 	defer prog.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: at})
+	l, err := attach(prog)
 	if err != nil {
-		return result(name, target, refusal("attach", err))
+		return result(name, detail, err)
 	}
-	return result(name, target, l.Close())
+	return result(name, detail, l.Close())
+}
+
+func trialTracing(name string, at ebpf.AttachType, target string) Feature {
+	return trial(name, target, ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: at, AttachTo: target}, 0,
+		func(p *ebpf.Program) (link.Link, error) {
+			l, err := link.AttachTracing(link.TracingOptions{Program: p, AttachType: at})
+			return l, attachError(err)
+		})
 }
 
 func trialKprobe(name string, ret bool, target string) Feature {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "cttrace_trial", Type: ebpf.Kprobe, Instructions: returnZero(0), License: "GPL",
+	return trial(name, target, ebpf.ProgramSpec{Type: ebpf.Kprobe}, 0, func(p *ebpf.Program) (link.Link, error) {
+		attach := link.Kprobe
+		if ret {
+			attach = link.Kretprobe
+		}
+		l, err := attach(target, p, nil)
+		if err != nil && !kprobePMU() {
+			// cilium/ebpf falls back to tracefs when the PMU is missing, and
+			// its error then speaks of tracefs; the PMU's absence is the
+			// real cause.
+			return nil, errors.New("attach: no kprobe PMU in /sys/bus/event_source/devices and the tracefs fallback failed (kernel built without CONFIG_KPROBES?)")
+		}
+		return l, attachError(err)
 	})
-	if err != nil {
-		return result(name, target, refusal("load", err))
-	}
-	defer prog.Close()
-	attach := link.Kprobe
-	if ret {
-		attach = link.Kretprobe
-	}
-	l, err := attach(target, prog, nil)
-	if err != nil && !kprobePMU() {
-		// cilium/ebpf falls back to tracefs when the PMU is missing, and its
-		// error then speaks of tracefs; the PMU's absence is the real cause.
-		return result(name, target, errors.New("attach: no kprobe PMU in /sys/bus/event_source/devices and the tracefs fallback failed (kernel built without CONFIG_KPROBES?)"))
-	}
-	if err != nil {
-		return result(name, target, refusal("attach", err))
-	}
-	return result(name, target, l.Close())
 }
 
 func trialRawTracepoint(tp string) Feature {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "cttrace_trial", Type: ebpf.RawTracepoint, Instructions: returnZero(0), License: "GPL",
+	return trial(FeatRawTracepoint, tp, ebpf.ProgramSpec{Type: ebpf.RawTracepoint}, 0, func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: p})
+		return l, attachError(err)
 	})
-	if err != nil {
-		return result(FeatRawTracepoint, tp, refusal("load", err))
-	}
-	defer prog.Close()
-	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp, Program: prog})
-	if err != nil {
-		return result(FeatRawTracepoint, tp, refusal("attach", err))
-	}
-	return result(FeatRawTracepoint, tp, l.Close())
 }
 
 // trialNetfilterLink attaches an accept-everything program at the lowest
 // priority of this namespace's IPv4 LOCAL_OUT hook for the time of the trial;
 // BPF netfilter links exist since 6.4 (commit 84601d6ee68a).
 func trialNetfilterLink() Feature {
-	const detail = "ipv4 local-out"
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name: "cttrace_trial", Type: ebpf.Netfilter, AttachType: ebpf.AttachNetfilter,
-		Instructions: returnZero(1 /* NF_ACCEPT */), License: "GPL",
+	spec := ebpf.ProgramSpec{Type: ebpf.Netfilter, AttachType: ebpf.AttachNetfilter}
+	return trial(FeatNetfilterLink, "ipv4 local-out", spec, 1 /* NF_ACCEPT */, func(p *ebpf.Program) (link.Link, error) {
+		l, err := link.AttachNetfilter(link.NetfilterOptions{
+			Program: p, ProtocolFamily: link.NetfilterProtoIPv4,
+			Hook: link.NetfilterInetLocalOut, Priority: 1<<31 - 2, // NF_IP_PRI_LAST is INT_MAX and excluded
+		})
+		return l, attachError(err)
 	})
+}
+
+func attachError(err error) error {
 	if err != nil {
-		return result(FeatNetfilterLink, detail, refusal("load", err))
+		return refusal("attach", err)
 	}
-	defer prog.Close()
-	l, err := link.AttachNetfilter(link.NetfilterOptions{
-		Program: prog, ProtocolFamily: link.NetfilterProtoIPv4,
-		Hook: link.NetfilterInetLocalOut, Priority: 1<<31 - 2, // NF_IP_PRI_LAST is INT_MAX and excluded
-	})
-	if err != nil {
-		return result(FeatNetfilterLink, detail, refusal("attach", err))
-	}
-	return result(FeatNetfilterLink, detail, l.Close())
+	return nil
 }
 
 func kernelRelease() string {
