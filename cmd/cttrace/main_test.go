@@ -289,7 +289,8 @@ func TestBashCompletion(t *testing.T) {
 		{"cttrace drops --rea", "--ready-file --reason"},
 		{"cttrace top-sources --gr", "--group-v4 --group-v6"},
 	} {
-		script := fmt.Sprintf(`source <(cttrace completion bash) && COMP_WORDS=(%s) && COMP_CWORD=$((${#COMP_WORDS[@]} - 1)) && _cttrace && echo "${COMPREPLY[*]}"`, tc.words)
+		// eval, not source <(...): the VM tier's guest has no /dev/fd.
+		script := fmt.Sprintf(`eval "$(cttrace completion bash)" && COMP_WORDS=(%s) && COMP_CWORD=$((${#COMP_WORDS[@]} - 1)) && _cttrace && echo "${COMPREPLY[*]}"`, tc.words)
 		cmd := exec.Command(bash, "-c", script)
 		cmd.Env = env
 		if got := strings.TrimSpace(stdoutOf(t, cmd)); got != tc.want {

@@ -156,9 +156,37 @@ func runTop(c *cli.Context) error {
 		return err
 	}
 
-	live := o.format == "text" && isTerminal(os.Stdout)
 	view := output.TopView{Backend: string(s.Backend), Sort: o.view.Sort}
 	out := bufio.NewWriter(os.Stdout)
+	// On a terminal the view is redrawn in place (not with --once, whose
+	// snapshot must stay on the screen after exit).
+	var term *liveTerminal
+	if o.format == "text" && !o.once && isTerminal(os.Stdout) {
+		term = openLive(os.Stdin, os.Stdout)
+		defer term.close()
+	}
+	var last *top.Snapshot
+	draw := func(snap *top.Snapshot) error {
+		var err error
+		switch {
+		case o.format == "json":
+			err = view.WriteTopJSON(out, snap)
+		case term != nil:
+			err = view.WriteTopFrame(out, snap, term.size())
+		default:
+			err = view.WriteTopText(out, snap)
+		}
+		if err == nil {
+			err = out.Flush()
+		}
+		last = snap
+		return err
+	}
+	var keys <-chan byte
+	var resized <-chan os.Signal
+	if term != nil {
+		keys, resized = term.keys, term.resized
+	}
 	ticker := time.NewTicker(o.interval)
 	defer ticker.Stop()
 	// The kernel's admission of new sources follows a flood's rate faster
@@ -169,6 +197,16 @@ func runTop(c *cli.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case key := <-keys:
+			if quits(key) {
+				return nil
+			}
+		case <-resized:
+			if last != nil {
+				if err := draw(last); err != nil {
+					return err
+				}
+			}
 		case now := <-adjust.C:
 			if err := sampler.Adjust(now); err != nil {
 				return err
@@ -191,14 +229,7 @@ func runTop(c *cli.Context) error {
 			if snap.Lost, err = s.Probe.Lost(); err != nil {
 				return err
 			}
-			if o.format == "json" {
-				err = view.WriteTopJSON(out, &snap)
-			} else {
-				err = view.WriteTopText(out, &snap, live)
-			}
-			if err == nil {
-				err = out.Flush()
-			}
+			err = draw(&snap)
 			if closedPipe(err) {
 				return nil
 			}

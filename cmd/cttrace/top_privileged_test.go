@@ -288,9 +288,10 @@ func TestTopSourcesTerminalView(t *testing.T) {
 	}
 	lab := fullTable(t, 32)
 	session := "cttrace-test-" + strconv.Itoa(os.Getpid())
-	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := fmt.Sprintf("CTTRACE_TEST_AS_MAIN=1 %s top-sources --ready-file %s --interval 500ms --netns /run/netns/%s; sleep 30",
-		os.Args[0], ready, lab.Name())
+	dir := t.TempDir()
+	ready, status := filepath.Join(dir, "ready"), filepath.Join(dir, "status")
+	cmd := fmt.Sprintf("CTTRACE_TEST_AS_MAIN=1 %s top-sources --ready-file %s --interval 500ms --netns /run/netns/%s; echo $? > %s; sleep 30",
+		os.Args[0], ready, lab.Name(), status)
 	if out, err := exec.Command("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd).CombinedOutput(); err != nil {
 		t.Fatalf("tmux: %v: %s", err, out)
 	}
@@ -318,6 +319,48 @@ func TestTopSourcesTerminalView(t *testing.T) {
 	}
 	if n := strings.Count(screen, "cttrace top-sources"); n != 1 {
 		t.Errorf("the header appears %d times: the view does not refresh in place", n)
+	}
+
+	// A smaller terminal: the frame is redrawn to fit it, and says that
+	// rows were left out; "other" stays.
+	for i := 0; i < 12; i++ {
+		refuse(t, lab, fmt.Sprintf("127.91.0.%d", i+1), 1)
+	}
+	if out, err := exec.Command("tmux", "resize-window", "-t", session, "-x", "70", "-y", "14").CombinedOutput(); err != nil {
+		t.Fatalf("tmux resize-window: %v: %s", err, out)
+	}
+	screen = waitScreen(t, session, time.Now().Add(30*time.Second), func(screen string) bool {
+		return strings.Contains(screen, "rows: a taller terminal") && strings.Contains(screen, "other")
+	})
+	for _, l := range strings.Split(strings.TrimRight(screen, "\n"), "\n") {
+		if len(l) > 70 {
+			t.Errorf("line of %d characters in a 70-column terminal: %q", len(l), l)
+		}
+	}
+	if !strings.Contains(screen, "rows: a taller terminal") || !strings.Contains(screen, "q quit") {
+		t.Errorf("the frame does not fit the resized terminal:\n%s", screen)
+	}
+
+	// q quits, with status 0, and gives the shell its screen back.
+	if out, err := exec.Command("tmux", "send-keys", "-t", session, "q").CombinedOutput(); err != nil {
+		t.Fatalf("tmux send-keys: %v: %s", err, out)
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(status)
+		if err == nil && strings.HasSuffix(string(b), "\n") {
+			if s := strings.TrimSpace(string(b)); s != "0" {
+				t.Errorf("exit status %s after q", s)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("top-sources did not quit on q")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if screen := waitScreen(t, session, time.Now().Add(10*time.Second), func(string) bool { return true }); strings.Contains(screen, "ENTRIES/MAX") {
+		t.Errorf("the view is still on the screen after exit (no alternate screen):\n%s", screen)
 	}
 }
 

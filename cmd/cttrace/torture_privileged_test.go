@@ -261,7 +261,7 @@ func unloadConntrack(t *testing.T) ([]string, error) {
 func reloadModules(t *testing.T, removed []string) {
 	t.Helper()
 	for i := len(removed) - 1; i >= 0; i-- {
-		if out, err := exec.Command("modprobe", removed[i]).CombinedOutput(); err != nil {
+		if out, err := exec.Command("modprobe", testbed.ModprobeArgs(removed[i])...).CombinedOutput(); err != nil {
 			t.Errorf("modprobe %s: %v: %s", removed[i], err, out)
 		}
 	}

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,9 +41,18 @@ func nameSet(names []string) map[string]bool {
 }
 
 // LoadedNow walks every BPF program, map and link in the kernel and returns
-// those of names (a link by the name of its program).
+// those of names (a link by the name of its program). Global-data maps
+// (.rodata, .bss) are left out: every object with globals has maps of those
+// names, so they say nothing about whose they are, and in a process that
+// loaded the object they live on until the garbage collector unmaps them
+// (cilium/ebpf's Memory cleanup).
 func LoadedNow(names Names) Loaded {
 	progs, maps := nameSet(names.Programs), nameSet(names.Maps)
+	for n := range maps {
+		if strings.HasPrefix(n, ".") {
+			delete(maps, n)
+		}
+	}
 	var l Loaded
 	ids := map[ebpf.ProgramID]string{}
 	eachID(ebpf.ProgramGetNextID, func(id ebpf.ProgramID) {

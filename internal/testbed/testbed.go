@@ -20,6 +20,16 @@ func Tier() string { return os.Getenv("CTTRACE_TESTBED") }
 // VMKernel is the label of the kernel the VM tier booted (6.1, 6.12).
 func VMKernel() string { return os.Getenv("CTTRACE_VM_KERNEL") }
 
+// ModprobeArgs are modprobe's arguments to load module: in the VM tier the
+// guest kernel's modules are under CTTRACE_VM_MODULES_ROOT (the host's
+// root, shared read-only, may have no modules directory to show them in).
+func ModprobeArgs(module string) []string {
+	if root := os.Getenv("CTTRACE_VM_MODULES_ROOT"); root != "" {
+		return []string{"-d", root, module}
+	}
+	return []string{module}
+}
+
 // RequireRoot fails the test when not root: privileged tests are only built
 // with -tags privileged, so running them unprivileged is a set-up mistake,
 // not a reason to skip.

@@ -17,17 +17,66 @@ type TopView struct {
 	Sort    top.SortBy
 }
 
-// clearScreen moves the cursor home and clears, as top(1) does per frame.
-const clearScreen = "\x1b[H\x1b[2J"
+// WriteTopText writes one snapshot as aligned text, for logs and pipes:
+// snapshots follow each other, separated by a blank line.
+func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot) error {
+	_, err := io.WriteString(w, strings.Join(v.topLines(s, len(s.Rows)), "\n")+"\n\n")
+	return err
+}
 
-// WriteTopText writes one snapshot as aligned text. live clears the
-// terminal first; otherwise snapshots follow each other, separated by a
-// blank line, for logs and pipes.
-func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
+// Screen is the size of the terminal a live view fills.
+type Screen struct {
+	Width, Height int
+}
+
+// Terminal control, as top(1) draws: home the cursor, clear to the end of
+// a line, clear to the end of the screen, reverse video.
+const (
+	cursorHome  = "\x1b[H"
+	clearLine   = "\x1b[K"
+	clearBelow  = "\x1b[J"
+	reverse     = "\x1b[7m"
+	normalVideo = "\x1b[m"
+)
+
+// TopKeys is the footer of the live view: the keys it answers to.
+const TopKeys = "q quit"
+
+// WriteTopFrame draws one snapshot over the previous one without clearing
+// the screen first (no flicker): each line is overwritten and what is left
+// of it cleared, then everything below. Lines are cut at the width; source
+// rows that do not fit the height are left out (the header, the namespace
+// lines and "other" stay, so the sums still add up); the last line is the
+// footer with the keys.
+func (v TopView) WriteTopFrame(w io.Writer, s *top.Snapshot, scr Screen) error {
+	fixed := len(v.topLines(s, 0)) + 1 // everything but the rows, and the footer
+	lines := v.topLines(s, max(0, min(len(s.Rows), scr.Height-fixed)))
 	var b strings.Builder
-	if live {
-		b.WriteString(clearScreen)
+	b.WriteString(cursorHome)
+	for _, l := range lines {
+		b.WriteString(cut(l, scr.Width))
+		b.WriteString(clearLine + "\n")
 	}
+	footer := TopKeys
+	if shown := len(lines) - (fixed - 1); shown < len(s.Rows) {
+		footer += fmt.Sprintf("  (%d of %d rows: a taller terminal shows more)", shown, len(s.Rows))
+	}
+	b.WriteString(reverse + cut(footer, scr.Width) + normalVideo + clearLine + clearBelow)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// cut keeps the first width characters of l (all of them if width <= 0).
+func cut(l string, width int) string {
+	if width <= 0 || len(l) <= width {
+		return l
+	}
+	return l[:width]
+}
+
+// topLines is one snapshot as text lines, with at most rows source rows.
+func (v TopView) topLines(s *top.Snapshot, rows int) []string {
+	var b strings.Builder
 	fmt.Fprintf(&b, "cttrace top-sources  %s  every %s  backend %s  sorted by %s\n",
 		s.Time.Format("15:04:05"), round(s.Interval), v.Backend, v.Sort)
 	fmt.Fprintf(&b, "sources tracked %d of %d", s.Tracked, s.Capacity)
@@ -51,7 +100,7 @@ func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
 
 	tw = tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "NETNS\tSOURCE\tDROPS/s\tDROPS\tEVICTED\tINSERTS/s\tHELD\tSHARE\tLAST DROP\t")
-	for i := range s.Rows {
+	for i := range s.Rows[:rows] {
 		r := &s.Rows[i]
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns, r.Prefix, rate(r.Rate.Drops, s.Interval), r.Total.Drops,
 			r.Total.Evicted, rate(r.Rate.Inserts, s.Interval), r.Held, percent(r.Share), lastDrop(r))
@@ -59,11 +108,7 @@ func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot, live bool) error {
 	o := &s.Other
 	fmt.Fprintf(tw, "\tother\t%s\t%d\t%d\t%s\t\t\t\t\n", rate(o.Rate.Drops, s.Interval), o.Total.Drops, o.Total.Evicted, rate(o.Rate.Inserts, s.Interval))
 	tw.Flush()
-	if !live {
-		b.WriteString("\n")
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
 }
 
 func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }

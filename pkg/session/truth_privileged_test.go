@@ -165,7 +165,7 @@ func TestTableFullEventsMatchKernelDrops(t *testing.T) {
 		if err := lab.HoldEstablished(max); err != nil {
 			t.Fatalf("fill the table: %v", err)
 		}
-		tl, _, stop := trace(t, b, lab.Inode(), event.DropReasons()...)
+		tl, _, stop := trace(t, b, lab.Inode(), event.RefusalsAndEvictions()...)
 		before := stats(t, lab)
 
 		dst := netip.MustParseAddrPort("127.0.0.1:9")
@@ -287,7 +287,7 @@ func TestInsertFailedEventsMatchKernelChainTooLong(t *testing.T) {
 		lab := ctlab.New(t)
 		ctlab.SetBuckets(t, 512)
 		ctlab.SetMax(t, 1<<20)
-		tl, _, stop := trace(t, b, lab.Inode(), event.DropReasons()...)
+		tl, _, stop := trace(t, b, lab.Inode(), event.RefusalsAndEvictions()...)
 		before := stats(t, lab)
 		if !before.HasChainTooLong {
 			t.Skip("this kernel has no chaintoolong counter (before 5.15)")

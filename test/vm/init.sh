@@ -22,7 +22,8 @@ if [ "${1:-}" = "--run-one" ]; then
 	HOME=/root
 	CTTRACE_TESTBED=vm
 	CTTRACE_VM_KERNEL=$VM_LABEL
-	export PATH HOME CTTRACE_TESTBED CTTRACE_VM_KERNEL
+	CTTRACE_VM_MODULES_ROOT=/run/cttrace-vm
+	export PATH HOME CTTRACE_TESTBED CTTRACE_VM_KERNEL CTTRACE_VM_MODULES_ROOT
 	# chroot(1) changes directory to the new root: cd inside, then exec the binary.
 	# shellcheck disable=SC2016 # expanded by the inner shell
 	exec /bin/chroot /host /bin/sh -c 'cd "$1" || exit 125; shift; exec "$@"' sh \
@@ -140,6 +141,12 @@ for d in $H/usr/lib/modules $H/lib/modules; do
 	fi
 	break
 done
+# And always under /run (a tmpfs here), for `modprobe -d $CTTRACE_VM_MODULES_ROOT`
+# where the host has no modules directory to mount over.
+if ! { mkdir -p "$H/run/cttrace-vm/lib/modules/$release" &&
+	mount --bind "$moddir" "$H/run/cttrace-vm/lib/modules/$release"; }; then
+	log "warning: cannot expose the modules under /run/cttrace-vm"
+fi
 
 # Binaries or package dirs under the tmpfs-covered dirs (e.g. /tmp/go-build*/...): bind
 # the host's original top directory (/tmp/X for /tmp/X/...) over the tmpfs, read-only.
