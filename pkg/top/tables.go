@@ -38,7 +38,7 @@ func (a *Aggregator) SeedHeld(namespaces []table.Namespace, g topk.Grouping) err
 			errs = append(errs, fmt.Errorf("dump %s: %w", ns, err))
 		}
 	}
-	snap := tr.Snapshot(topk.SortHeld, 0)
+	snap := tr.Snapshot()
 	for _, r := range snap.Rows {
 		a.Seed(Key{Netns: r.Netns, Prefix: r.Prefix}, r.Held)
 	}

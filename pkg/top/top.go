@@ -190,7 +190,7 @@ type Aggregator struct {
 }
 
 // HistoryCapacity is how many sources the history follows one by one
-// (topk.DefaultCapacity, 2.3 MB): any source with more than 1/10,000 of all
+// (topk.DefaultCapacity, 2.5 MB): any source with more than 1/10,000 of all
 // events counted keeps its row.
 const HistoryCapacity = topk.DefaultCapacity
 
@@ -286,7 +286,7 @@ func (a *Aggregator) rank() (best shortlist, shown, hidden Row, bounded bool) {
 			hidden.add(&out)
 		}
 	}
-	hs := a.hist.Snapshot(topk.SortDrops, 0)
+	hs := a.hist.Snapshot()
 	inHistory := make(map[Key]bool, len(hs.Rows))
 	for i := range hs.Rows {
 		r := rowOf(&hs.Rows[i])

@@ -43,7 +43,7 @@ func BenchmarkAdd(b *testing.B) {
 			for b.Loop() {
 				ev.Flow.Src = floodSource(picks[i&(len(picks)-1)])
 				ev.Reason = benchReasons[i%len(benchReasons)]
-				tr.Add(ev)
+				add(tr, ev)
 				i++
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
@@ -61,11 +61,11 @@ func BenchmarkSnapshot(b *testing.B) {
 	for i := range 200_000 {
 		ev.Flow.Src = floodSource(rng.Uint32N(50_000))
 		ev.Reason = benchReasons[i%len(benchReasons)]
-		tr.Add(ev)
+		add(tr, ev)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		tr.Snapshot(SortDrops, 25)
+		tr.Snapshot()
 	}
 }
 
@@ -82,9 +82,9 @@ func TestMemoryBound(t *testing.T) {
 		for i := range uint32(4 * capacity) {
 			ev.Flow.Src = floodSource(i)
 			ev.Reason = benchReasons[i%uint32(len(benchReasons))]
-			tr.Add(ev)
+			add(tr, ev)
 		}
-		tr.Snapshot(SortDrops, 0) // the scratch at its largest; the rows are garbage
+		tr.Snapshot() // the scratch at its largest; the rows are garbage
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		used := int64(after.HeapAlloc) - int64(before.HeapAlloc)

@@ -53,18 +53,6 @@ func (c Counts) minus(o Counts) Counts {
 	}
 }
 
-// countRefusal counts one refused packet of reason r.
-func (c *Counts) countRefusal(r event.Reason) {
-	switch r {
-	case event.ReasonTableFull:
-		c.TableFull++
-	case event.ReasonAllocFailed:
-		c.AllocFailed++
-	case event.ReasonInsertFailed:
-		c.InsertFailed++
-	}
-}
-
 // tally is one row's counts, now and at the previous snapshot, so that a
 // snapshot can give rates without keeping a second table.
 type tally struct {

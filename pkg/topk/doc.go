@@ -1,6 +1,8 @@
-// Package topk aggregates conntrack events per source, in memory bounded
-// whatever the sources, for `cttrace top-sources`: who fills the table
-// (inserts, entries held) and who is refused (drops).
+// Package topk is the history behind `cttrace top-sources`: what each source
+// did across reads of the kernel's per-source map (AddCounts), in memory
+// bounded whatever the sources, so that a source the kernel's LRU map
+// pushed out is still ranked. It keeps the counts and their error bounds;
+// ranking and display are pkg/top's.
 //
 // # Why a bound
 //
@@ -39,8 +41,8 @@
 // The rows are kept in a min-heap on weight and found through a fixed-size
 // open-addressing index with a per-tracker random hash seed, so an event
 // costs O(log capacity) at worst (about O(1) for a busy key, which sits at
-// the bottom of the heap), and allocates nothing: the memory Add uses is
-// all allocated by NewTracker.
+// the bottom of the heap), and allocates nothing: the memory AddCounts
+// uses is all allocated by NewTracker.
 //
 // # Guarantees
 //
@@ -73,17 +75,15 @@
 //
 // # Memory
 //
-// The bound is MemoryBound(capacity), all of it allocated by NewTracker
-// but Snapshot's scratch:
+// The bound is MemoryBound(capacity), all of it allocated by NewTracker:
 //
-//	bytes ≈ 208 × capacity + 8 × 2^ceil(log2(2 × capacity)) + 450
+//	bytes ≈ 220 × capacity + 8 × 2^ceil(log2(2 × capacity)) + 450
 //
-// (each of the four arrays rounded up to whole 8 KiB pages): 200 bytes a
-// row (key 40, counts now and at the last snapshot 96, last drop 40,
-// weight, error and heap position 24), 4 for the heap, 4 for Snapshot's
-// scratch, and an index of 8-byte slots at most half full. That is 235
-// bytes a tracked source at the default capacity of 10,000 (2.3 MB), 229
-// at 100,000 (23 MB), 225 at 1,000,000 (225 MB). TestMemoryBound measures a
-// full tracker after a flood against it. Snapshot also returns its rows,
-// 192 bytes each, which are the caller's.
+// (each of the three arrays rounded up to whole 8 KiB pages): 216 bytes a
+// row (key 40, counts now and at the last snapshot 112, last drop 40,
+// weight, error and heap position 24), 4 for the heap, and an index of
+// 8-byte slots at most half full. That is 247 bytes a tracked source at the
+// default capacity of 10,000 (2.5 MB) and 241 at 100,000 (24 MB).
+// TestMemoryBound measures a full tracker after a flood against it.
+// Snapshot also returns its rows, which are the caller's.
 package topk

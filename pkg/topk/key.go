@@ -3,8 +3,6 @@ package topk
 import (
 	"fmt"
 	"net/netip"
-
-	"github.com/cttrace/cttrace/pkg/event"
 )
 
 // Key is one source, or one prefix of sources, in one network namespace:
@@ -70,13 +68,4 @@ func (g Grouping) KeyFor(netns uint32, src netip.Addr) Key {
 		return Key{Netns: netns}
 	}
 	return Key{Netns: netns, Prefix: p}
-}
-
-// KeyOf groups the event's source: the originator of the flow refused, or
-// of the entry concerned (the victim, for early_drop).
-func (g Grouping) KeyOf(ev *event.Event) Key {
-	if !ev.Flow.Valid() {
-		return Key{Netns: ev.Netns}
-	}
-	return g.KeyFor(ev.Netns, ev.Flow.Src.Addr())
 }

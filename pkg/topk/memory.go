@@ -3,19 +3,16 @@ package topk
 import "unsafe"
 
 // pageSize is the Go runtime's page: a large allocation (rows, heap, index
-// slots, scratch) takes whole pages, so each may cost up to one more.
+// slots) takes whole pages, so each may cost up to one more.
 const pageSize = 8192
 
 // MemoryBound is the most heap a tracker of this capacity uses, in bytes,
 // whatever the events: its rows, heap and index are allocated whole by
-// NewTracker, and Snapshot's scratch grows to at most one int32 a row. Not
-// counted: the rows Snapshot returns (the caller's) and the namespaces
-// given to SetTableCount (a few bytes each, and not the attacker's to
-// choose).
+// NewTracker. Not counted: the rows Snapshot returns (the caller's).
 func MemoryBound(capacity int) int {
 	return int(unsafe.Sizeof(Tracker{})) +
 		inPages(capacity*int(unsafe.Sizeof(row{}))) +
-		2*inPages(capacity*int(unsafe.Sizeof(int32(0)))) + // heap, Snapshot's scratch
+		inPages(capacity*int(unsafe.Sizeof(int32(0)))) + // heap
 		inPages(slotsFor(capacity)*int(unsafe.Sizeof(slot{})))
 }
 

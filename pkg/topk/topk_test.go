@@ -1,10 +1,12 @@
 package topk
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -189,13 +191,13 @@ func TestExactWhileSourcesFit(t *testing.T) {
 		if (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held == 0 {
 			continue // an entry must exist to go
 		}
-		tr.Add(ev)
+		add(tr, ev)
 		if ev.Reason != event.ReasonClashResolved {
 			m.add(k, ev.Reason)
 		}
 	}
 	checkStructure(t, tr)
-	s := tr.Snapshot(SortDrops, 0)
+	s := tr.Snapshot()
 	checkSums(t, s)
 	if s.Tracked != 64 || s.Evictions != 0 || s.Bounded() || s.Other.Counts != (Counts{}) {
 		t.Errorf("tracked %d, evictions %d, other %+v", s.Tracked, s.Evictions, s.Other.Counts)
@@ -246,14 +248,14 @@ func TestOtherMakesTotalsAddUp(t *testing.T) {
 					m.addHeld(k, h)
 				case (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held <= 0:
 				case ev.Reason == event.ReasonClashResolved:
-					tr.Add(ev)
+					add(tr, ev)
 				default:
-					tr.Add(ev)
+					add(tr, ev)
 					m.add(k, ev.Reason)
 				}
 				if step%500 == 499 {
 					checkStructure(t, tr)
-					s := tr.Snapshot(SortKey(rng.IntN(3)), 0)
+					s := tr.Snapshot()
 					checkSums(t, s)
 					bounded += checkBounds(t, s, m)
 					if s.Totals.Counts != m.totals {
@@ -261,7 +263,7 @@ func TestOtherMakesTotalsAddUp(t *testing.T) {
 					}
 				}
 			}
-			if s := tr.Snapshot(SortDrops, 0); !s.Bounded() || s.Tracked != capacity {
+			if s := tr.Snapshot(); !s.Bounded() || s.Tracked != capacity {
 				t.Errorf("tracked %d of %d with %d evictions: the bound never bit", s.Tracked, capacity, s.Evictions)
 			}
 		})
@@ -302,10 +304,11 @@ func heavyInFlood(t *testing.T, flood, head int) {
 			ev.Flow.Src = netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(1 + rng.IntN(200)), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}), 1)
 			sent++
 		}
-		tr.Add(ev)
+		add(tr, ev)
 	}
 	checkStructure(t, tr)
-	s := tr.Snapshot(SortDrops, 5)
+	s := tr.Snapshot()
+	s.Rows = topRows(s.Rows, Counts.Drops, 5)
 	if !s.Bounded() || s.Tracked != 1000 {
 		t.Errorf("tracked %d, evictions %d: the flood should have filled the rows", s.Tracked, s.Evictions)
 	}
@@ -328,7 +331,7 @@ func heavyInFlood(t *testing.T, flood, head int) {
 		t.Errorf("%d rows, want 5", len(s.Rows))
 	}
 	var rest uint64
-	for _, r := range tr.Snapshot(SortDrops, 0).Rows {
+	for _, r := range tr.Snapshot().Rows {
 		rest += r.Drops()
 	}
 	if rest+s.Other.Drops() != s.Totals.Drops() || s.Totals.Drops() != uint64(flood)+truthSum(truth) {
@@ -377,10 +380,10 @@ func TestGroupingByPrefix(t *testing.T) {
 
 	tr := newTracker(t, 10, g)
 	for _, tt := range tests {
-		tr.Add(flowFrom(event.ReasonTableFull, tt.netns, netip.MustParseAddr(tt.src)))
+		add(tr, flowFrom(event.ReasonTableFull, tt.netns, netip.MustParseAddr(tt.src)))
 	}
-	tr.Add(&event.Event{Netns: 1, Reason: event.ReasonTableFull})
-	s := tr.Snapshot(SortDrops, 0)
+	add(tr, &event.Event{Netns: 1, Reason: event.ReasonTableFull})
+	s := tr.Snapshot()
 	got := map[Key]uint64{}
 	for _, r := range s.Rows {
 		got[r.Key] = r.TableFull
@@ -415,82 +418,21 @@ func TestGroupingValidate(t *testing.T) {
 	}
 }
 
-func TestSortAndLimit(t *testing.T) {
-	tr := newTracker(t, 10, Grouping{})
-	add := func(r event.Reason, src string, n int) {
-		for range n {
-			tr.Add(from(r, src))
-		}
-	}
-	add(event.ReasonTableFull, "10.0.0.1", 5)
-	add(event.ReasonInsert, "10.0.0.2", 7)
-	add(event.ReasonInsertFailed, "10.0.0.3", 3)
-	add(event.ReasonInsert, "10.0.0.3", 2)
-	add(event.ReasonAllocFailed, "10.0.0.4", 3) // ties with .3 on drops: the key decides
-	add(event.ReasonDelete, "10.0.0.2", 6)
-
-	order := func(by SortKey, limit int) string {
-		var names []string
-		for _, r := range tr.Snapshot(by, limit).Rows {
-			names = append(names, r.Prefix.Addr().String())
-		}
-		return strings.Join(names, " ")
-	}
-	// No event between these snapshots: the intervals are empty, so the
-	// totals rank.
-	for _, tt := range []struct {
-		by    SortKey
-		limit int
-		want  string
-	}{
-		{SortDrops, 0, "10.0.0.1 10.0.0.3 10.0.0.4 10.0.0.2"},
-		{SortDrops, 2, "10.0.0.1 10.0.0.3"},
-		{SortInserts, 1, "10.0.0.2"},
-		{SortInserts, 0, "10.0.0.2 10.0.0.3 10.0.0.1 10.0.0.4"},
-		{SortHeld, 0, "10.0.0.3 10.0.0.2 10.0.0.1 10.0.0.4"},
-		{SortDrops, 99, "10.0.0.1 10.0.0.3 10.0.0.4 10.0.0.2"},
-	} {
-		if got := order(tt.by, tt.limit); got != tt.want {
-			t.Errorf("sort %s limit %d: %s, want %s", tt.by, tt.limit, got, tt.want)
-		}
-	}
-	// What happens now ranks before what happened: .4 is refused in this
-	// interval and goes first although .1 has more in total.
-	add(event.ReasonTableFull, "10.0.0.4", 1)
-	if got := order(SortDrops, 2); got != "10.0.0.4 10.0.0.1" {
-		t.Errorf("after a new drop: %s", got)
-	}
-}
-
-func TestParseSortKey(t *testing.T) {
-	for in, want := range map[string]SortKey{"drops": SortDrops, " Inserts": SortInserts, "HELD": SortHeld} {
-		if got, err := ParseSortKey(in); err != nil || got != want {
-			t.Errorf("ParseSortKey(%q) = %v, %v", in, got, err)
-		}
-	}
-	if _, err := ParseSortKey("rate"); err == nil || !strings.Contains(err.Error(), "drops, inserts, held") {
-		t.Errorf("ParseSortKey(rate): %v", err)
-	}
-	if SortHeld.String() != "held" || SortKey(9).String() != "SortKey(9)" {
-		t.Errorf("String: %s %s", SortHeld, SortKey(9))
-	}
-}
-
 func TestIntervalCounts(t *testing.T) {
 	tr := newTracker(t, 2, Grouping{})
-	tr.Add(from(event.ReasonTableFull, "10.0.0.1"))
-	tr.Add(from(event.ReasonTableFull, "10.0.0.1"))
-	tr.Add(from(event.ReasonInsert, "10.0.0.2"))
-	first := tr.Snapshot(SortDrops, 0)
+	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
+	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
+	add(tr, from(event.ReasonInsert, "10.0.0.2"))
+	first := tr.Snapshot()
 	if first.Rows[0].Interval.TableFull != 2 || first.Rows[1].Interval.Inserts != 1 || first.Interval <= 0 {
 		t.Fatalf("first interval: %+v", first.Rows)
 	}
-	tr.Add(from(event.ReasonTableFull, "10.0.0.1"))
-	tr.Add(from(event.ReasonDelete, "10.0.0.2"))
+	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
+	add(tr, from(event.ReasonDelete, "10.0.0.2"))
 	// A third source displaces .2 (the lighter): its interval goes to
 	// "other" with it, its earlier counts too, and the interval still adds up.
-	tr.Add(from(event.ReasonTableFull, "10.0.0.3"))
-	s := tr.Snapshot(SortDrops, 0)
+	add(tr, from(event.ReasonTableFull, "10.0.0.3"))
+	s := tr.Snapshot()
 	checkSums(t, s)
 	r := s.Rows[0]
 	if r.Prefix.Addr().String() != "10.0.0.1" || r.TableFull != 3 || r.Interval.TableFull != 1 {
@@ -505,7 +447,7 @@ func TestIntervalCounts(t *testing.T) {
 	if s.Rows[1].Err != 1 || s.Evictions != 1 {
 		t.Errorf("10.0.0.3: err %d, evictions %d; want 1 and 1", s.Rows[1].Err, s.Evictions)
 	}
-	if third := tr.Snapshot(SortDrops, 0); third.Totals.Interval != (Counts{}) {
+	if third := tr.Snapshot(); third.Totals.Interval != (Counts{}) {
 		t.Errorf("nothing happened, interval %+v", third.Totals.Interval)
 	}
 }
@@ -515,29 +457,29 @@ func TestIntervalCounts(t *testing.T) {
 func TestHeldNeverBelowZero(t *testing.T) {
 	tr := newTracker(t, 1, Grouping{})
 	for range 3 {
-		tr.Add(from(event.ReasonInsert, "10.0.0.1"))
+		add(tr, from(event.ReasonInsert, "10.0.0.1"))
 	}
 	for range 4 {
-		tr.Add(from(event.ReasonInsert, "10.0.0.2")) // takes the only row
+		add(tr, from(event.ReasonInsert, "10.0.0.2")) // takes the only row
 	}
 	for range 5 {
-		tr.Add(from(event.ReasonInsert, "10.0.0.1")) // takes it back, err 4
+		add(tr, from(event.ReasonInsert, "10.0.0.1")) // takes it back, err 4
 	}
 	for range 4 {
-		tr.Add(from(event.ReasonDelete, "10.0.0.2")) // has no row: from other
+		add(tr, from(event.ReasonDelete, "10.0.0.2")) // has no row: from other
 	}
 	for range 6 {
-		tr.Add(from(event.ReasonDelete, "10.0.0.1"))
+		add(tr, from(event.ReasonDelete, "10.0.0.1"))
 	}
-	s := tr.Snapshot(SortHeld, 0)
+	s := tr.Snapshot()
 	checkSums(t, s)
 	r := s.Rows[0]
 	if r.Held != 0 || s.Other.Held != 2 || s.Totals.Held != 2 {
 		t.Errorf("held: row %d, other %d, totals %d; want 0, 2, 2", r.Held, s.Other.Held, s.Totals.Held)
 	}
-	tr.Add(from(event.ReasonEarlyDrop, "10.0.0.1"))
-	tr.Add(from(event.ReasonEarlyDrop, "10.0.0.9"))
-	s = tr.Snapshot(SortHeld, 0)
+	add(tr, from(event.ReasonEarlyDrop, "10.0.0.1"))
+	add(tr, from(event.ReasonEarlyDrop, "10.0.0.9"))
+	s = tr.Snapshot()
 	checkSums(t, s)
 	if s.Rows[0].EarlyDropVictim != 1 || s.Other.EarlyDropVictim != 1 || s.Other.Held != 0 || s.Rows[0].Last != event.ReasonEarlyDrop {
 		t.Errorf("early drops: row %+v, other %+v", s.Rows[0], s.Other.Counts)
@@ -556,57 +498,33 @@ func TestSeedingRespectsBound(t *testing.T) {
 	for i := range 100 {
 		tr.AddHeld(DefaultGrouping.KeyFor(testNetns, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})), 1)
 	}
-	s := tr.Snapshot(SortHeld, 3)
-	checkSums(t, tr.Snapshot(SortHeld, 0))
+	s := tr.Snapshot()
+	checkSums(t, s)
+	s.Rows = topRows(s.Rows, func(c Counts) uint64 { return uint64(max(c.Held, 0)) }, 3)
 	if s.Tracked != 10 || s.Totals.Held != 150 || s.Rows[0].Key != big || s.Rows[0].Held != 50 || s.Rows[0].Err != 0 {
 		t.Errorf("tracked %d, totals held %d, first row %+v", s.Tracked, s.Totals.Held, s.Rows[0])
 	}
 	if s.Other.Held < 90 {
 		t.Errorf("other holds %d, want the small holders' 90 or more", s.Other.Held)
 	}
-
-	tr.SetHeld(big, 40)
-	tr.SetHeld(key(testNetns, "198.51.100.8/32"), 5) // no row, no room: displaces the lightest
-	tr.SetHeld(Key{Netns: testNetns}, 3)             // nobody's: other
-	s = tr.Snapshot(SortHeld, 2)
-	if s.Rows[0].Held != 40 || s.Rows[1].Held != 5 || s.Totals.Held != 148 {
-		t.Errorf("after SetHeld: %d, %d, totals %d", s.Rows[0].Held, s.Rows[1].Held, s.Totals.Held)
-	}
 	tr.AddHeld(big, -45)
-	if s = tr.Snapshot(SortHeld, 0); s.Totals.Held != 103 {
+	if s = tr.Snapshot(); s.Totals.Held != 105 {
 		t.Errorf("after AddHeld(-45): totals %d", s.Totals.Held)
 	}
 	checkSums(t, s)
 }
 
-func TestShareOfTable(t *testing.T) {
-	tr := newTracker(t, 10, Grouping{})
-	for range 25 {
-		tr.Add(from(event.ReasonInsert, "10.0.0.1"))
-	}
-	tr.Add(flowFrom(event.ReasonInsert, 7, netip.MustParseAddr("10.0.0.1")))
-	tr.SetTableCount(testNetns, 100)
-	s := tr.Snapshot(SortHeld, 0)
-	if s.Rows[0].Share != 0.25 || s.Rows[1].Share != 0 {
-		t.Errorf("shares %v, %v; want 0.25 and 0 (table unknown)", s.Rows[0].Share, s.Rows[1].Share)
-	}
-	tr.SetTableCount(testNetns, 0)
-	if s = tr.Snapshot(SortHeld, 0); s.Rows[0].Share != 0 {
-		t.Errorf("forgotten table: share %v", s.Rows[0].Share)
-	}
-}
-
 func TestLastDrop(t *testing.T) {
 	tr := newTracker(t, 10, Grouping{})
 	ev := from(event.ReasonTableFull, "10.0.0.1")
-	tr.Add(ev)
+	add(tr, ev)
 	ev.Reason, ev.Time = event.ReasonInsertFailed, ev.Time.Add(time.Second)
-	tr.Add(ev)
+	add(tr, ev)
 	ev.Reason = event.ReasonInsert // not a drop: the last drop stays
-	tr.Add(ev)
+	add(tr, ev)
 	late := from(event.ReasonAllocFailed, "10.0.0.1") // read late from another CPU
-	tr.Add(late)
-	s := tr.Snapshot(SortDrops, 0)
+	add(tr, late)
+	s := tr.Snapshot()
 	if r := s.Rows[0]; r.Last != event.ReasonInsertFailed || !r.LastDrop.Equal(ev.Time) {
 		t.Errorf("last %s at %v, want insert_failed at %v", r.Last, r.LastDrop, ev.Time)
 	}
@@ -625,7 +543,7 @@ func TestAddDoesNotAllocate(t *testing.T) {
 		src := n % 1000 // ten sources for each row: rows change hands
 		ev.Flow.Src = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(src >> 8), byte(src)}), 1)
 		ev.Reason = reasons[n%uint32(len(reasons))]
-		tr.Add(ev)
+		add(tr, ev)
 	})
 	if allocs != 0 {
 		t.Errorf("Add allocates %v times per event", allocs)
@@ -633,4 +551,54 @@ func TestAddDoesNotAllocate(t *testing.T) {
 	if tr.evictions == 0 {
 		t.Error("the bound never bit: the test measured the easy path only")
 	}
+}
+
+// add counts one event as the kernel's map would report it to AddCounts:
+// a refusal or an insert (activity), or a delete or an eviction (an entry
+// gone).
+func add(tr *Tracker, ev *event.Event) {
+	var c Counts
+	last := event.Reason("")
+	switch ev.Reason {
+	case event.ReasonTableFull, event.ReasonAllocFailed, event.ReasonInsertFailed:
+		c.countRefusal(ev.Reason)
+		last = ev.Reason
+	case event.ReasonInsert:
+		c.Inserts, c.Held = 1, 1
+	case event.ReasonEarlyDrop, event.ReasonGCEvict:
+		c.EarlyDropVictim, c.Held = 1, -1
+		last = ev.Reason
+	case event.ReasonDelete:
+		c.Deletes, c.Held = 1, -1
+	default:
+		return // clash_resolved neither refuses, adds nor removes an entry
+	}
+	tr.AddCounts(tr.grouping.KeyOf(ev), c, last, ev.Time)
+}
+
+// topRows is the n rows with the most of by, most first.
+func topRows(rows []Row, by func(Counts) uint64, n int) []Row {
+	slices.SortFunc(rows, func(a, b Row) int { return cmp.Compare(by(b.Counts), by(a.Counts)) })
+	return rows[:min(n, len(rows))]
+}
+
+// countRefusal counts one refused packet of reason r.
+func (c *Counts) countRefusal(r event.Reason) {
+	switch r {
+	case event.ReasonTableFull:
+		c.TableFull++
+	case event.ReasonAllocFailed:
+		c.AllocFailed++
+	case event.ReasonInsertFailed:
+		c.InsertFailed++
+	}
+}
+
+// KeyOf groups the event's source: the originator of the flow refused, or
+// of the entry concerned (the victim, for early_drop).
+func (g Grouping) KeyOf(ev *event.Event) Key {
+	if !ev.Flow.Valid() {
+		return Key{Netns: ev.Netns}
+	}
+	return g.KeyFor(ev.Netns, ev.Flow.Src.Addr())
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultCapacity is how many sources a tracker follows one by one unless
-// told otherwise (--max-sources): 2.3 MB (MemoryBound), and more rows than any
+// told otherwise: 2.5 MB (MemoryBound), and more rows than any
 // operator reads, so the bound only bites under a flood.
 const DefaultCapacity = 10000
 
@@ -30,9 +30,7 @@ type Tracker struct {
 	// does, totals everything, so rows + other = totals in every column.
 	other, totals tally
 	evictions     uint64
-	tables        map[uint32]uint64 // entries per netns table, for Share
-	since         time.Time         // the previous snapshot
-	selected      []int32           // Snapshot's scratch, at most capacity
+	since         time.Time // the previous snapshot
 }
 
 // row is one tracked key. weight and err are Space-Saving's counter and
@@ -60,60 +58,8 @@ func NewTracker(capacity int, g Grouping) (*Tracker, error) {
 		rows:     make([]row, 0, capacity),
 		heap:     make([]int32, 0, capacity),
 		index:    newIndex(capacity),
-		tables:   map[uint32]uint64{},
 		since:    time.Now(),
 	}, nil
-}
-
-// Add counts one event. It keeps no reference to ev, so the caller may
-// reuse it. Reasons that neither refuse, add nor remove an entry
-// (clash_resolved) are not counted.
-func (t *Tracker) Add(ev *event.Event) {
-	switch ev.Reason {
-	case event.ReasonTableFull, event.ReasonAllocFailed, event.ReasonInsertFailed:
-		t.refused(t.grouping.KeyOf(ev), ev.Reason, ev.Time)
-	case event.ReasonInsert:
-		t.inserted(t.grouping.KeyOf(ev))
-	case event.ReasonEarlyDrop, event.ReasonGCEvict:
-		t.evicted(t.grouping.KeyOf(ev), ev.Reason, ev.Time)
-	case event.ReasonDelete:
-		t.deleted(t.grouping.KeyOf(ev))
-	}
-}
-
-func (t *Tracker) refused(k Key, r event.Reason, at time.Time) {
-	for _, c := range [2]*tally{t.active(k, 1), &t.totals} {
-		c.now.countRefusal(r)
-		c.noteDrop(r, at)
-	}
-}
-
-func (t *Tracker) inserted(k Key) {
-	for _, c := range [2]*tally{t.active(k, 1), &t.totals} {
-		c.now.Inserts++
-		c.now.Held++
-	}
-}
-
-// evicted counts an eviction (early_drop or gc_evict) against its victim.
-// Losing an entry is not activity of the victim's, so it neither weighs
-// for nor creates a row.
-func (t *Tracker) evicted(k Key, r event.Reason, at time.Time) {
-	c := t.holder(k)
-	c.now.EarlyDropVictim++
-	c.noteDrop(r, at)
-	t.release(c, 1)
-	t.totals.now.EarlyDropVictim++
-	t.totals.noteDrop(r, at)
-	t.totals.now.Held--
-}
-
-func (t *Tracker) deleted(k Key) {
-	c := t.holder(k)
-	c.now.Deletes++
-	t.release(c, 1)
-	t.totals.now.Deletes++
-	t.totals.now.Held--
 }
 
 // AddCounts counts what k did over a stretch of time, as read from a
@@ -121,7 +67,7 @@ func (t *Tracker) deleted(k Key) {
 // inserts weigh as that many events, and c.Held is the net change of its
 // entries. last and at are its latest drop, if any. A stretch with no
 // refusal or insert does not give k a row: its deletes and evictions go
-// to "other", as Add's would.
+// to "other" (losing an entry is not activity of the key's).
 func (t *Tracker) AddCounts(k Key, c Counts, last event.Reason, at time.Time) {
 	var tl *tally
 	if w := c.activity(); w > 0 {
@@ -158,31 +104,6 @@ func (t *Tracker) AddHeld(k Key, n int64) {
 		t.release(t.holder(k), -n)
 	}
 	t.totals.now.Held += n
-}
-
-// SetHeld makes k's entries held n (n < 0 is taken as 0). If k has no row,
-// the entries it held before were counted in "other" as nobody's, and n is
-// added as AddHeld would.
-func (t *Tracker) SetHeld(k Key, n int64) {
-	n = max(n, 0)
-	if !k.Valid() {
-		t.AddHeld(k, n)
-		return
-	}
-	if i, ok := t.index.find(k, t.rows); ok {
-		n -= t.rows[i].now.Held
-	}
-	t.AddHeld(k, n)
-}
-
-// SetTableCount tells the tracker how many entries netns's table holds,
-// for the rows' share of it; 0 forgets the namespace.
-func (t *Tracker) SetTableCount(netns uint32, entries uint64) {
-	if entries == 0 {
-		delete(t.tables, netns)
-		return
-	}
-	t.tables[netns] = entries
 }
 
 // release takes n entries held away from c. A row never goes below zero:
