@@ -15,7 +15,6 @@ import (
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
-	"github.com/cttrace/cttrace/pkg/table"
 	"github.com/cttrace/cttrace/pkg/top"
 	"github.com/cttrace/cttrace/pkg/topk"
 )
@@ -134,24 +133,11 @@ func runTop(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	tables := newTableWatch()
-	// Seeded after attaching: an entry confirmed in between is counted by
-	// both the dump and its insert event, which errs by the few entries of
-	// a few milliseconds rather than missing them.
-	var nextDump time.Time
-	seed := func() {
-		start := time.Now()
-		if err := agg.SeedHeld(tables.namespaces, grouping); err != nil {
-			fmt.Fprintf(os.Stderr, "cttrace: warning: entries held are incomplete: %v\n", err)
-		}
-		// A dump of a huge table takes a while: spend at most a tenth of
-		// the time dumping.
-		nextDump = time.Now().Add(9 * time.Since(start))
-	}
-	seed()
 	// The tracepoint backend sees no inserts or deletes: held comes from a
 	// fresh dump at refreshes instead.
-	redump := s.Backend == probe.BackendTracepoint
+	tables := agg.WatchTables(grouping, s.Backend == probe.BackendTracepoint, func(err error) {
+		fmt.Fprintf(os.Stderr, "cttrace: warning: %v\n", err)
+	})
 	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
 		return err
 	}
@@ -215,12 +201,7 @@ func runTop(c *cli.Context) error {
 			if err := session.RequireConntrack(); err != nil {
 				return probe.ErrConntrackGone
 			}
-			counts := tables.read()
-			if redump && !now.Before(nextDump) {
-				agg.ResetHeld()
-				seed()
-			}
-			snap, err := agg.Snapshot(now, s, counts)
+			snap, err := agg.Snapshot(now, s, tables.Refresh(now))
 			if err != nil {
 				return err
 			}
@@ -238,33 +219,6 @@ func runTop(c *cli.Context) error {
 			}
 		}
 	}
-}
-
-// tableWatch reads the namespaces' entry counts for the header. The list
-// is rescanned on every read: containers come and go, and a namespace
-// counts from its first tracked flow (scanning /proc costs milliseconds).
-type tableWatch struct {
-	namespaces []table.Namespace
-}
-
-func newTableWatch() *tableWatch {
-	w := &tableWatch{}
-	w.rescan()
-	return w
-}
-
-func (w *tableWatch) rescan() {
-	nss, err := table.Namespaces()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "cttrace: warning: list network namespaces: %v\n", err)
-		return
-	}
-	w.namespaces = nss
-}
-
-func (w *tableWatch) read() map[uint32]top.Namespace {
-	w.rescan()
-	return top.Tables(w.namespaces)
 }
 
 // isTerminal reports whether f is a terminal, where the view refreshes in

@@ -59,14 +59,37 @@ const (
 // whose /proc/PID/ns/net may not be opened (an LSM or a non-dumpable task
 // can refuse even root): their namespace could not be entered either.
 func Namespaces() ([]Namespace, error) {
+	inUse, err := InUse()
+	if err != nil {
+		return nil, err
+	}
+	used := make([]Namespace, len(inUse))
+	for i, u := range inUse {
+		used[i] = u.Namespace
+	}
+	return used, nil
+}
+
+// NamespaceStats is a namespace Namespaces lists and its statistics, read
+// once for both purposes. Err is set, and Stats zero, when the initial
+// namespace's could not be read (it is listed whatever its counters say).
+type NamespaceStats struct {
+	Namespace
+	Stats Stats
+	Err   error
+}
+
+// InUse is Namespaces with each namespace's statistics: what a refresh of
+// top-sources needs, in one ctnetlink exchange per namespace.
+func InUse() ([]NamespaceStats, error) {
 	all, initIno, err := discover(procDir, netnsDir)
 	if err != nil {
 		return nil, err
 	}
-	var used []Namespace
+	var used []NamespaceStats
 	for _, ns := range all {
+		s, err := ns.Stats()
 		if ns.Inode != initIno {
-			s, err := ns.Stats()
 			if errors.Is(err, ErrNamespaceGone) {
 				continue
 			}
@@ -77,7 +100,7 @@ func Namespaces() ([]Namespace, error) {
 				continue
 			}
 		}
-		used = append(used, ns)
+		used = append(used, NamespaceStats{Namespace: ns, Stats: s, Err: err})
 	}
 	return used, nil
 }
