@@ -16,7 +16,7 @@ GENERATED := $(wildcard pkg/probe/*_bpfel.go pkg/probe/*_bpfel.o)
 # Debian packages the tests need: clang/llvm/libbpf-dev rebuild the BPF
 # objects, the rest boots kernels and makes traffic. Installed when missing,
 # so `make test` works on a fresh machine.
-DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iproute2 conntrack tmux
+DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iptables iproute2 conntrack tmux
 
 all: build
 

@@ -44,9 +44,15 @@ type process struct {
 // probes are attached. stdout is captured unless the caller gives one.
 func startCttrace(t *testing.T, stdout io.Writer, args ...string) *process {
 	t.Helper()
+	return startBinary(t, cttrace, stdout, args...)
+}
+
+// startBinary is startCttrace with the command that runs cttrace.
+func startBinary(t *testing.T, command func(...string) *exec.Cmd, stdout io.Writer, args ...string) *process {
+	t.Helper()
 	testbed.RequireRoot(t)
 	ready := filepath.Join(t.TempDir(), "ready")
-	r := &process{cmd: cttrace(append(args, "--ready-file", ready)...), stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	r := &process{cmd: command(append(args, "--ready-file", ready)...), stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	if stdout == nil {
 		r.stdout = &lockedBuffer{}
 		stdout = r.stdout

@@ -28,6 +28,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			dropsCommand(),
 			topCommand(),
+			statusCommand(),
 			featuresCommand(),
 			completionCommand(),
 			manCommand(),

@@ -81,6 +81,10 @@ var badInvocations = []struct {
 	{[]string{"top-sources", "--netns", "/nonexistent"}, 2, `cttrace: --netns: /nonexistent: no such file or directory (want an inode number or a path like /run/netns/NAME)`, false},
 	{[]string{"top-sources", "now"}, 2, `cttrace: unexpected argument "now"`, false},
 	{[]string{"features", "extra"}, 2, `cttrace: unexpected argument "extra"`, false},
+	{[]string{"status", "--what-if-max", "lots"}, 2, `cttrace: invalid --what-if-max "lots": want a whole number`, false},
+	{[]string{"status", "--what-if-max", "-5"}, 2, `cttrace: invalid --what-if-max "-5": want a number of entries from 1 to 2147483647`, false},
+	{[]string{"status", "--what-if-buckets", "1024"}, 2, `cttrace: --what-if-buckets goes with --what-if-max`, false},
+	{[]string{"status", "now"}, 2, `cttrace: unexpected argument "now"`, false},
 	{[]string{"features", "--output", "yaml"}, 2, `cttrace: invalid --output "yaml": want text or json`, false},
 	{[]string{"help", "dorps"}, 2, `cttrace: unknown command "dorps" (did you mean drops?)`, false},
 	{[]string{"help", "drops", "top-sources"}, 2, `cttrace: unexpected argument "top-sources" (help takes one command)`, false},
@@ -92,6 +96,7 @@ var badInvocations = []struct {
 	{[]string{"features"}, 1, `cttrace: detect features: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
 	{[]string{"drops", "--duration", "1s"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
 	{[]string{"top-sources", "--once"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"status"}, 1, `cttrace: cttrace status needs root, or CAP_SYS_ADMIN (to enter each network namespace) and CAP_NET_ADMIN (to read ctnetlink) (missing CAP_SYS_ADMIN, CAP_NET_ADMIN)`, true},
 }
 
 func TestBadInvocations(t *testing.T) {
@@ -230,7 +235,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
-	for _, name := range []string{"drops", "top-sources", "features", "completion"} {
+	for _, name := range []string{"drops", "top-sources", "status", "features", "completion"} {
 		help, flag := stdoutOf(t, cttrace("help", name)), stdoutOf(t, cttrace(name, "--help"))
 		if help != flag {
 			t.Errorf("cttrace help %s differs from cttrace %s --help:\n%s\n---\n%s", name, name, help, flag)

@@ -27,7 +27,7 @@ func TestTortureAMinuteOfSpoofedFlood(t *testing.T) {
 	const rate, seconds = 50_000, 60
 	lab := fullTable(t, 64)
 	netns := "/run/netns/" + lab.Name()
-	top := startTop(t, "-o", "json", "--netns", netns)
+	top := startTopMeasured(t, "-o", "json", "--netns", netns)
 
 	pr, pw, err := os.Pipe()
 	if err != nil {

@@ -12,6 +12,8 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/internal/caps"
 )
 
 // Feature names, as shown by `cttrace features` and used in the test bed's
@@ -257,23 +259,12 @@ func kernelRelease() string {
 // checkCapabilities fails early, with a message a person can act on, when
 // the process lacks what loading any BPF program needs.
 func checkCapabilities() error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("read capabilities: %w", err)
+	if admin, err := caps.Missing(caps.SysAdmin); err != nil || len(admin) == 0 {
+		return err
 	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	if has(unix.CAP_SYS_ADMIN) {
-		return nil
-	}
-	var missing []string
-	for _, c := range []struct {
-		bit  uint
-		name string
-	}{{unix.CAP_BPF, "CAP_BPF"}, {unix.CAP_PERFMON, "CAP_PERFMON"}, {unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"}} {
-		if !has(c.bit) {
-			missing = append(missing, c.name)
-		}
+	missing, err := caps.Missing(caps.BPF, caps.Perfmon, caps.NetAdmin)
+	if err != nil {
+		return err
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w (missing %s)", ErrPrivileges, strings.Join(missing, ", "))

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/cttrace/cttrace/pkg/output"
+	"github.com/cttrace/cttrace/pkg/session"
+	"github.com/cttrace/cttrace/pkg/status"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show every namespace's conntrack table, its counters, what it costs in memory, and advice",
+		Description: "Read-only and fast: attaches no probes. Per network namespace with conntrack\n" +
+			"in use: entries, max, fill and the kernel's counters (as conntrack -S shows\n" +
+			"them, read over ctnetlink). Memory is priced with the running kernel's entry\n" +
+			"size (its slab cache) and hash table; --what-if-max prices another size. Advice\n" +
+			"names the figure it rests on, and is printed, never applied.\n\n" +
+			"Examples:\n" +
+			"   cttrace status\n" +
+			"   cttrace status --what-if-max 1048576\n" +
+			"   cttrace status -o json | jq '.namespaces[] | {netns, fill}'",
+		Flags: []cli.Flag{
+			outputFlag(),
+			&cli.Int64Flag{Name: "what-if-max", Usage: "price a table of `N` entries a namespace"},
+			&cli.Int64Flag{Name: "what-if-buckets", Usage: "with --what-if-max: `N` hash buckets (default: as many as the max, the kernel's own ratio)"},
+		},
+		Action: runStatus,
+	}
+}
+
+func runStatus(c *cli.Context) error {
+	format, err := outputFormat(c)
+	if err != nil {
+		return err
+	}
+	opts := status.Options{WhatIfMax: c.Int64("what-if-max"), WhatIfBuckets: c.Int64("what-if-buckets")}
+	if opts.WhatIfMax < 0 || opts.WhatIfMax > 1<<31-1 {
+		return invalidFlag("what-if-max", fmt.Sprint(opts.WhatIfMax), "a number of entries from 1 to 2147483647")
+	}
+	if opts.WhatIfBuckets < 0 || opts.WhatIfBuckets > 1<<31-1 {
+		return invalidFlag("what-if-buckets", fmt.Sprint(opts.WhatIfBuckets), "a number of buckets from 1 to 2147483647")
+	}
+	if opts.WhatIfBuckets > 0 && opts.WhatIfMax == 0 {
+		return usageError(fmt.Errorf("--what-if-buckets goes with --what-if-max"))
+	}
+	if err := session.RequireConntrack(); err != nil {
+		return err
+	}
+	if err := status.CheckPrivileges(); err != nil {
+		return err
+	}
+	r, err := status.Gather(opts)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		return output.WriteStatusJSON(c.App.Writer, r)
+	}
+	return output.WriteStatusText(c.App.Writer, r)
+}

@@ -1,0 +1,146 @@
+//go:build privileged
+
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/table"
+)
+
+// statusRecord is the part of `cttrace status -o json` the tests read.
+type statusRecord struct {
+	Schema     int   `json:"schema"`
+	Max        int64 `json:"max"`
+	Buckets    int64 `json:"buckets"`
+	Namespaces []struct {
+		Netns    uint32           `json:"netns"`
+		Entries  int64            `json:"entries"`
+		Max      int64            `json:"max"`
+		Counters map[string]int64 `json:"counters"`
+		Error    string           `json:"error"`
+	} `json:"namespaces"`
+	Memory struct {
+		EntryBytes  int64 `json:"entry_bytes"`
+		BucketBytes int64 `json:"bucket_bytes"`
+		Entries     int64 `json:"entries"`
+		SlabObjects int64 `json:"slab_objects"`
+		WhatIf      *struct {
+			Max, Buckets, Bytes int64
+		} `json:"what_if"`
+	} `json:"memory"`
+	Advice []struct {
+		Kind  string `json:"kind"`
+		Netns uint32 `json:"netns"`
+		Basis string `json:"basis"`
+	} `json:"advice"`
+}
+
+func statusOf(t *testing.T, args ...string) statusRecord {
+	t.Helper()
+	testbed.RequireRoot(t)
+	out, err := cttrace(append([]string{"status", "-o", "json"}, args...)...).Output()
+	if err != nil {
+		t.Fatalf("cttrace status: %v", err)
+	}
+	var rec statusRecord
+	if err := json.Unmarshal(out, &rec); err != nil || rec.Schema != 1 {
+		t.Fatalf("not a status record: %v\n%s", err, out)
+	}
+	return rec
+}
+
+// counterValues names table.Stats' counters as the JSON does.
+func counterValues(s table.Stats) map[string]int64 {
+	return map[string]int64{"found": s.Found, "invalid": s.Invalid, "insert": s.Insert, "insert_failed": s.InsertFailed,
+		"drop": s.Drop, "early_drop": s.EarlyDrop, "error": s.Error, "search_restart": s.SearchRestart,
+		"clash_resolve": s.ClashResolve, "chaintoolong": s.ChainTooLong}
+}
+
+// status's figures, for several namespaces at once, are the kernel's: the
+// entries, max and counters of each, as procfs shows them inside the
+// namespace (and ctnetlink, read independently by the test, where procfs is
+// missing), and advice that names the full one.
+func TestStatusMatchesTheKernel(t *testing.T) {
+	full := fullTable(t, 48)
+	refuse(t, full, "127.60.0.1", 17)
+	quiet := ctlab.New(t)
+	if err := quiet.HoldEstablished(5); err != nil {
+		t.Fatal(err)
+	}
+	rec := statusOf(t)
+	for _, lab := range []*ctlab.Lab{full, quiet} {
+		want, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, ns := range rec.Namespaces {
+			if ns.Netns != lab.Inode() {
+				continue
+			}
+			found = true
+			if ns.Error != "" || ns.Entries != want.Entries || ns.Max != want.Max {
+				t.Errorf("%s: entries %d, max %d (%s); the kernel (%s): %d, %d", lab.Name(), ns.Entries, ns.Max, ns.Error, want.Source, want.Entries, want.Max)
+			}
+			for name, v := range counterValues(want.Stats) {
+				if ns.Counters[name] != v {
+					t.Errorf("%s: %s %d, the kernel (%s) %d", lab.Name(), name, ns.Counters[name], want.Source, v)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s (%d) is not in the report", lab.Name(), lab.Inode())
+		}
+	}
+	var fill, refusals bool
+	for _, a := range rec.Advice {
+		fill = fill || a.Kind == "fill" && a.Netns == full.Inode() && strings.Contains(a.Basis, "entries 48 of max 48")
+		refusals = refusals || a.Kind == "refusals" && a.Netns == full.Inode() && strings.Contains(a.Basis, "drop 17")
+	}
+	if !fill || !refusals {
+		t.Errorf("no fill or refusal advice for the full namespace: %+v", rec.Advice)
+	}
+}
+
+// The memory figure is the slab's own accounting, within 10 %, with
+// 20,000 entries in a table; and --what-if-max is the formula with the
+// entry size read from the kernel.
+func TestStatusMemoryMatchesTheSlab(t *testing.T) {
+	const entries = 20_000
+	if testbed.Tier() == testbed.VM {
+		t.Log("under emulation: 20,000 flows take a few seconds")
+	}
+	ctlab.SetMax(t, 2*entries)
+	lab := ctlab.New(t)
+	res, err := lab.Flood(ctlab.FloodSpec{Random: true, Packets: entries, Seed: 5})
+	if err != nil || res.Refused != 0 {
+		t.Fatalf("flood: %+v, %v", res, err)
+	}
+	rec := statusOf(t, "--what-if-max", "1000000", "--what-if-buckets", "131072")
+	slabSize, err := os.ReadFile("/sys/kernel/slab/nf_conntrack/slab_size")
+	if err != nil {
+		t.Skipf("no SLUB sysfs to check against: %v", err)
+	}
+	size, _ := strconv.ParseInt(strings.TrimSpace(string(slabSize)), 10, 64)
+	m := rec.Memory
+	t.Logf("entries %d, slab objects %d, %d bytes each", m.Entries, m.SlabObjects, m.EntryBytes)
+	if m.EntryBytes != size || m.Entries < entries || m.SlabObjects <= 0 {
+		t.Fatalf("entry %d bytes (slab_size %d), entries %d, slab objects %d", m.EntryBytes, size, m.Entries, m.SlabObjects)
+	}
+	if d := float64(m.Entries-m.SlabObjects) / float64(m.SlabObjects); d > 0.1 || d < -0.1 {
+		t.Errorf("entries %d vs the slab's %d objects: %.1f%% apart", m.Entries, m.SlabObjects, 100*d)
+	}
+	if w := m.WhatIf; w == nil || w.Max != 1000000 || w.Buckets != 131072 || w.Bytes != 1000000*size+131072*m.BucketBytes {
+		t.Errorf("what if: %+v, want %d", w, 1000000*size+131072*m.BucketBytes)
+	}
+	if m.BucketBytes != 8 {
+		t.Errorf("a bucket is %d bytes, want a pointer's 8", m.BucketBytes)
+	}
+}
