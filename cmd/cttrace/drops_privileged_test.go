@@ -52,7 +52,28 @@ func startBinary(t *testing.T, command func(...string) *exec.Cmd, stdout io.Writ
 	t.Helper()
 	testbed.RequireRoot(t)
 	ready := filepath.Join(t.TempDir(), "ready")
-	r := &process{cmd: command(append(args, "--ready-file", ready)...), stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	r := launch(t, command(append(args, "--ready-file", ready)...), stdout)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			return r
+		}
+		select {
+		case <-r.exited:
+			t.Fatalf("cttrace %s exited before attaching: %v\n%s", args[0], r.err, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cttrace %s did not attach within a minute\n%s", args[0], r.stderr)
+		}
+	}
+}
+
+// launch starts cmd, capturing its stderr, and its stdout unless the caller
+// gives one; the test's cleanup kills it if it still runs.
+func launch(t *testing.T, cmd *exec.Cmd, stdout io.Writer) *process {
+	t.Helper()
+	r := &process{cmd: cmd, stderr: &lockedBuffer{}, exited: make(chan struct{})}
 	if stdout == nil {
 		r.stdout = &lockedBuffer{}
 		stdout = r.stdout
@@ -69,20 +90,7 @@ func startBinary(t *testing.T, command func(...string) *exec.Cmd, stdout io.Writ
 		r.cmd.Process.Kill()
 		<-r.exited
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			return r
-		}
-		select {
-		case <-r.exited:
-			t.Fatalf("cttrace %s exited before attaching: %v\n%s", args[0], r.err, r.stderr)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cttrace %s did not attach within a minute\n%s", args[0], r.stderr)
-		}
-	}
+	return r
 }
 
 // wait waits for the process to end by itself and returns its exit status.

@@ -20,12 +20,14 @@ func newApp() *cli.App {
 			"and reports table-full drops, evictions and insert failures as they happen.\n" +
 			"It needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, and kernel BTF.\n\n" +
 			"Examples:\n" +
+			"   cttrace demo                         a small attack, watched, in a throwaway namespace\n" +
 			"   cttrace features                     what this kernel allows\n" +
 			"   cttrace drops --duration 60s         every drop for a minute\n" +
 			"   cttrace top-sources                  who is refused, who fills the table\n" +
 			"   cttrace help drops                   a command's flags and examples",
 		Version: version(),
 		Commands: []*cli.Command{
+			demoCommand(),
 			dropsCommand(),
 			topCommand(),
 			statusCommand(),

@@ -85,6 +85,9 @@ var badInvocations = []struct {
 	{[]string{"status", "--what-if-max", "-5"}, 2, `cttrace: invalid --what-if-max "-5": want a number of entries from 1 to 2147483647`, false},
 	{[]string{"status", "--what-if-buckets", "1024"}, 2, `cttrace: --what-if-buckets goes with --what-if-max`, false},
 	{[]string{"status", "now"}, 2, `cttrace: unexpected argument "now"`, false},
+	{[]string{"demo", "--attack", "0s"}, 2, `cttrace: invalid --attack "0s": want 1s to 60s`, false},
+	{[]string{"demo", "--attack", "2h"}, 2, `cttrace: invalid --attack "2h0m0s": want 1s to 60s`, false},
+	{[]string{"demo", "now"}, 2, `cttrace: unexpected argument "now"`, false},
 	{[]string{"features", "--output", "yaml"}, 2, `cttrace: invalid --output "yaml": want text or json`, false},
 	{[]string{"help", "dorps"}, 2, `cttrace: unknown command "dorps" (did you mean drops?)`, false},
 	{[]string{"help", "drops", "top-sources"}, 2, `cttrace: unexpected argument "top-sources" (help takes one command)`, false},
@@ -96,6 +99,7 @@ var badInvocations = []struct {
 	{[]string{"features"}, 1, `cttrace: detect features: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
 	{[]string{"drops", "--duration", "1s"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
 	{[]string{"top-sources", "--once"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"demo"}, 1, `cttrace: cttrace demo needs root (it creates a network namespace and loads BPF programs)`, true},
 	{[]string{"status"}, 1, `cttrace: cttrace status needs root, or CAP_SYS_ADMIN (to enter each network namespace) and CAP_NET_ADMIN (to read ctnetlink) (missing CAP_SYS_ADMIN, CAP_NET_ADMIN)`, true},
 }
 
@@ -235,7 +239,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
-	for _, name := range []string{"drops", "top-sources", "status", "features", "completion"} {
+	for _, name := range []string{"demo", "drops", "top-sources", "status", "features", "completion"} {
 		help, flag := stdoutOf(t, cttrace("help", name)), stdoutOf(t, cttrace(name, "--help"))
 		if help != flag {
 			t.Errorf("cttrace help %s differs from cttrace %s --help:\n%s\n---\n%s", name, name, help, flag)

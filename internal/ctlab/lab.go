@@ -1,5 +1,5 @@
-// Package ctlab produces known conntrack pressure for tests and reads the
-// kernel's own ground truth about it.
+// Package ctlab produces known conntrack pressure, for tests and for
+// `cttrace demo`, and reads the kernel's own ground truth about it.
 //
 // A Lab is a fresh network namespace (named ctlab-<random>) whose loopback is
 // up and whose traffic conntrack tracks (an nft table with a `ct state new`
@@ -67,7 +67,8 @@ var labSysctls = [][2]string{
 	{"net.core.somaxconn", "65535"},
 }
 
-// Lab is a network namespace with conntrack enabled. Create it with New.
+// Lab is a network namespace with conntrack enabled. Create it with New
+// (tests) or Open.
 type Lab struct {
 	name  string
 	ns    *os.File // /run/netns/<name>, the handle Do setns()es to
@@ -90,41 +91,61 @@ type flowKey struct {
 // Call it from the test's goroutine.
 func New(t testing.TB) *Lab {
 	t.Helper()
-	name := "ctlab-" + randomHex(4)
-	if out, err := run(nil, "ip", "netns", "add", name); err != nil {
-		t.Fatalf("ctlab: create network namespace %s: %v: %s", name, err, out)
+	l, err := Open("ctlab")
+	if err != nil {
+		t.Fatal(err)
 	}
-	l := &Lab{name: name, ports: map[flowKey]int{}, sinks: map[netip.AddrPort]bool{}}
 	t.Cleanup(func() {
-		for _, err := range l.close() {
-			t.Errorf("ctlab: cleanup of %s: %v", name, err)
+		if err := l.Close(); err != nil {
+			t.Errorf("ctlab: cleanup of %s: %v", l.name, err)
 		}
 	})
+	return l
+}
 
-	f, err := os.Open(filepath.Join("/run/netns", name))
+// Open creates a Lab named prefix-<random>, outside any test (cttrace
+// demo); Close deletes everything it made. On error nothing is left.
+func Open(prefix string) (*Lab, error) {
+	name := prefix + "-" + randomHex(4)
+	if out, err := run(nil, "ip", "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("ctlab: create network namespace %s: %v: %s", name, err, out)
+	}
+	l := &Lab{name: name, ports: map[flowKey]int{}, sinks: map[netip.AddrPort]bool{}}
+	if err := l.setUp(); err != nil {
+		return nil, errors.Join(err, l.Close())
+	}
+	return l, nil
+}
+
+func (l *Lab) setUp() error {
+	f, err := os.Open(filepath.Join("/run/netns", l.name))
 	if err != nil {
-		t.Fatalf("ctlab: open namespace %s: %v", name, err)
+		return fmt.Errorf("ctlab: open namespace %s: %w", l.name, err)
 	}
 	l.ns = f
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		t.Fatalf("ctlab: stat namespace %s: %v", name, err)
+		return fmt.Errorf("ctlab: stat namespace %s: %w", l.name, err)
 	}
 	l.inode = uint32(st.Ino)
 
-	if out, err := run(nil, "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
-		t.Fatalf("ctlab: bring lo up in %s: %v: %s", name, err, out)
+	if out, err := run(nil, "ip", "-n", l.name, "link", "set", "lo", "up"); err != nil {
+		return fmt.Errorf("ctlab: bring lo up in %s: %v: %s", l.name, err, out)
 	}
-	if out, err := run(strings.NewReader(nftRuleset), "ip", "netns", "exec", name, "nft", "-f", "-"); err != nil {
-		t.Fatalf("ctlab: install nft table in %s: %v: %s", name, err, out)
+	if out, err := run(strings.NewReader(nftRuleset), "ip", "netns", "exec", l.name, "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("ctlab: install nft table in %s: %v: %s", l.name, err, out)
 	}
 	for _, kv := range labSysctls {
 		if err := l.SetSysctl(kv[0], kv[1]); err != nil {
-			t.Fatalf("ctlab: %v", err)
+			return fmt.Errorf("ctlab: %w", err)
 		}
 	}
-	return l
+	return nil
 }
+
+// Close deletes what Open or New made: sockets, nft table, namespace. It
+// reports every failure rather than stopping at the first.
+func (l *Lab) Close() error { return errors.Join(l.close()...) }
 
 // Name is the namespace's name (as `ip netns list` shows it).
 func (l *Lab) Name() string { return l.name }
