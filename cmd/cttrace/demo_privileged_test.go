@@ -5,6 +5,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,7 +107,7 @@ func TestDemoStopsCleanly(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r, max := startDemo(t, "--attack", "20s")
 			r.waitOutput(t, "the attack", func(lines []string) bool {
-				return len(lines) > 0 && strings.HasPrefix(lines[len(lines)-1], "--- cttrace drops")
+				return slices.ContainsFunc(lines, func(l string) bool { return strings.HasPrefix(l, "--- cttrace drops") })
 			})
 			tc.stop(r)
 			if code := r.wait(t, time.Minute); code != tc.code {
