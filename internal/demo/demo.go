@@ -185,6 +185,9 @@ func attack(ctx context.Context, lab *ctlab.Lab, o Options) error {
 		// --once) if this process is killed.
 	}
 	if err := startWatching(ctx, top, drops); err != nil {
+		if ctx.Err() != nil {
+			return nil // Ctrl-C while they attached
+		}
 		return err
 	}
 	fmt.Fprintf(out, "attack for %s: %d heavy sources (%s and up, %d new flows a second together) and random spoofed ones (%d a second), all new UDP flows into the full table\n\n",
@@ -283,13 +286,23 @@ func startWatching(ctx context.Context, cmds ...*exec.Cmd) error {
 	}
 	defer os.RemoveAll(dir)
 	var files []string
+	var started []*exec.Cmd
+	// On failure, what started goes: nothing of the demo outlives it.
+	fail := func(err error) error {
+		for _, c := range started {
+			c.Process.Kill()
+			c.Wait()
+		}
+		return err
+	}
 	for i, c := range cmds {
 		f := fmt.Sprintf("%s/ready%d", dir, i)
 		files = append(files, f)
 		c.Args = append(c.Args, "--ready-file", f)
 		if err := c.Start(); err != nil {
-			return fmt.Errorf("start %s: %w", strings.Join(c.Args[:2], " "), err)
+			return fail(fmt.Errorf("start %s: %w", strings.Join(c.Args[:2], " "), err))
 		}
+		started = append(started, c)
 	}
 	deadline := time.Now().Add(time.Minute)
 	for _, f := range files {
@@ -297,8 +310,11 @@ func startWatching(ctx context.Context, cmds ...*exec.Cmd) error {
 			if _, err := os.Stat(f); err == nil {
 				break
 			}
-			if ctx.Err() != nil || time.Now().After(deadline) {
-				return errors.New("cttrace's probes did not attach within a minute")
+			if ctx.Err() != nil {
+				return fail(ctx.Err())
+			}
+			if time.Now().After(deadline) {
+				return fail(errors.New("cttrace's probes did not attach within a minute"))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
