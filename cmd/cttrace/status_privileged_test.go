@@ -4,10 +4,13 @@ package main
 
 import (
 	"encoding/json"
+	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
@@ -39,6 +42,7 @@ type statusRecord struct {
 		Kind  string `json:"kind"`
 		Netns uint32 `json:"netns"`
 		Basis string `json:"basis"`
+		Rule  string `json:"rule"`
 	} `json:"advice"`
 }
 
@@ -142,5 +146,59 @@ func TestStatusMemoryMatchesTheSlab(t *testing.T) {
 	}
 	if m.BucketBytes != 8 {
 		t.Errorf("a bucket is %d bytes, want a pointer's 8", m.BucketBytes)
+	}
+}
+
+// A table filled by one prefix: the advice names it, and its rules, applied
+// in the namespace, stop the refusals (the kernel's drop counter).
+func TestStatusPrefixAdviceStopsTheRefusals(t *testing.T) {
+	ctlab.SetMax(t, 256)
+	lab := ctlab.New(t)
+	prefix := ctlab.FloodSpec{Sources: 200, SourceBase: netip.MustParseAddr("127.66.0.1"), Packets: 400}
+	if res, err := lab.Flood(prefix); err != nil || res.Refused == 0 {
+		t.Fatalf("flood: %+v, %v: want the table full and flows refused", res, err)
+	}
+	rec := statusOf(t)
+	rule := ""
+	for _, a := range rec.Advice {
+		if a.Kind == "prefix" && a.Netns == lab.Inode() {
+			if !strings.Contains(a.Basis, "from 127.66.0.0/24") {
+				t.Errorf("prefix advice rests on %q, want 127.66.0.0/24", a.Basis)
+			}
+			rule = a.Rule
+		}
+	}
+	if rule == "" {
+		t.Fatalf("no prefix advice for %s: %+v", lab.Name(), rec.Advice)
+	}
+	t.Logf("suggested:\n%s", rule)
+	nft := exec.Command("ip", "netns", "exec", lab.Name(), "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rule)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("the suggested rules do not apply: %v: %s", err, out)
+	}
+	if err := lab.Flush(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix.Seed++
+	if _, err := lab.Flood(prefix); err != nil {
+		t.Fatal(err)
+	}
+	sent, refused, err := lab.SendNewFlows(netip.MustParseAddr("127.70.0.1"), ctlab.FloodDst4, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := after.Sub(before)
+	t.Logf("with the rules: the prefix's 400 new flows and 20 from elsewhere: drop +%d, entries %d; elsewhere %d sent, %d refused", d.Drop, after.Entries, sent, refused)
+	if d.Drop != 0 || sent != 20 || refused != 0 || after.Entries > 256/10+20+5 {
+		t.Errorf("the refusals went on: drop +%d, entries %d, others refused %d", d.Drop, after.Entries, refused)
 	}
 }

@@ -72,6 +72,7 @@ type adviceJSON struct {
 	Netns uint32 `json:"netns"`
 	Text  string `json:"text"`
 	Basis string `json:"basis"`
+	Rule  string `json:"rule"`
 }
 
 // counterNames are the kernel's counters, named as conntrack -S names them.
@@ -184,6 +185,11 @@ func WriteStatusText(w io.Writer, r *status.Report) error {
 		b.WriteString("\nadvice (printed, never applied):\n")
 		for _, a := range r.Advice {
 			fmt.Fprintf(&b, "  - %s\n      because: %s\n", a.Text, a.Basis)
+			if a.Rule != "" {
+				for _, l := range strings.Split(strings.TrimRight(a.Rule, "\n"), "\n") {
+					fmt.Fprintf(&b, "        %s\n", strings.ReplaceAll(l, "\t", "    "))
+				}
+			}
 		}
 	}
 	_, err := io.WriteString(w, b.String())

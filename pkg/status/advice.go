@@ -13,6 +13,8 @@ type Advice struct {
 	Text  string
 	// Basis is the reading the advice rests on, in the report's terms.
 	Basis string
+	// Rule is an nftables ruleset that would act on it, or "".
+	Rule string
 }
 
 // Thresholds of the advice.
@@ -45,6 +47,11 @@ func advise(r *Report) []Advice {
 			out = append(out, Advice{Kind: "fill", Netns: ns.Inode,
 				Text:  fmt.Sprintf("%s is %.0f%% full: new flows are refused (or entries evicted) once it reaches the max", ns, 100*f),
 				Basis: fmt.Sprintf("entries %d of max %d", ns.Stats.Entries, ns.Stats.Max)})
+		}
+		if ns.holder != nil {
+			if a, ok := prefixAdvice(ns, *ns.holder); ok {
+				out = append(out, a)
+			}
 		}
 		if ns.Stats.Drop > 0 || ns.Stats.EarlyDrop > 0 {
 			out = append(out, Advice{Kind: "refusals", Netns: ns.Inode,

@@ -46,6 +46,10 @@ type Namespace struct {
 	// here; CausesErr why they could not be read.
 	Causes    []Cause
 	CausesErr error
+	// holder is the prefix holding most of a table at least half full
+	// (nil otherwise, or when the dump failed: HolderErr).
+	holder    *Holder
+	HolderErr error
 }
 
 // Fill is entries / max, 0..1 (-1 when unknown).
@@ -88,6 +92,12 @@ func Gather(opts Options) (*Report, error) {
 	for _, ns := range inUse {
 		n := Namespace{Namespace: ns.Namespace, Stats: ns.Stats, Err: ns.Err}
 		n.Causes, n.CausesErr = causes(ns.Namespace)
+		if n.Err == nil && n.Fill() >= dumpedFill {
+			h, err := topHolder(ns.Namespace)
+			if n.HolderErr = err; err == nil {
+				n.holder = &h
+			}
+		}
 		r.Namespaces = append(r.Namespaces, n)
 	}
 	r.Holders = holders()
