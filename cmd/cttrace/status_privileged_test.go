@@ -202,3 +202,49 @@ func TestStatusPrefixAdviceStopsTheRefusals(t *testing.T) {
 		t.Errorf("the refusals went on: drop +%d, entries %d, others refused %d", d.Drop, after.Entries, refused)
 	}
 }
+
+// A table filled by unreplied flows to one service: the advice stops
+// tracking it, and its rules, applied, stop the refusals and the entries.
+func TestStatusServiceAdviceStopsTheRefusals(t *testing.T) {
+	ctlab.SetMax(t, 256)
+	lab := ctlab.New(t)
+	dns := ctlab.FloodSpec{Random: true, Seed: 3, Packets: 400, Dst: netip.MustParseAddrPort("127.0.0.1:53")}
+	if res, err := lab.Flood(dns); err != nil || res.Refused == 0 {
+		t.Fatalf("flood: %+v, %v: want the table full and flows refused", res, err)
+	}
+	rule := ""
+	for _, a := range statusOf(t).Advice {
+		if a.Kind == "service" && a.Netns == lab.Inode() {
+			if !strings.Contains(a.Basis, "udp to port 53 without a reply") {
+				t.Errorf("service advice rests on %q, want udp to port 53", a.Basis)
+			}
+			rule = a.Rule
+		}
+	}
+	if rule == "" {
+		t.Fatal("no service advice for a table of unreplied DNS flows")
+	}
+	nft := exec.Command("ip", "netns", "exec", lab.Name(), "nft", "-f", "-")
+	nft.Stdin = strings.NewReader(rule)
+	if out, err := nft.CombinedOutput(); err != nil {
+		t.Fatalf("the suggested rules do not apply: %v: %s\n%s", err, out, rule)
+	}
+	if err := lab.Flush(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns.Seed++
+	if res, err := lab.Flood(dns); err != nil || res.Refused != 0 {
+		t.Fatalf("flood with the rules: %+v, %v", res, err)
+	}
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after.Sub(before); d.Drop != 0 || after.Entries != 0 {
+		t.Errorf("with the rules: drop +%d, entries %d; want 0 and 0", d.Drop, after.Entries)
+	}
+}

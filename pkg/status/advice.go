@@ -48,9 +48,11 @@ func advise(r *Report) []Advice {
 				Text:  fmt.Sprintf("%s is %.0f%% full: new flows are refused (or entries evicted) once it reaches the max", ns, 100*f),
 				Basis: fmt.Sprintf("entries %d of max %d", ns.Stats.Entries, ns.Stats.Max)})
 		}
-		if ns.holder != nil {
-			if a, ok := prefixAdvice(ns, *ns.holder); ok {
-				out = append(out, a)
+		if ns.filler != nil {
+			for _, advice := range []func(*Namespace, Filler) (Advice, bool){prefixAdvice, serviceAdvice} {
+				if a, ok := advice(ns, *ns.filler); ok {
+					out = append(out, a)
+				}
 			}
 		}
 		if ns.Stats.Drop > 0 || ns.Stats.EarlyDrop > 0 {

@@ -46,10 +46,10 @@ type Namespace struct {
 	// here; CausesErr why they could not be read.
 	Causes    []Cause
 	CausesErr error
-	// holder is the prefix holding most of a table at least half full
-	// (nil otherwise, or when the dump failed: HolderErr).
-	holder    *Holder
-	HolderErr error
+	// filler is who fills a table at least half full (nil otherwise, or
+	// when the dump failed: FillerErr).
+	filler    *Filler
+	FillerErr error
 }
 
 // Fill is entries / max, 0..1 (-1 when unknown).
@@ -93,9 +93,9 @@ func Gather(opts Options) (*Report, error) {
 		n := Namespace{Namespace: ns.Namespace, Stats: ns.Stats, Err: ns.Err}
 		n.Causes, n.CausesErr = causes(ns.Namespace)
 		if n.Err == nil && n.Fill() >= dumpedFill {
-			h, err := topHolder(ns.Namespace)
-			if n.HolderErr = err; err == nil {
-				n.holder = &h
+			f, err := whoFills(ns.Namespace)
+			if n.FillerErr = err; err == nil {
+				n.filler = &f
 			}
 		}
 		r.Namespaces = append(r.Namespaces, n)
