@@ -85,6 +85,8 @@ var badInvocations = []struct {
 	{[]string{"status", "--what-if-max", "-5"}, 2, `cttrace: invalid --what-if-max "-5": want a number of entries from 1 to 2147483647`, false},
 	{[]string{"status", "--what-if-buckets", "1024"}, 2, `cttrace: --what-if-buckets goes with --what-if-max`, false},
 	{[]string{"status", "now"}, 2, `cttrace: unexpected argument "now"`, false},
+	{[]string{"status", "--duration", "5s"}, 2, `cttrace: --interval and --duration go with --watch`, false},
+	{[]string{"status", "--watch", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 10ms`, false},
 	{[]string{"demo", "--attack", "0s"}, 2, `cttrace: invalid --attack "0s": want 1s to 60s`, false},
 	{[]string{"demo", "--attack", "2h"}, 2, `cttrace: invalid --attack "2h0m0s": want 1s to 60s`, false},
 	{[]string{"demo", "now"}, 2, `cttrace: unexpected argument "now"`, false},

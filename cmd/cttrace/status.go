@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -22,11 +23,15 @@ func statusCommand() *cli.Command {
 			"Examples:\n" +
 			"   cttrace status\n" +
 			"   cttrace status --what-if-max 1048576\n" +
+			"   cttrace status --watch                 then live rates and top sources until Ctrl-C\n" +
 			"   cttrace status -o json | jq '.namespaces[] | {netns, fill}'",
 		Flags: []cli.Flag{
 			outputFlag(),
 			&cli.Int64Flag{Name: "what-if-max", Usage: "price a table of `N` entries a namespace"},
 			&cli.Int64Flag{Name: "what-if-buckets", Usage: "with --what-if-max: `N` hash buckets (default: as many as the max, the kernel's own ratio)"},
+			&cli.BoolFlag{Name: "watch", Usage: "then attach the probes and show, live, the drop and eviction rates and the top sources (as top-sources does)"},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "with --watch: refresh every `DURATION`"},
+			&cli.DurationFlag{Name: "duration", Usage: "with --watch: exit after `DURATION` (0: until Ctrl-C)"},
 		},
 		Action: runStatus,
 	}
@@ -47,6 +52,16 @@ func runStatus(c *cli.Context) error {
 	if opts.WhatIfBuckets > 0 && opts.WhatIfMax == 0 {
 		return usageError(fmt.Errorf("--what-if-buckets goes with --what-if-max"))
 	}
+	watch, interval, duration := c.Bool("watch"), c.Duration("interval"), c.Duration("duration")
+	if !watch && (c.IsSet("interval") || c.IsSet("duration")) {
+		return usageError(fmt.Errorf("--interval and --duration go with --watch"))
+	}
+	if interval < 10*time.Millisecond {
+		return invalidFlag("interval", interval.String(), "at least 10ms")
+	}
+	if duration < 0 {
+		return invalidFlag("duration", duration.String(), "0 or more")
+	}
 	if err := session.RequireConntrack(); err != nil {
 		return err
 	}
@@ -58,7 +73,13 @@ func runStatus(c *cli.Context) error {
 		return err
 	}
 	if format == "json" {
-		return output.WriteStatusJSON(c.App.Writer, r)
+		err = output.WriteStatusJSON(c.App.Writer, r)
+	} else {
+		err = output.WriteStatusText(c.App.Writer, r)
 	}
-	return output.WriteStatusText(c.App.Writer, r)
+	if err != nil || !watch {
+		return err
+	}
+	// The live part is top-sources itself: no counting of its own.
+	return watchTop(c.Context, defaultTopOptions(format, interval, duration))
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -246,5 +247,46 @@ func TestStatusServiceAdviceStopsTheRefusals(t *testing.T) {
 	}
 	if d := after.Sub(before); d.Drop != 0 || after.Entries != 0 {
 		t.Errorf("with the rules: drop +%d, entries %d; want 0 and 0", d.Drop, after.Entries)
+	}
+}
+
+// status --watch: the reading, then top-sources' live view from the same
+// machinery: a namespace's drops in it are the kernel's.
+func TestStatusWatch(t *testing.T) {
+	lab := fullTable(t, 32)
+	r := launch(t, cttrace("status", "--watch", "-o", "json", "--interval", "500ms"), nil)
+	r.waitOutput(t, "the status record and a first snapshot", func(lines []string) bool {
+		return len(lines) >= 2 && strings.Contains(lines[0], `"type":"status"`) && strings.Contains(lines[len(lines)-1], `"type":"top"`)
+	})
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse(t, lab, "127.61.0.1", 12)
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(after.Sub(before).Drop)
+	r.waitOutput(t, "a snapshot with the refusals", func(lines []string) bool {
+		var rec struct {
+			Type       string `json:"type"`
+			Namespaces []struct {
+				Netns uint32 `json:"netns"`
+				Drops uint64 `json:"drops"`
+			} `json:"namespaces"`
+		}
+		if json.Unmarshal([]byte(lines[len(lines)-1]), &rec) != nil || rec.Type != "top" {
+			return false
+		}
+		for _, ns := range rec.Namespaces {
+			if ns.Netns == lab.Inode() && ns.Drops == want {
+				return true
+			}
+		}
+		return false
+	})
+	if code := r.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("exit status %d\n%s", code, r.stderr)
 	}
 }

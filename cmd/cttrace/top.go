@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -117,8 +118,24 @@ func runTop(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	return watchTop(c.Context, o)
+}
+
+// defaultTopOptions are top-sources' defaults, for `status --watch`.
+func defaultTopOptions(format string, interval, duration time.Duration) topOptions {
+	return topOptions{
+		trace:    traceOptions{backend: probe.BackendAuto, duration: duration},
+		format:   format,
+		interval: interval,
+		view:     top.Options{Sort: top.SortDrops, Limit: 20, Capacity: 65536},
+		sources:  probe.SourceOptions{Enabled: true, Max: 65536, V4Bits: 32, V6Bits: 128},
+	}
+}
+
+// watchTop is top-sources itself: the probes, the view, until ctx ends.
+func watchTop(parent context.Context, o topOptions) error {
 	debug.SetMemoryLimit(topMemoryLimit)
-	ctx, cancel, s, err := startTrace(c.Context, o.trace, session.Config{Sources: o.sources})
+	ctx, cancel, s, err := startTrace(parent, o.trace, session.Config{Sources: o.sources})
 	if err != nil {
 		return err
 	}
