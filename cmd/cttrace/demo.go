@@ -57,5 +57,9 @@ func runDemo(c *cli.Context) error {
 	ctx, stop := signalContext(c.Context)
 	defer stop()
 	ignoreSIGPIPE()
-	return demo.Run(ctx, demo.Options{Cttrace: self, Attack: attack, Out: c.App.Writer})
+	o := demo.Options{Cttrace: self, Attack: attack, Out: c.App.Writer}
+	if isTerminal(os.Stdout) {
+		o.Terminal = os.Stdout
+	}
+	return demo.Run(ctx, o)
 }

@@ -85,6 +85,9 @@ type Options struct {
 	// Attack is how long the attack lasts.
 	Attack time.Duration
 	Out    io.Writer
+	// Terminal is Out's file when it is a terminal: top-sources then runs
+	// live on it during the attack, and drops' sample is shown after.
+	Terminal *os.File
 }
 
 // Attackers: the heavy sources, and the rate of each kind of traffic.
@@ -174,9 +177,19 @@ func attack(ctx context.Context, lab *ctlab.Lab, o Options) error {
 	top := exec.CommandContext(ctx, o.Cttrace, "top-sources", "--netns", netns, "--interval", secs+"s", "--once", "--limit", "8")
 	top.Stdout, top.Stderr = &topOut, io.Discard
 	drops := exec.CommandContext(ctx, o.Cttrace, "drops", "--netns", netns, "--stream-limit", "4", "--duration", secs+"s")
+	var held bytes.Buffer
 	sample := &firstLines{w: out, n: sampleLines}
+	cmds := []*exec.Cmd{top, drops}
+	if o.Terminal != nil {
+		// The live view has the screen during the attack; drops' sample
+		// waits for it to end.
+		sample.w = &held
+		live := exec.CommandContext(ctx, o.Cttrace, "top-sources", "--netns", netns, "--interval", "1s", "--duration", secs+"s")
+		live.Stdout, live.Stderr = o.Terminal, io.Discard
+		cmds = append(cmds, live)
+	}
 	drops.Stdout, drops.Stderr = sample, io.Discard
-	for _, c := range []*exec.Cmd{top, drops} {
+	for _, c := range cmds {
 		// Ctrl-C reaches the whole process group: they stop as this does.
 		c.Cancel = func() error { return c.Process.Signal(os.Interrupt) }
 		c.WaitDelay = 10 * time.Second
@@ -184,7 +197,7 @@ func attack(ctx context.Context, lab *ctlab.Lab, o Options) error {
 		// ends threads. Both commands end by themselves (--duration,
 		// --once) if this process is killed.
 	}
-	if err := startWatching(ctx, top, drops); err != nil {
+	if err := startWatching(ctx, cmds...); err != nil {
 		if ctx.Err() != nil {
 			return nil // Ctrl-C while they attached
 		}
@@ -197,8 +210,8 @@ func attack(ctx context.Context, lab *ctlab.Lab, o Options) error {
 	// demo would show nothing more.
 	attackCtx, stopAttack := context.WithCancel(ctx)
 	defer stopAttack()
-	results := make(chan error, 2)
-	for _, c := range []*exec.Cmd{drops, top} {
+	results := make(chan error, len(cmds))
+	for _, c := range cmds {
 		go func() {
 			err := c.Wait()
 			if err != nil && ctx.Err() == nil {
@@ -209,7 +222,11 @@ func attack(ctx context.Context, lab *ctlab.Lab, o Options) error {
 		}()
 	}
 	floodErr := flood(attackCtx, lab, o.Attack)
-	werr := errors.Join(<-results, <-results)
+	var werr error
+	for range cmds {
+		werr = errors.Join(werr, <-results)
+	}
+	out.Write(held.Bytes())
 	if ctx.Err() != nil {
 		return nil
 	}
