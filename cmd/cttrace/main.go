@@ -31,6 +31,7 @@ func newApp() *cli.App {
 			dropsCommand(),
 			topCommand(),
 			statusCommand(),
+			serveCommand(),
 			featuresCommand(),
 			completionCommand(),
 			manCommand(),

@@ -87,6 +87,9 @@ var badInvocations = []struct {
 	{[]string{"status", "now"}, 2, `cttrace: unexpected argument "now"`, false},
 	{[]string{"status", "--duration", "5s"}, 2, `cttrace: --interval and --duration go with --watch`, false},
 	{[]string{"status", "--watch", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 10ms`, false},
+	{[]string{"serve", "--metrics-top", "0"}, 2, `cttrace: invalid --metrics-top "0": want 1 to 100`, false},
+	{[]string{"serve", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 100ms`, false},
+	{[]string{"serve", "--listen", "nowhere"}, 2, `cttrace: --listen: listen tcp: address nowhere: missing port in address`, false},
 	{[]string{"demo", "--attack", "0s"}, 2, `cttrace: invalid --attack "0s": want 1s to 60s`, false},
 	{[]string{"demo", "--attack", "2h"}, 2, `cttrace: invalid --attack "2h0m0s": want 1s to 60s`, false},
 	{[]string{"demo", "now"}, 2, `cttrace: unexpected argument "now"`, false},
@@ -241,7 +244,7 @@ func TestVersion(t *testing.T) {
 }
 
 func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
-	for _, name := range []string{"demo", "drops", "top-sources", "status", "features", "completion"} {
+	for _, name := range []string{"demo", "drops", "top-sources", "status", "serve", "features", "completion"} {
 		help, flag := stdoutOf(t, cttrace("help", name)), stdoutOf(t, cttrace(name, "--help"))
 		if help != flag {
 			t.Errorf("cttrace help %s differs from cttrace %s --help:\n%s\n---\n%s", name, name, help, flag)
@@ -258,7 +261,7 @@ func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
 // Every flag that takes a value names it with a placeholder from one
 // vocabulary, so that help reads the same across commands.
 func TestFlagPlaceholders(t *testing.T) {
-	known := map[string]bool{"DURATION": true, "CIDR": true, "PATH": true, "N": true, "FORMAT": true, "BACKEND": true,
+	known := map[string]bool{"DURATION": true, "CIDR": true, "PATH": true, "N": true, "FORMAT": true, "BACKEND": true, "ADDRESS": true,
 		"SIZE": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true}
 	for _, cmd := range newApp().Commands {
 		for _, f := range cmd.Flags {

@@ -142,19 +142,12 @@ func watchTop(parent context.Context, o topOptions) error {
 	defer cancel()
 	defer s.Close()
 	grouping := topk.Grouping{V4Bits: int(o.sources.V4Bits), V6Bits: int(o.sources.V6Bits)}
-	agg, err := top.New(o.view, grouping, time.Now())
-	if err != nil {
-		return err
-	}
-	sampler, err := s.Probe.NewSampler(probe.SourcesMap, o.interval)
-	if err != nil {
-		return err
-	}
-	// The tracepoint backend sees no inserts or deletes: held comes from a
-	// fresh dump at refreshes instead.
-	tables := agg.WatchTables(grouping, s.Backend == probe.BackendTracepoint, func(err error) {
+	sv, err := newSourceView(s, o.view, grouping, o.interval, func(_ string, err error) {
 		fmt.Fprintf(os.Stderr, "cttrace: warning: %v\n", err)
 	})
+	if err != nil {
+		return err
+	}
 	if err := writeReady(o.trace.readyFile, s.Backend); err != nil {
 		return err
 	}
@@ -211,20 +204,12 @@ func watchTop(parent context.Context, o topOptions) error {
 				}
 			}
 		case now := <-adjust.C:
-			if err := sampler.Adjust(now); err != nil {
+			if err := sv.sampler.Adjust(now); err != nil {
 				return err
 			}
 		case now := <-ticker.C:
-			if err := session.RequireConntrack(); err != nil {
-				return probe.ErrConntrackGone
-			}
-			snap, err := agg.Snapshot(now, s, tables.Refresh(now))
+			snap, err := sv.snapshot(now)
 			if err != nil {
-				return err
-			}
-			snap.SampleShift = sampler.Shift()
-			snap.Bounded = snap.Bounded || sampler.Sampled()
-			if snap.Lost, err = s.Probe.Lost(); err != nil {
 				return err
 			}
 			err = draw(&snap)
@@ -243,4 +228,47 @@ func watchTop(parent context.Context, o topOptions) error {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// sourceView is top-sources' reading of the kernel, shared with serve: the
+// aggregator of sources, the sampler that keeps the kernel's per-source map
+// from churning under a flood (Adjust it every 100 ms: it follows a flood
+// faster than views refresh), and the tables.
+type sourceView struct {
+	s       *session.Session
+	agg     *top.Aggregator
+	sampler *probe.Sampler
+	tables  *top.TableWatch
+}
+
+// newSourceView starts a view read every interval; warn hears what could
+// not be read (what names it) and leaves figures unknown.
+func newSourceView(s *session.Session, o top.Options, g topk.Grouping, interval time.Duration, warn func(what string, err error)) (*sourceView, error) {
+	agg, err := top.New(o, g, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	sampler, err := s.Probe.NewSampler(probe.SourcesMap, interval)
+	if err != nil {
+		return nil, err
+	}
+	// The tracepoint backend sees no inserts or deletes: held comes from a
+	// fresh dump at refreshes instead.
+	tables := agg.WatchTables(g, s.Backend == probe.BackendTracepoint, func(err error) { warn("tables", err) })
+	return &sourceView{s: s, agg: agg, sampler: sampler, tables: tables}, nil
+}
+
+// snapshot reads the kernel for a snapshot at now.
+func (v *sourceView) snapshot(now time.Time) (top.Snapshot, error) {
+	if err := session.RequireConntrack(); err != nil {
+		return top.Snapshot{}, probe.ErrConntrackGone
+	}
+	snap, err := v.agg.Snapshot(now, v.s, v.tables.Refresh(now))
+	if err != nil {
+		return snap, err
+	}
+	snap.SampleShift = v.sampler.Shift()
+	snap.Bounded = snap.Bounded || v.sampler.Sampled()
+	snap.Lost, err = v.s.Probe.Lost()
+	return snap, err
 }

@@ -58,8 +58,12 @@ type TableWatch struct {
 	redump     bool
 	nextDump   time.Time
 	namespaces []table.Namespace
+	stats      []table.NamespaceStats
 	warn       func(error)
 }
+
+// Stats are the namespaces' statistics as the last refresh read them.
+func (w *TableWatch) Stats() []table.NamespaceStats { return w.stats }
 
 // WatchTables lists the namespaces and seeds "entries held" from a dump of
 // their tables. Call it once the probes are attached: an entry confirmed
@@ -90,7 +94,7 @@ func (w *TableWatch) rescan() map[uint32]Namespace {
 		w.warn(fmt.Errorf("list network namespaces: %w", err))
 		return map[uint32]Namespace{}
 	}
-	w.namespaces = w.namespaces[:0]
+	w.namespaces, w.stats = w.namespaces[:0], inUse
 	out := make(map[uint32]Namespace, len(inUse))
 	for _, ns := range inUse {
 		w.namespaces = append(w.namespaces, ns.Namespace)

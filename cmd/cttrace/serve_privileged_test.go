@@ -1,0 +1,167 @@
+//go:build privileged
+
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+)
+
+// scrape reads /metrics and parses it.
+func scrape(t *testing.T, addr string) (string, map[string]*dto.MetricFamily) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scrape: %d, %v", resp.StatusCode, err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatalf("parse the scrape: %v", err)
+	}
+	return string(b), families
+}
+
+// labelled returns family's series whose labels include want, by the
+// value of label key.
+func labelled(f *dto.MetricFamily, want map[string]string, key string) map[string]float64 {
+	out := map[string]float64{}
+	if f == nil {
+		return out
+	}
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, l := range m.Label {
+			labels[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range want {
+			match = match && labels[k] == v
+		}
+		if match {
+			out[labels[key]] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// waitScrape scrapes until done accepts the metrics.
+func waitScrape(t *testing.T, addr, what string, done func(map[string]*dto.MetricFamily) bool) (string, map[string]*dto.MetricFamily) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		text, fams := scrape(t, addr)
+		if done(fams) {
+			return text, fams
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scrape with %s within a minute:\n%s", what, text)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// `cttrace serve` during floods in a test namespace: its counters are the
+// kernel's, the per-source series stay within --metrics-top + 1 a
+// namespace under 100,000 spoofed sources, a source that leaves the top
+// leaves the metrics, the output passes Prometheus' linter (promtool check
+// metrics), and SIGTERM ends it cleanly.
+func TestServe(t *testing.T) {
+	lab := fullTable(t, 32)
+	addr := freeAddr(t)
+	r := startCttrace(t, nil, "serve", "--listen", addr, "--metrics-top", "3", "--interval", "200ms")
+	netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// agree waits until the namespace's table_full counter is the kernel's
+	// drop delta, and its source series add up to it.
+	agree := func(what string) map[string]*dto.MetricFamily {
+		t.Helper()
+		after, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := float64(after.Sub(before).Drop)
+		_, fams := waitScrape(t, addr, what, func(f map[string]*dto.MetricFamily) bool {
+			events := labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")
+			var sum float64
+			for _, v := range labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source") {
+				sum += v
+			}
+			return events["table_full"] == want && sum == want
+		})
+		return fams
+	}
+	sources := func(f map[string]*dto.MetricFamily) map[string]float64 {
+		return labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source")
+	}
+
+	for i, n := range []int{40, 30, 20, 10} {
+		refuse(t, lab, fmt.Sprintf("127.81.0.%d", i+1), n)
+	}
+	got := sources(agree("four sources"))
+	if len(got) != 4 || got["127.81.0.1/32"] != 40 || got["127.81.0.3/32"] != 20 || got["other"] != 10 {
+		t.Errorf("top 3 and other: %v", got)
+	}
+	for i := range 3 {
+		refuse(t, lab, fmt.Sprintf("127.82.0.%d", i+1), 100)
+	}
+	got = sources(agree("three heavier sources"))
+	if _, stale := got["127.81.0.1/32"]; stale || got["127.82.0.1/32"] != 100 || got["other"] != 100 {
+		t.Errorf("after heavier sources: %v (127.81.0.1 must be gone, into other)", got)
+	}
+
+	res, err := lab.Flood(ctlab.FloodSpec{Random: true, Packets: 100_000, Seed: 4})
+	if err != nil || res.Refused != 100_000 {
+		t.Fatalf("flood: %+v, %v", res, err)
+	}
+	fams := agree("100,000 spoofed sources")
+	if got := sources(fams); len(got) > 4 {
+		t.Errorf("%d source series for one namespace, over --metrics-top 3 + other: %v", len(got), got)
+	}
+	text, _ := scrape(t, addr)
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %v", err, problems)
+	}
+	if resp, err := http.Get("http://" + addr + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("healthz: %v %v", resp, err)
+	}
+	if code := r.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM\n%s", code, r.stderr)
+	}
+	if _, err := http.Get("http://" + addr + "/metrics"); err == nil {
+		t.Error("still serving after SIGTERM")
+	}
+}

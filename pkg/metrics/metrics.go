@@ -1,0 +1,217 @@
+// Package metrics is `cttrace serve`'s Prometheus view of what the probes
+// and the tables say. It keeps the latest reading (Update, from one
+// goroutine) and turns it into metrics when scraped (Collect), so every
+// scrape shows exactly the current set of series: a source that left the
+// top is gone at the next scrape, never left stale.
+//
+// Names follow Prometheus' conventions (base units, _total for counters)
+// and sit beside node_exporter's node_nf_conntrack_*: the table figures are
+// cttrace_nf_conntrack_entries and cttrace_nf_conntrack_entries_limit, per
+// namespace (node_exporter sees only its own).
+package metrics
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/table"
+	"github.com/cttrace/cttrace/pkg/top"
+)
+
+// Reading is one refresh of what the exporter shows.
+type Reading struct {
+	Time time.Time
+	// Events are the kernel's counts since attach, per namespace and
+	// reason (exact: the per-namespace totals of the BPF side).
+	Events map[uint32]map[event.Reason]uint64
+	// Snapshot ranks the sources (top-sources' aggregator).
+	Snapshot *top.Snapshot
+	Tables   []table.NamespaceStats
+	Buckets  int64
+	Lost     uint64
+}
+
+// Exporter is a prometheus.Collector of the latest Reading.
+type Exporter struct {
+	backend string
+	topN    int
+
+	mu      sync.Mutex
+	reading *Reading
+	errors  map[string]uint64 // failed reads of the kernel side, by what was read
+}
+
+// New returns an exporter for a session on backend, showing at most topN
+// sources per namespace.
+func New(backend string, topN int) *Exporter {
+	return &Exporter{backend: backend, topN: topN, errors: map[string]uint64{}}
+}
+
+// Update replaces the reading shown.
+func (e *Exporter) Update(r *Reading) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.reading = r
+}
+
+// Failed counts a failed read of the kernel side (what names it: "sources",
+// "tables"...), so that it shows in the metrics, not only in a log.
+func (e *Exporter) Failed(what string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.errors[what]++
+}
+
+// Healthy says whether a reading newer than maxAge is shown.
+func (e *Exporter) Healthy(now time.Time, maxAge time.Duration) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.reading != nil && now.Sub(e.reading.Time) <= maxAge
+}
+
+var (
+	ns = []string{"netns"}
+
+	eventsDesc = prometheus.NewDesc("cttrace_events_total",
+		"Conntrack events seen by cttrace's probes since they were attached, by namespace, reason (docs/drops.md) and confidence (inferred: the tracepoint backend's deductions).",
+		[]string{"netns", "reason", "confidence"}, nil)
+	lostDesc = prometheus.NewDesc("cttrace_lost_events_total",
+		"Events the kernel side could not deliver to cttrace (its ring buffer was full); counted, never silently lost.", nil, nil)
+	backendDesc = prometheus.NewDesc("cttrace_backend_info",
+		"The probe backend in use (fentry, kprobe or tracepoint), as a label.", []string{"backend"}, nil)
+	errorsDesc = prometheus.NewDesc("cttrace_read_errors_total",
+		"Failed reads of the kernel side (what: sources, tables...), also logged on stderr.", []string{"what"}, nil)
+	readingDesc = prometheus.NewDesc("cttrace_last_reading_timestamp_seconds",
+		"When the figures shown were read.", nil, nil)
+	entriesDesc = prometheus.NewDesc("cttrace_nf_conntrack_entries",
+		"Entries in the namespace's conntrack table (as node_nf_conntrack_entries, per namespace).", ns, nil)
+	limitDesc = prometheus.NewDesc("cttrace_nf_conntrack_entries_limit",
+		"nf_conntrack_max, the limit each namespace's entries are compared with (as node_nf_conntrack_entries_limit).", ns, nil)
+	bucketsDesc = prometheus.NewDesc("cttrace_nf_conntrack_buckets",
+		"nf_conntrack_buckets: the size of the host's one conntrack hash table.", nil, nil)
+	sourceDropsDesc = prometheus.NewDesc("cttrace_source_drops_total",
+		"Packets refused (table_full, alloc_failed, insert_failed) per source, for the namespace's top sources by drops; source=\"other\" holds the rest, so the series of a namespace add up to its drops.",
+		[]string{"netns", "source"}, nil)
+	sourceEntriesDesc = prometheus.NewDesc("cttrace_source_entries",
+		"Entries the source holds in the table now, for the same top sources.", []string{"netns", "source"}, nil)
+)
+
+// kernelCounters are the kernel's own per-namespace counters (conntrack -S),
+// named as node_exporter's node_nf_conntrack_stat_*.
+var kernelCounters = []struct {
+	name, help string
+	value      func(*table.Stats) int64
+}{
+	{"found", "Searches that found an entry.", func(s *table.Stats) int64 { return s.Found }},
+	{"invalid", "Packets conntrack could not track.", func(s *table.Stats) int64 { return s.Invalid }},
+	{"insert", "Entries inserted (on recent kernels, only by ctnetlink).", func(s *table.Stats) int64 { return s.Insert }},
+	{"insert_failed", "Entries that could not be inserted; their packets were dropped.", func(s *table.Stats) int64 { return s.InsertFailed }},
+	{"drop", "Packets dropped because a new entry could not be allocated (table full).", func(s *table.Stats) int64 { return s.Drop }},
+	{"early_drop", "Entries evicted to make room for new ones.", func(s *table.Stats) int64 { return s.EarlyDrop }},
+	{"icmp_error", "Packets with ICMP errors conntrack could not match.", func(s *table.Stats) int64 { return s.Error }},
+	{"search_restart", "Table searches restarted after a concurrent resize.", func(s *table.Stats) int64 { return s.SearchRestart }},
+	{"clash_resolve", "Insert clashes resolved without a drop.", func(s *table.Stats) int64 { return s.ClashResolve }},
+	{"chaintoolong", "Inserts refused because a hash chain was too long.", func(s *table.Stats) int64 { return s.ChainTooLong }},
+}
+
+var kernelCounterDescs = func() []*prometheus.Desc {
+	var out []*prometheus.Desc
+	for _, c := range kernelCounters {
+		out = append(out, prometheus.NewDesc("cttrace_nf_conntrack_stat_"+c.name+"_total",
+			"The kernel's per-namespace conntrack counter "+c.name+" (conntrack -S): "+c.help, ns, nil))
+	}
+	return out
+}()
+
+// Describe sends every metric's description.
+func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{eventsDesc, lostDesc, backendDesc, errorsDesc, readingDesc, entriesDesc, limitDesc,
+		bucketsDesc, sourceDropsDesc, sourceEntriesDesc} {
+		ch <- d
+	}
+	for _, d := range kernelCounterDescs {
+		ch <- d
+	}
+}
+
+// Collect sends the latest reading's metrics.
+func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
+	e.mu.Lock()
+	r := e.reading
+	errs := make(map[string]uint64, len(e.errors))
+	for k, v := range e.errors {
+		errs[k] = v
+	}
+	e.mu.Unlock()
+
+	ch <- prometheus.MustNewConstMetric(backendDesc, prometheus.GaugeValue, 1, e.backend)
+	for what, n := range errs {
+		ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, float64(n), what)
+	}
+	if r == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(readingDesc, prometheus.GaugeValue, float64(r.Time.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(r.Lost))
+	ch <- prometheus.MustNewConstMetric(bucketsDesc, prometheus.GaugeValue, float64(r.Buckets))
+	for netns, byReason := range r.Events {
+		for reason, n := range byReason {
+			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(n), label(netns), string(reason), e.confidence(reason))
+		}
+	}
+	for i := range r.Tables {
+		t := &r.Tables[i]
+		if t.Err != nil {
+			continue
+		}
+		n := label(t.Inode)
+		ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(t.Stats.Entries), n)
+		ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(t.Stats.Max), n)
+		for j, c := range kernelCounters {
+			ch <- prometheus.MustNewConstMetric(kernelCounterDescs[j], prometheus.CounterValue, float64(c.value(&t.Stats)), n)
+		}
+	}
+	if r.Snapshot != nil {
+		e.collectSources(ch, r.Snapshot)
+	}
+}
+
+// collectSources sends each namespace's top sources by drops, at most topN,
+// and its "other": the namespace's drops that no series shown holds. The
+// series are at most (topN + 1) × namespaces, whatever the sources.
+func (e *Exporter) collectSources(ch chan<- prometheus.Metric, s *top.Snapshot) {
+	shown := map[uint32]int{}
+	inRows := map[uint32]uint64{}
+	rows := slices.Clone(s.Rows)
+	slices.SortStableFunc(rows, func(a, b top.Row) int { return cmp.Compare(b.Total.Drops, a.Total.Drops) })
+	for _, r := range rows {
+		if !r.Prefix.IsValid() || shown[r.Netns] >= e.topN || r.Total.Drops == 0 {
+			continue
+		}
+		shown[r.Netns]++
+		inRows[r.Netns] += r.Total.Drops
+		n, src := label(r.Netns), r.Prefix.String()
+		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(r.Total.Drops), n, src)
+		ch <- prometheus.MustNewConstMetric(sourceEntriesDesc, prometheus.GaugeValue, float64(max(r.Held, 0)), n, src)
+	}
+	for _, nsp := range s.Namespaces {
+		other := nsp.Total.Drops - min(nsp.Total.Drops, inRows[nsp.Netns])
+		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(other), label(nsp.Netns), "other")
+	}
+}
+
+// confidence is how the backend knows an event's reason.
+func (e *Exporter) confidence(r event.Reason) string {
+	if e.backend == "tracepoint" {
+		return string(event.ConfidenceInferred)
+	}
+	return string(event.ConfidenceExact)
+}
+
+func label(netns uint32) string { return strconv.FormatUint(uint64(netns), 10) }
