@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"net/netip"
 	"strconv"
 	"time"
@@ -20,13 +21,17 @@ const jsonTime = "2006-01-02T15:04:05.000000000Z07:00"
 // built by hand into a reused buffer: encoding/json would reflect over every
 // event, and an event storm is exactly when cttrace must keep up.
 type JSONWriter struct {
-	w   *bufio.Writer
-	buf []byte
+	// Host is written in every record (this machine's name by default),
+	// so that a SIEM gathering many hosts' streams can tell them apart.
+	Host string
+	w    *bufio.Writer
+	buf  []byte
 }
 
 // NewJSON returns a JSONWriter buffering into w. Call Flush to write out.
 func NewJSON(w io.Writer) *JSONWriter {
-	return &JSONWriter{w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 1024)}
+	host, _ := os.Hostname()
+	return &JSONWriter{Host: host, w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 1024)}
 }
 
 // Event writes one "event" record. An event whose reason or confidence is
@@ -166,7 +171,8 @@ func (j *JSONWriter) begin(typ string, t time.Time) []byte {
 	b = append(b, typ...)
 	b = append(b, `","time":"`...)
 	b = t.UTC().AppendFormat(b, jsonTime)
-	b = append(b, '"')
+	b = append(b, `","host":`...)
+	b = appendJSONString(b, j.Host)
 	return b
 }
 

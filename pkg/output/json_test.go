@@ -21,6 +21,7 @@ func writeJSON(t testing.TB, f func(*JSONWriter) error) []string {
 	t.Helper()
 	var out bytes.Buffer
 	w := NewJSON(&out)
+	w.Host = "cttrace-test"
 	if err := f(w); err != nil {
 		t.Fatal(err)
 	}
@@ -40,20 +41,20 @@ func TestJSONEventExact(t *testing.T) {
 		want string
 	}{
 		{"ipv4 udp table_full", ipv4TableFull(),
-			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","reason":"table_full","detail":"","confidence":"exact",` +
+			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","detail":"","confidence":"exact",` +
 				`"cpu":3,"netns":4026532500,"zone":0,"count":1024,"max":1024,"family":"ipv4","proto":"udp","proto_num":17,` +
 				`"src":"127.1.0.1","sport":40000,"dst":"127.0.0.1","dport":9,"status":[],"status_bits":0,"tcp_state":"","timeout_left_ms":0,"trigger":null}`},
 		{"early_drop with trigger", earlyDrop(),
-			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.125456789Z","reason":"early_drop","detail":"evicted_for_new_flow","confidence":"exact",` +
+			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.125456789Z","host":"cttrace-test","reason":"early_drop","detail":"evicted_for_new_flow","confidence":"exact",` +
 				`"cpu":1,"netns":4026531840,"zone":0,"count":262144,"max":262144,"family":"ipv4","proto":"tcp","proto_num":6,` +
 				`"src":"10.0.0.5","sport":33000,"dst":"10.0.0.9","dport":80,"status":["CONFIRMED"],"status_bits":8,"tcp_state":"SYN_SENT","timeout_left_ms":87250,` +
 				`"trigger":{"family":"ipv4","proto":"udp","proto_num":17,"src":"10.0.0.7","sport":5353,"dst":"10.0.0.9","dport":53}}`},
 		{"ipv6 tcp insert_failed", ipv6InsertFailed(),
-			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.124956789Z","reason":"insert_failed","detail":"chain_too_long","confidence":"exact",` +
+			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.124956789Z","host":"cttrace-test","reason":"insert_failed","detail":"chain_too_long","confidence":"exact",` +
 				`"cpu":0,"netns":4026531840,"zone":7,"count":65000,"max":65536,"family":"ipv6","proto":"tcp","proto_num":6,` +
 				`"src":"2001:db8::1","sport":51000,"dst":"2001:db8:ffff::2","dport":443,"status":["SEEN_REPLY","CONFIRMED"],"status_bits":10,"tcp_state":"SYN_SENT","timeout_left_ms":120000,"trigger":null}`},
 		{"no flow", &event.Event{Time: t0, Reason: event.ReasonAllocFailed, Confidence: event.ConfidenceInferred},
-			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","reason":"alloc_failed","detail":"","confidence":"inferred",` +
+			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"alloc_failed","detail":"","confidence":"inferred",` +
 				`"cpu":0,"netns":0,"zone":0,"count":0,"max":0,"family":"","proto":"","proto_num":0,` +
 				`"src":"","sport":0,"dst":"","dport":0,"status":[],"status_bits":0,"tcp_state":"","timeout_left_ms":0,"trigger":null}`},
 	}
@@ -99,8 +100,8 @@ func TestJSONLostAndSummary(t *testing.T) {
 		return w.Summary(summary())
 	})
 	want := []string{
-		`{"schema":1,"type":"lost","time":"2025-03-14T23:41:07.123456789Z","lost":5,"lost_total":12}`,
-		`{"schema":1,"type":"summary","time":"2025-03-14T23:42:07.123456789Z","backend":"fentry",` +
+		`{"schema":1,"type":"lost","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","lost":5,"lost_total":12}`,
+		`{"schema":1,"type":"summary","time":"2025-03-14T23:42:07.123456789Z","host":"cttrace-test","backend":"fentry",` +
 			`"events":{"table_full":2,"alloc_failed":0,"early_drop":2,"insert_failed":1,"insert":0,"delete":0,"clash_resolved":0,"gc_evict":0},` +
 			`"visible":["table_full","alloc_failed","early_drop","insert_failed","insert","delete","clash_resolved","gc_evict"],` +
 			`"lost":17,"aggregated":0,"duration_s":60.503}`,
@@ -331,8 +332,8 @@ func TestJSONAggregate(t *testing.T) {
 		w.Aggregate(aggregate())
 		return w.Aggregate(other)
 	}), "\n")
-	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","reason":"table_full","netns":4026531840,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
-{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","reason":"table_full","netns":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
+	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":4026531840,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
+{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
