@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -47,6 +49,9 @@ func dropsCommand() *cli.Command {
 			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
 				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
 			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
+			&cli.StringFlag{Name: "events-file", Usage: "also write every record, as JSON (docs/drops.md), to `PATH`, for a SIEM shipper; SIGHUP reopens it (logrotate)"},
+			&cli.StringFlag{Name: "rotate-size", Value: "100M", Usage: "with --events-file: rotate it past `SIZE` (K, M and G suffixes; 0: never)"},
+			&cli.IntFlag{Name: "rotate-keep", Value: 5, Usage: "with --events-file: keep `N` rotated files (PATH.1 … PATH.N)"},
 		),
 		Action: runDrops,
 	}
@@ -78,6 +83,10 @@ type dropsOptions struct {
 	stream  probe.StreamOptions
 	count   uint64
 	utc     bool
+	// events is the --events-file, with its rotation.
+	events     string
+	rotateSize int64
+	rotateKeep int
 }
 
 // traceOptions are the validated traceFlags.
@@ -114,6 +123,16 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	}
 	if o.trace.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
 		return o, err
+	}
+	if o.events = c.String("events-file"); o.events == "" && (c.IsSet("rotate-size") || c.IsSet("rotate-keep")) {
+		return o, usageError(fmt.Errorf("--rotate-size and --rotate-keep go with --events-file"))
+	}
+	size, ok := parseSize(c.String("rotate-size"))
+	if !ok || size < 0 {
+		return o, invalidFlag("rotate-size", c.String("rotate-size"), "a size such as 100M (K, M and G suffixes; 0: never)")
+	}
+	if o.rotateSize, o.rotateKeep = size, c.Int("rotate-keep"); o.rotateKeep < 0 || o.rotateKeep > 1000 {
+		return o, invalidFlag("rotate-keep", strconv.Itoa(o.rotateKeep), "0 to 1000")
 	}
 	if o.format, err = outputFormat(c); err != nil {
 		return o, err
@@ -162,6 +181,14 @@ func runDrops(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	var file *output.RotatingFile
+	if o.events != "" {
+		// Opened before attaching: a wrong path costs nothing in the kernel.
+		if file, err = output.OpenRotating(o.events, o.rotateSize, o.rotateKeep); err != nil {
+			return err
+		}
+		defer file.Close()
+	}
 	ctx, cancel, s, err := startTrace(c.Context, o.trace, session.Config{Reasons: o.reasons, Stream: o.stream})
 	if err != nil {
 		return err
@@ -173,6 +200,12 @@ func runDrops(c *cli.Context) error {
 	}
 
 	w := newWriter(o.format, o.utc)
+	if file != nil {
+		ef := output.NewEventsFile(w, file)
+		defer reopenOnHangup(file)()
+		defer warnEventsFile(ef)
+		w = ef
+	}
 	shown := uint64(0)
 	err = s.Run(ctx, session.Handler{
 		Event: func(ev *event.Event) error {
@@ -286,6 +319,8 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 		if err := w.Flush(); err != nil && !closedPipe(err) {
 			return err
 		}
+	} else if ef, ok := w.(*output.EventsFile); ok {
+		ef.FileSummary(sum) // the file is JSON whatever stdout shows
 	}
 	// The person reading stderr is not shown zeros for what this backend
 	// cannot see; the JSON summary keeps every reason, as its schema says.
@@ -300,10 +335,9 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 	return stderr.Flush()
 }
 
-// parseRingSize reads 4M, 64K, 1G or 262144 and checks what the kernel
-// demands of a ring buffer: a power of two, at least one page.
-func parseRingSize(arg string) (uint32, error) {
-	s, mult := arg, uint64(1)
+// parseSize reads 4M, 64K, 1G or 262144 (bytes).
+func parseSize(arg string) (int64, bool) {
+	s, mult := arg, int64(1)
 	switch {
 	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "k"):
 		mult, s = 1<<10, s[:len(s)-1]
@@ -312,9 +346,15 @@ func parseRingSize(arg string) (uint32, error) {
 	case strings.HasSuffix(s, "G"), strings.HasSuffix(s, "g"):
 		mult, s = 1<<30, s[:len(s)-1]
 	}
-	n, err := strconv.ParseUint(s, 10, 32)
-	size := n * mult
-	if err != nil || size > 1<<30 || size < uint64(os.Getpagesize()) || size&(size-1) != 0 {
+	n, err := strconv.ParseInt(s, 10, 32)
+	return n * mult, err == nil
+}
+
+// parseRingSize reads 4M, 64K, 1G or 262144 and checks what the kernel
+// demands of a ring buffer: a power of two, at least one page.
+func parseRingSize(arg string) (uint32, error) {
+	size, ok := parseSize(arg)
+	if !ok || size > 1<<30 || size < int64(os.Getpagesize()) || size&(size-1) != 0 {
 		return 0, invalidFlag("ring-size", arg, fmt.Sprintf("a power of two from %dK to 1G", os.Getpagesize()>>10))
 	}
 	return uint32(size), nil
@@ -382,4 +422,31 @@ func splitList(values []string) []string {
 		}
 	}
 	return out
+}
+
+// reopenOnHangup reopens the events file on SIGHUP, as logrotate expects,
+// until the returned function is called.
+func reopenOnHangup(f *output.RotatingFile) func() {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				f.Reopen()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { signal.Stop(hup); close(done) }
+}
+
+// warnEventsFile says, once at the end, that writes to the events file
+// failed: they never stopped the run.
+func warnEventsFile(ef *output.EventsFile) {
+	if ef.Errors > 0 {
+		fmt.Fprintf(os.Stderr, "cttrace: warning: %d writes to the events file failed (the first: %v)\n", ef.Errors, ef.FirstError)
+	}
 }

@@ -487,3 +487,60 @@ func checkLossAccounted(t *testing.T, r *process, drops int64) {
 		t.Errorf("delivered %d + lost %d != kernel drops %d (summary lost %.0f)", delivered, lost, drops, summaryLost)
 	}
 }
+
+// --events-file with a tiny --rotate-size and a SIGHUP after logrotate's
+// move: the files hold every event exactly once, each line whole, and the
+// summary; stdout keeps its own format.
+func TestDropsEventsFileRotates(t *testing.T) {
+	lab := fullTable(t, 32)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "events.ndjson")
+	r := startDrops(t, nil, "--stream-limit", "0", "--events-file", path, "--rotate-size", "4K", "--rotate-keep", "1000")
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse(t, lab, "127.43.0.1", 150)
+	r.waitOutput(t, "the first events on stdout", func(lines []string) bool { return len(lines) > 100 })
+	if err := os.Rename(path, path+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Process.Signal(syscall.SIGHUP)
+	refuse(t, lab, "127.43.0.2", 150)
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := r.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("exit status %d\n%s", code, r.stderr)
+	}
+	files, _ := filepath.Glob(path + "*")
+	var events, summaries int
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			t.Errorf("%s ends in the middle of a line", f)
+		}
+		for _, m := range records(t, b) {
+			if m["host"] == nil || m["host"] == "" {
+				t.Errorf("%s: a record without host: %v", f, m)
+			}
+			switch m["type"] {
+			case "event":
+				events++
+			case "summary":
+				summaries++
+			}
+		}
+	}
+	t.Logf("%d files, %d events, kernel drops %d", len(files), events, after.Sub(before).Drop)
+	if events != int(after.Sub(before).Drop) || summaries != 1 || len(files) < 5 {
+		t.Errorf("%d events in %d files (want %d), %d summaries", events, len(files), after.Sub(before).Drop, summaries)
+	}
+	if strings.HasPrefix(r.stdout.String(), "{") {
+		t.Error("stdout turned to JSON: it is text unless -o json")
+	}
+}
