@@ -49,6 +49,7 @@ func dropsCommand() *cli.Command {
 			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
 				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
 			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
+			&cli.StringFlag{Name: "format", Value: "cttrace", Usage: "JSON `SCHEMA` of -o json and --events-file: cttrace (docs/drops.md) or ecs (Elastic Common Schema, docs/ecs.md)"},
 			&cli.StringFlag{Name: "events-file", Usage: "also write every record, as JSON (docs/drops.md), to `PATH`, for a SIEM shipper; SIGHUP reopens it (logrotate)"},
 			&cli.StringFlag{Name: "rotate-size", Value: "100M", Usage: "with --events-file: rotate it past `SIZE` (K, M and G suffixes; 0: never)"},
 			&cli.IntFlag{Name: "rotate-keep", Value: 5, Usage: "with --events-file: keep `N` rotated files (PATH.1 … PATH.N)"},
@@ -83,6 +84,7 @@ type dropsOptions struct {
 	stream  probe.StreamOptions
 	count   uint64
 	utc     bool
+	ecs     bool // --format ecs
 	// events is the --events-file, with its rotation.
 	events     string
 	rotateSize int64
@@ -123,6 +125,12 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	}
 	if o.trace.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
 		return o, err
+	}
+	switch f := c.String("format"); f {
+	case "cttrace", "ecs":
+		o.ecs = f == "ecs"
+	default:
+		return o, invalidFlag("format", f, "cttrace or ecs")
 	}
 	if o.events = c.String("events-file"); o.events == "" && (c.IsSet("rotate-size") || c.IsSet("rotate-keep")) {
 		return o, usageError(fmt.Errorf("--rotate-size and --rotate-keep go with --events-file"))
@@ -199,9 +207,9 @@ func runDrops(c *cli.Context) error {
 		return err
 	}
 
-	w := newWriter(o.format, o.utc)
+	w := newWriter(o.format, o.utc, o.ecs)
 	if file != nil {
-		ef := output.NewEventsFile(w, file)
+		ef := output.NewEventsFile(w, file, o.ecs)
 		defer reopenOnHangup(file)()
 		defer warnEventsFile(ef)
 		w = ef
@@ -294,7 +302,10 @@ func writeReady(path string, b probe.Backend) error {
 	return nil
 }
 
-func newWriter(format string, utc bool) output.Writer {
+func newWriter(format string, utc, ecs bool) output.Writer {
+	if format == "json" && ecs {
+		return output.NewECS(os.Stdout)
+	}
 	if format == "json" {
 		return output.NewJSON(os.Stdout)
 	}

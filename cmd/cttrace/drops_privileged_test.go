@@ -544,3 +544,36 @@ func TestDropsEventsFileRotates(t *testing.T) {
 		t.Error("stdout turned to JSON: it is text unless -o json")
 	}
 }
+
+// drops -o json --format ecs: each refusal is an ECS document whose source
+// is the refused flow's.
+func TestDropsECS(t *testing.T) {
+	lab := fullTable(t, 32)
+	r := startDrops(t, nil, "-o", "json", "--format", "ecs")
+	refuse(t, lab, "127.44.0.1", 5)
+	r.waitOutput(t, "five ECS documents", func(lines []string) bool { return len(lines) >= 5 })
+	if code := r.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("exit status %d\n%s", code, r.stderr)
+	}
+	var docs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout.String()), "\n") {
+		var d map[string]any
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("not JSON: %q", line)
+		}
+		docs = append(docs, d)
+	}
+	refusals := 0
+	for _, d := range docs {
+		ev, _ := d["event"].(map[string]any)
+		if ev["action"] == "table_full" {
+			refusals++
+			if src, _ := d["source"].(map[string]any); src["ip"] != "127.44.0.1" || d["@timestamp"] == nil {
+				t.Errorf("not the refused flow's document: %v", d)
+			}
+		}
+	}
+	if refusals != 5 || docs[len(docs)-1]["event"].(map[string]any)["action"] != "summary" {
+		t.Errorf("%d refusals in %d documents (want 5 and a summary last)", refusals, len(docs))
+	}
+}

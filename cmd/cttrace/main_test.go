@@ -68,6 +68,7 @@ var badInvocations = []struct {
 	{[]string{"drops", "--netns", "/nonexistent"}, 2, `cttrace: --netns: /nonexistent: no such file or directory (want an inode number or a path like /run/netns/NAME)`, false},
 	{[]string{"drops", "--netns", "/etc/hostname"}, 2, `cttrace: --netns: /etc/hostname is not a namespace file (want an inode number or a path like /run/netns/NAME)`, false},
 	{[]string{"drops", "--ready-file", "/nonexistent/ready"}, 2, `cttrace: --ready-file: stat /nonexistent: no such file or directory`, false},
+	{[]string{"drops", "--format", "yaml"}, 2, `cttrace: invalid --format "yaml": want cttrace or ecs`, false},
 	{[]string{"drops", "--rotate-size", "1M"}, 2, `cttrace: --rotate-size and --rotate-keep go with --events-file`, false},
 	{[]string{"drops", "--events-file", "/tmp/x", "--rotate-size", "lots"}, 2, `cttrace: invalid --rotate-size "lots": want a size such as 100M (K, M and G suffixes; 0: never)`, false},
 	{[]string{"drops", "--events-file", "/tmp/x", "--rotate-keep", "-1"}, 2, `cttrace: invalid --rotate-keep "-1": want 0 to 1000`, false},
@@ -265,7 +266,7 @@ func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
 // vocabulary, so that help reads the same across commands.
 func TestFlagPlaceholders(t *testing.T) {
 	known := map[string]bool{"DURATION": true, "CIDR": true, "PATH": true, "N": true, "FORMAT": true, "BACKEND": true, "ADDRESS": true,
-		"SIZE": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true}
+		"SIZE": true, "SCHEMA": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true}
 	for _, cmd := range newApp().Commands {
 		for _, f := range cmd.Flags {
 			if _, isBool := f.(*cli.BoolFlag); isBool {

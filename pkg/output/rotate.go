@@ -164,16 +164,20 @@ func (r *RotatingFile) Close() error {
 // anything. They are counted (Errors) and the first is kept (FirstError).
 type EventsFile struct {
 	main   Writer
-	file   *RotatingFile
-	json   *JSONWriter
+	json   Writer // cttrace's schema, or ECS
 	Errors uint64
 	// FirstError is the first failure, for the one warning the caller prints.
 	FirstError error
 }
 
-// NewEventsFile copies what main is given to file.
-func NewEventsFile(main Writer, file *RotatingFile) *EventsFile {
-	return &EventsFile{main: main, file: file, json: NewJSON(file)}
+// NewEventsFile copies what main is given to file, in cttrace's schema or,
+// with ecs, in the Elastic Common Schema.
+func NewEventsFile(main Writer, file *RotatingFile, ecs bool) *EventsFile {
+	var w Writer = NewJSON(file)
+	if ecs {
+		w = NewECS(file)
+	}
+	return &EventsFile{main: main, json: w}
 }
 
 func (e *EventsFile) note(err error) {
