@@ -49,6 +49,7 @@ func dropsCommand() *cli.Command {
 			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
 				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
 			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
+			&cli.StringFlag{Name: "replay", Usage: "read a recorded stream (cttrace's JSON, as -o json or --events-file wrote it) from `PATH` (-: standard input) instead of the kernel, with the same filters and output"},
 			&cli.StringFlag{Name: "format", Value: "cttrace", Usage: "JSON `SCHEMA` of -o json and --events-file: cttrace (docs/drops.md) or ecs (Elastic Common Schema, docs/ecs.md)"},
 			&cli.StringFlag{Name: "events-file", Usage: "also write every record, as JSON (docs/drops.md), to `PATH`, for a SIEM shipper; SIGHUP reopens it (logrotate)"},
 			&cli.StringFlag{Name: "rotate-size", Value: "100M", Usage: "with --events-file: rotate it past `SIZE` (K, M and G suffixes; 0: never)"},
@@ -84,7 +85,8 @@ type dropsOptions struct {
 	stream  probe.StreamOptions
 	count   uint64
 	utc     bool
-	ecs     bool // --format ecs
+	ecs     bool   // --format ecs
+	replay  string // --replay
 	// events is the --events-file, with its rotation.
 	events     string
 	rotateSize int64
@@ -126,6 +128,7 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	if o.trace.ringBytes, err = parseRingSize(c.String("ring-size")); err != nil {
 		return o, err
 	}
+	o.replay = c.String("replay")
 	switch f := c.String("format"); f {
 	case "cttrace", "ecs":
 		o.ecs = f == "ecs"
@@ -188,6 +191,9 @@ func runDrops(c *cli.Context) error {
 	o, err := parseDropsOptions(c)
 	if err != nil {
 		return err
+	}
+	if o.replay != "" {
+		return replayDrops(o)
 	}
 	var file *output.RotatingFile
 	if o.events != "" {
@@ -460,4 +466,70 @@ func warnEventsFile(ef *output.EventsFile) {
 	if ef.Errors > 0 {
 		fmt.Fprintf(os.Stderr, "cttrace: warning: %d writes to the events file failed (the first: %v)\n", ef.Errors, ef.FirstError)
 	}
+}
+
+// replayDrops shows a recorded stream as a live run would have shown it:
+// the same filters, --count and output. Malformed lines are reported with
+// their numbers, skipped, and counted at the end. It needs no privileges.
+func replayDrops(o dropsOptions) error {
+	in := os.Stdin
+	if o.replay != "-" {
+		f, err := os.Open(o.replay)
+		if err != nil {
+			return flagValueError("replay", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	ignoreSIGPIPE()
+	w := newWriter(o.format, o.utc, o.ecs)
+	setHost := func(string) {}
+	if jw, ok := w.(*output.JSONWriter); ok {
+		setHost = func(h string) { jw.Host = h } // the recording machine's, not this one's
+	}
+	var shown uint64
+	var malformed int
+	var summary *output.Summary
+	err := output.ReadRecords(in, func(r *output.Record) error {
+		setHost(r.Host)
+		switch {
+		case r.Event != nil && o.filter.Match(r.Event):
+			if err := w.Event(r.Event); err != nil {
+				return err
+			}
+			if shown++; o.count > 0 && shown >= o.count {
+				return session.ErrStop
+			}
+		case r.Aggregate != nil && o.filter.MatchAggregate(r.Aggregate):
+			return w.Aggregate(r.Aggregate)
+		case r.Lost != nil:
+			return w.Lost(r.Lost.Lost, r.Lost.Total, r.Lost.Time)
+		case r.Summary != nil:
+			summary = r.Summary
+		}
+		return nil
+	}, func(e output.LineError) {
+		malformed++
+		fmt.Fprintf(os.Stderr, "cttrace: %s: %v (skipped)\n", o.replay, e)
+	})
+	if err != nil && !errors.Is(err, session.ErrStop) && !closedPipe(err) {
+		return err
+	}
+	if summary != nil && o.format == "json" {
+		if err := w.Summary(*summary); err != nil && !closedPipe(err) {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil && !closedPipe(err) {
+		return err
+	}
+	if summary != nil {
+		stderr := output.NewText(os.Stderr)
+		stderr.Summary(*summary)
+		stderr.Flush()
+	}
+	if malformed > 0 {
+		fmt.Fprintf(os.Stderr, "cttrace: %d malformed lines skipped\n", malformed)
+	}
+	return nil
 }

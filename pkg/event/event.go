@@ -108,3 +108,14 @@ func (e *Event) TCPStateName() string {
 	}
 	return TCPStateName(e.TCPState)
 }
+
+// ParseTCPState reads a name TCPStateName gives (or a number) back.
+func ParseTCPState(name string) (uint8, bool) {
+	for i, n := range tcpStateNames {
+		if n == name {
+			return uint8(i), true
+		}
+	}
+	n, err := strconv.ParseUint(name, 10, 8)
+	return uint8(n), err == nil
+}
