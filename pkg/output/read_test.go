@@ -50,3 +50,21 @@ func TestReadRecordsRoundTrip(t *testing.T) {
 		t.Errorf("malformed lines: %v", bad)
 	}
 }
+
+// FuzzReadRecords: a recorded stream of any content decodes or is
+// reported line by line, never a panic.
+func FuzzReadRecords(f *testing.F) {
+	for _, l := range writeJSON(f, func(w *JSONWriter) error {
+		w.Event(earlyDrop())
+		w.Aggregate(aggregate())
+		w.Lost(1, 2, t0)
+		return w.Summary(summary())
+	}) {
+		f.Add(l)
+	}
+	f.Add(`{"schema":1,"type":"event","time":"x"}`)
+	f.Add(`{"schema":1,"type":"aggregate","time":"2025-01-01T00:00:00Z","reason":"table_full","src":"::1","last":"y"}`)
+	f.Fuzz(func(t *testing.T, line string) {
+		ReadRecords(strings.NewReader(line), func(*Record) error { return nil }, func(LineError) {})
+	})
+}
