@@ -98,6 +98,8 @@ var badInvocations = []struct {
 	{[]string{"serve", "--metrics-top", "0"}, 2, `cttrace: invalid --metrics-top "0": want 1 to 100`, false},
 	{[]string{"serve", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 100ms`, false},
 	{[]string{"serve", "--listen", "nowhere"}, 2, `cttrace: --listen: listen tcp: address nowhere: missing port in address`, false},
+	// A well-formed address this host does not have: the system's answer.
+	{[]string{"serve", "--listen", "192.0.2.1:9469"}, 1, `cttrace: serve: listen tcp 192.0.2.1:9469: bind: cannot assign requested address`, false},
 	{[]string{"demo", "--attack", "0s"}, 2, `cttrace: invalid --attack "0s": want 1s to 60s`, false},
 	{[]string{"demo", "--attack", "2h"}, 2, `cttrace: invalid --attack "2h0m0s": want 1s to 60s`, false},
 	{[]string{"demo", "now"}, 2, `cttrace: unexpected argument "now"`, false},

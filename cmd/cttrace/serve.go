@@ -55,8 +55,12 @@ func runServe(c *cli.Context) error {
 		return invalidFlag("interval", interval.String(), "at least 100ms")
 	}
 	ln, err := net.Listen("tcp", c.String("listen"))
-	if err != nil {
-		return flagValueError("listen", err)
+	var addrErr *net.AddrError
+	switch {
+	case errors.As(err, &addrErr):
+		return flagValueError("listen", err) // not an address: the command line's fault
+	case err != nil:
+		return fmt.Errorf("serve: %w", err) // in use, or not this host's: the system's answer
 	}
 	defer ln.Close()
 	debug.SetMemoryLimit(topMemoryLimit)
