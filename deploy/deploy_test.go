@@ -2,12 +2,20 @@
 package deploy
 
 import (
+	"bytes"
 	"debug/elf"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v2"
+
+	"github.com/cttrace/cttrace/pkg/metrics"
 )
 
 // The systemd unit passes systemd-analyze verify, with ExecStart pointed
@@ -65,5 +73,94 @@ func TestStaticBinary(t *testing.T) {
 	}
 	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
 		t.Errorf("the binary needs %v", libs)
+	}
+}
+
+// metricNames are the metric names a PromQL expression uses (cttrace's).
+var metricName = regexp.MustCompile(`\bcttrace_[a-z0-9_]+\b`)
+
+func checkExported(t *testing.T, where, expr string) {
+	t.Helper()
+	exported := metrics.Names()
+	names := metricName.FindAllString(expr, -1)
+	if len(names) == 0 {
+		t.Errorf("%s: %q uses no cttrace metric", where, expr)
+	}
+	for _, n := range names {
+		if !slices.Contains(exported, n) {
+			t.Errorf("%s: %q uses %s, which cttrace serve does not export", where, expr, n)
+		}
+	}
+}
+
+// Every dashboard query names metrics cttrace serve exports.
+func TestDashboardQueriesExportedMetrics(t *testing.T) {
+	b, err := os.ReadFile("grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&d); err != nil || len(d.Panels) == 0 {
+		t.Fatalf("dashboard: %v, %d panels", err, len(d.Panels))
+	}
+	for _, p := range d.Panels {
+		for _, q := range p.Targets {
+			checkExported(t, "panel "+p.Title, q.Expr)
+		}
+	}
+}
+
+// The alert rules: the three conditions the issue names, each on exported
+// metrics; and promtool check rules passes where promtool is installed.
+func TestAlertRules(t *testing.T) {
+	b, err := os.ReadFile("alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Name  string `yaml:"name"`
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Expr        string            `yaml:"expr"`
+				For         string            `yaml:"for"`
+				Labels      map[string]string `yaml:"labels"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.UnmarshalStrict(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	var alerts []string
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+			checkExported(t, "alert "+r.Alert, r.Expr)
+			if r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				t.Errorf("alert %s: no severity label or summary", r.Alert)
+			}
+		}
+	}
+	for _, want := range []string{"ConntrackTableNearlyFull", "ConntrackTableFullDrops", "CttraceLostEvents"} {
+		if !slices.Contains(alerts, want) {
+			t.Errorf("no %s alert (have %v)", want, alerts)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Log("no promtool here (Debian package prometheus): the rules' PromQL is not checked by Prometheus itself")
+		return
+	}
+	if out, err := exec.Command(promtool, "check", "rules", "alerts.yml").CombinedOutput(); err != nil {
+		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"cmp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -215,3 +216,31 @@ func (e *Exporter) confidence(r event.Reason) string {
 }
 
 func label(netns uint32) string { return strconv.FormatUint(uint64(netns), 10) }
+
+// Names lists every metric the exporter can export, for the checks of the
+// dashboard and alert rules that use them.
+func Names() []string {
+	ch := make(chan *prometheus.Desc, 32)
+	go func() {
+		(&Exporter{}).Describe(ch)
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		out = append(out, descName(d))
+	}
+	return out
+}
+
+// descName reads a Desc's fully-qualified name (its String form is
+// `Desc{fqName: "name", ...}`: client_golang exports no accessor).
+func descName(d *prometheus.Desc) string {
+	s := d.String()
+	const key = `fqName: "`
+	i := strings.Index(s, key)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(key):]
+	return s[:strings.IndexByte(s, '"')]
+}
