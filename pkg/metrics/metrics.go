@@ -45,6 +45,7 @@ type Exporter struct {
 
 	mu      sync.Mutex
 	reading *Reading
+	updated time.Time         // when reading was handed over: the reading loop's pulse
 	errors  map[string]uint64 // failed reads of the kernel side, by what was read
 }
 
@@ -58,7 +59,7 @@ func New(backend string, topN int) *Exporter {
 func (e *Exporter) Update(r *Reading) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.reading = r
+	e.reading, e.updated = r, time.Now()
 }
 
 // Failed counts a failed read of the kernel side (what names it: "sources",
@@ -69,11 +70,13 @@ func (e *Exporter) Failed(what string) {
 	e.errors[what]++
 }
 
-// Healthy says whether a reading newer than maxAge is shown.
+// Healthy says whether a reading was handed over within maxAge of now. It
+// measures the reading loop, not the reading's own timestamp: a reading that
+// started on a late tick of a loaded host is still a sign of life.
 func (e *Exporter) Healthy(now time.Time, maxAge time.Duration) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.reading != nil && now.Sub(e.reading.Time) <= maxAge
+	return e.reading != nil && now.Sub(e.updated) <= maxAge
 }
 
 var (
