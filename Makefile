@@ -16,7 +16,14 @@ GENERATED := $(wildcard pkg/probe/*_bpfel.go pkg/probe/*_bpfel.o)
 # Debian packages the tests need: clang/llvm/libbpf-dev rebuild the BPF
 # objects, the rest boots kernels and makes traffic. Installed when missing,
 # so `make test` works on a fresh machine.
-DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iptables iproute2 conntrack tmux
+DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iptables iproute2 conntrack tmux systemd
+
+# promtool checks the scraped metrics and the alert rules. Debian ships it only
+# inside the prometheus package, whose install would also enable a Prometheus
+# server on the test machine; so the tests take promtool alone, unpacked from
+# that package into $(TOOLS) (apt-get download needs no root).
+TOOLS   := $(BUILD)/tools
+export PATH := $(CURDIR)/$(TOOLS):$(PATH)
 
 all: build
 
@@ -27,6 +34,11 @@ deps:
 		[ "$$(id -u)" = 0 ] || { echo "deps: run as root, or install:" $$missing; exit 1; }; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@[ -x $(TOOLS)/promtool ] || { \
+		mkdir -p $(TOOLS)/deb && cd $(TOOLS)/deb && \
+		{ apt-get download -qq prometheus 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus; }; } && \
+		dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x -O ./usr/bin/promtool > ../promtool && chmod +x ../promtool && \
+		cd .. && rm -rf deb && echo "deps: promtool $$(./promtool --version 2>&1 | head -1 | cut -d' ' -f3) in $(TOOLS)"; }
 
 # The README's first command: cttrace demo, with what it needs (ip, nft).
 demo: deps
@@ -66,7 +78,7 @@ vet:
 # Tier 1: unit tests, no privileges, no kernel features.
 test-unit:
 	@mkdir -p $(LOGS); echo "=== tier unit: go test -race ./... ==="
-	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(LOGS)/unit.log
+	CTTRACE_TOOLS=installed $(GO) test -race -count=1 -v ./... 2>&1 | tee $(LOGS)/unit.log
 
 # Tier 2: privileged tests on this machine's kernel (root). -p 1: tests that
 # change global sysctls must not run concurrently. Both tiers here run with
@@ -74,7 +86,7 @@ test-unit:
 # the memory bounds that -race's shadow memory would break.
 test-host:
 	@mkdir -p $(LOGS); echo "=== tier host: privileged tests with -race on $$(uname -r) ==="
-	CTTRACE_TESTBED=host $(GO) test -race -tags privileged -p 1 -count=1 -v ./... 2>&1 | tee $(LOGS)/host.log
+	CTTRACE_TESTBED=host CTTRACE_TOOLS=installed $(GO) test -race -tags privileged -p 1 -count=1 -v ./... 2>&1 | tee $(LOGS)/host.log
 
 # Tier 3: the same privileged tests inside Debian's 6.1 and 6.12 kernels under
 # QEMU (KERNELS="6.1" picks a subset). One boot per kernel runs them all.
@@ -146,6 +158,11 @@ bench-flood:
 		echo "bench: installing" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@[ -x $(TOOLS)/promtool ] || { \
+		mkdir -p $(TOOLS)/deb && cd $(TOOLS)/deb && \
+		{ apt-get download -qq prometheus 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus; }; } && \
+		dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x -O ./usr/bin/promtool > ../promtool && chmod +x ../promtool && \
+		cd .. && rm -rf deb && echo "deps: promtool $$(./promtool --version 2>&1 | head -1 | cut -d' ' -f3) in $(TOOLS)"; }
 	@# cttrace is built now, as it is in the tree (unless CTTRACE_BIN names
 	@# one); a build broken by an edit in progress is retried for two minutes.
 	@for try in 1 2 3; do \

@@ -15,16 +15,14 @@ import (
 
 	"go.yaml.in/yaml/v2"
 
+	"github.com/cttrace/cttrace/internal/testbed"
 	"github.com/cttrace/cttrace/pkg/metrics"
 )
 
 // The systemd unit passes systemd-analyze verify, with ExecStart pointed
 // at a binary that exists (verify checks that the command is executable).
 func TestSystemdUnitVerifies(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("no systemd-analyze on this machine (package systemd)")
-	}
+	analyze := testbed.Tool(t, "systemd-analyze", "systemd")
 	unit, err := os.ReadFile("cttrace.service")
 	if err != nil {
 		t.Fatal(err)
@@ -155,11 +153,7 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("no %s alert (have %v)", want, alerts)
 		}
 	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Log("no promtool here (Debian package prometheus): the rules' PromQL is not checked by Prometheus itself")
-		return
-	}
+	promtool := testbed.Tool(t, "promtool", "prometheus")
 	if out, err := exec.Command(promtool, "check", "rules", "alerts.yml").CombinedOutput(); err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}

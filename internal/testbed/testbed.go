@@ -4,6 +4,7 @@ package testbed
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -49,4 +50,23 @@ func SkipOutsideTestbed(t testing.TB, why string) {
 		t.Fatalf("%s (test bed tier %q must have an expectation)", why, Tier())
 	}
 	t.Skip(why)
+}
+
+// Tool returns the path of the program name, which Debian's package pkg
+// ships. `make test` installs every package the tests use (make deps) and
+// says so in CTTRACE_TOOLS=installed: there a missing tool fails the test.
+// Elsewhere (a bare `go test`, the VM tier's minimal guest) the check that
+// needs it is skipped with the reason.
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	switch {
+	case err == nil:
+		return path
+	case os.Getenv("CTTRACE_TOOLS") == "installed":
+		t.Fatalf("no %s, though make deps ran: install Debian's %s", name, pkg)
+	default:
+		t.Skipf("no %s here (Debian package %s; `make test` installs it)", name, pkg)
+	}
+	return ""
 }
