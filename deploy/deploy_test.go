@@ -1,10 +1,12 @@
-// Package deploy holds cttrace's deployment files; its test checks them.
+// The deployment files, checked: each against the tool that reads it.
 package deploy
 
 import (
 	"bytes"
 	"debug/elf"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v2"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/cttrace/cttrace/internal/testbed"
 	"github.com/cttrace/cttrace/pkg/metrics"
@@ -156,5 +159,79 @@ func TestAlertRules(t *testing.T) {
 	promtool := testbed.Tool(t, "promtool", "prometheus")
 	if out, err := exec.Command(promtool, "check", "rules", "alerts.yml").CombinedOutput(); err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
+	}
+}
+
+// The DaemonSet decodes strictly into the Kubernetes API types and keeps the
+// promises its comments make: host network and PID, no privileged mode, a
+// read-only root, capabilities dropped to a short list (which
+// cmd/cttrace's TestDaemonSetPrivileges measures), memory bounded, and
+// serve off the node's public interfaces.
+func TestDaemonSetManifest(t *testing.T) {
+	if _, err := decodeDaemonSet(bytes.Replace(daemonSetYAML, []byte("hostPID:"), []byte("hostPid:"), 1)); err == nil {
+		t.Fatal("a misspelt field decoded: the decoding is not strict")
+	}
+	ds, err := DaemonSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ds.APIVersion != "apps/v1" || ds.Kind != "DaemonSet" {
+		t.Errorf("%s %s, want apps/v1 DaemonSet", ds.APIVersion, ds.Kind)
+	}
+	pod := ds.Spec.Template.Spec
+	if !pod.HostNetwork || !pod.HostPID {
+		t.Errorf("hostNetwork %v, hostPID %v: cttrace needs both", pod.HostNetwork, pod.HostPID)
+	}
+	for k, v := range ds.Spec.Selector.MatchLabels {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("selector %s=%s does not match the pod's labels", k, v)
+		}
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	if sc == nil || sc.Capabilities == nil {
+		t.Fatal("no securityContext with capabilities")
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Error("privileged: the capabilities listed are enough")
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Error("root file system not read-only")
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation not false")
+	}
+	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("drops %v, want ALL", sc.Capabilities.Drop)
+	}
+	if len(sc.Capabilities.Add) == 0 || len(sc.Capabilities.Add) > 5 {
+		t.Errorf("adds %v", sc.Capabilities.Add)
+	}
+	for _, r := range []corev1.ResourceName{corev1.ResourceMemory} {
+		if c.Resources.Requests.Name(r, "").IsZero() || c.Resources.Limits.Name(r, "").IsZero() {
+			t.Errorf("no %s request and limit", r)
+		}
+	}
+	if c.Resources.Requests.Cpu().IsZero() {
+		t.Error("no CPU request")
+	}
+	listen := ""
+	if i := slices.Index(c.Args, "--listen"); i >= 0 && i+1 < len(c.Args) {
+		listen = c.Args[i+1]
+	}
+	host, port, err := net.SplitHostPort(listen)
+	if c.Args[0] != "serve" || err != nil || host == "" || host == "0.0.0.0" || host == "::" {
+		t.Errorf("args %v: want serve --listen on one address, not every interface of the host network", c.Args)
+	}
+	if len(c.Ports) != 1 || fmt.Sprint(c.Ports[0].ContainerPort) != port {
+		t.Errorf("ports %v do not match --listen %s", c.Ports, listen)
+	}
+	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != port {
+			t.Errorf("%s probe: want GET /healthz on %s", name, port)
+		}
 	}
 }

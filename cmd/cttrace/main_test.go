@@ -2,16 +2,22 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/output"
@@ -23,11 +29,64 @@ import (
 // statuses included, without a Go toolchain (the VM tier has none it could
 // afford to run under emulation).
 func TestMain(m *testing.M) {
+	if keep, ok := os.LookupEnv("CTTRACE_TEST_CAPS"); ok {
+		execWithOnly(keep)
+	}
 	if os.Getenv("CTTRACE_TEST_AS_MAIN") == "1" {
 		main()
 		return
 	}
 	os.Exit(m.Run())
+}
+
+// capabilityBits are the capabilities a test may keep, by the names a
+// Kubernetes securityContext gives them.
+var capabilityBits = map[string]int{
+	"BPF": unix.CAP_BPF, "PERFMON": unix.CAP_PERFMON, "NET_ADMIN": unix.CAP_NET_ADMIN,
+	"SYS_ADMIN": unix.CAP_SYS_ADMIN, "SYS_PTRACE": unix.CAP_SYS_PTRACE, "SYS_RESOURCE": unix.CAP_SYS_RESOURCE,
+}
+
+// execWithOnly replaces this process by cttrace (this binary as main, or
+// the one CTTRACE_TEST_EXEC names) holding only the capabilities listed in
+// keep ("NET_ADMIN,SYS_ADMIN"): what root has in a container that drops ALL
+// and adds those. Root's permitted set after execve is its bounding set,
+// and the bounding set is a thread's, so the thread that drops it must be
+// the one that calls execve.
+func execWithOnly(keep string) {
+	runtime.LockOSThread()
+	fail := func(err error) {
+		fmt.Fprintf(os.Stderr, "cttrace test: run with capabilities %q: %v\n", keep, err)
+		os.Exit(125)
+	}
+	kept := map[int]bool{}
+	for _, name := range strings.FieldsFunc(keep, func(r rune) bool { return r == ',' }) {
+		bit, ok := capabilityBits[name]
+		if !ok {
+			fail(fmt.Errorf("unknown capability %s", name))
+		}
+		kept[bit] = true
+	}
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		fail(err)
+	}
+	last, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		fail(err)
+	}
+	for bit := 0; bit <= last; bit++ {
+		if kept[bit] {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(bit), 0, 0, 0); err != nil {
+			fail(fmt.Errorf("drop capability %d: %w", bit, err))
+		}
+	}
+	target := cmp.Or(os.Getenv("CTTRACE_TEST_EXEC"), os.Args[0])
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "CTTRACE_TEST_CAPS=") || strings.HasPrefix(kv, "CTTRACE_TEST_EXEC=")
+	})
+	fail(syscall.Exec(target, append([]string{target}, os.Args[1:]...), env))
 }
 
 // cttrace returns a command running cttrace with args.

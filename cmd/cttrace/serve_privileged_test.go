@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
 )
 
 // scrape reads /metrics and parses it.

@@ -555,13 +555,24 @@ func checkMemoryBound(t *testing.T, what string, bytes uint64) {
 func startTopMeasured(t *testing.T, args ...string) *process {
 	t.Helper()
 	command := cttrace
-	if raceEnabled {
-		bin := filepath.Join(t.TempDir(), "cttrace")
-		build := exec.Command("go", "build", "-o", bin, ".")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build cttrace without -race for a memory test: %v: %s", err, out)
-		}
+	if bin := plainBinary(t); bin != "" {
 		command = func(args ...string) *exec.Cmd { return exec.Command(bin, args...) }
 	}
 	return startBinary(t, command, nil, append([]string{"top-sources"}, args...)...)
+}
+
+// plainBinary is cttrace built without -race when this test binary has it,
+// for tests that measure memory: the race detector's shadow memory would
+// break any bound. "" when this binary is already plain.
+func plainBinary(t *testing.T) string {
+	t.Helper()
+	if !raceEnabled {
+		return ""
+	}
+	bin := filepath.Join(t.TempDir(), "cttrace")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build cttrace without -race for a memory test: %v: %s", err, out)
+	}
+	return bin
 }
