@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -37,7 +36,7 @@ func dropsCommand() *cli.Command {
 			"   cttrace drops -o json | vector --config siem.toml\n" +
 			"   cttrace drops --reason table_full --src 203.0.113.0/24 --netns /run/netns/edge\n" +
 			"   cttrace drops --reason insert,delete --count 100",
-		Flags: append(traceFlags(),
+		Flags: slices.Concat(traceFlags(), []cli.Flag{
 			outputFlag(),
 			&cli.StringFlag{Name: "ring-size", Value: "4M", Usage: "kernel ring buffer `SIZE`: a power of two from the page size to 1G (K, M and G suffixes)"},
 			&cli.StringSliceFlag{Name: "reason", Usage: "only events of `REASON` (repeatable or comma-separated): " + reasonNames()},
@@ -46,15 +45,10 @@ func dropsCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "dst", Usage: "only flows to `CIDR` (or one address; repeatable)"},
 			&cli.StringSliceFlag{Name: "proto", Usage: "only `PROTO`: tcp, udp, icmp, icmpv6, sctp, dccp, udplite, gre or a number (repeatable)"},
 			&cli.Uint64Flag{Name: "count", Usage: "exit after printing `N` events (0: no limit)"},
-			&cli.UintFlag{Name: "stream-limit", Value: 1000, Usage: "print at most `N` events a second one by one; past it, count them per source and print\n" +
-				"\tone aggregate record a second for the busiest sources and one for the rest (0: print every event)"},
+			streamLimitFlag("print"),
 			&cli.BoolFlag{Name: "utc", Usage: "print times in UTC (text output)"},
 			&cli.StringFlag{Name: "replay", Usage: "read a recorded stream (cttrace's JSON, as -o json or --events-file wrote it) from `PATH` (-: standard input) instead of the kernel, with the same filters and output"},
-			&cli.StringFlag{Name: "format", Value: "cttrace", Usage: "JSON `SCHEMA` of -o json and --events-file: cttrace (docs/drops.md) or ecs (Elastic Common Schema, docs/ecs.md)"},
-			&cli.StringFlag{Name: "events-file", Usage: "also write every record, as JSON (docs/drops.md), to `PATH`, for a SIEM shipper; SIGHUP reopens it (logrotate)"},
-			&cli.StringFlag{Name: "rotate-size", Value: "100M", Usage: "with --events-file: rotate it past `SIZE` (K, M and G suffixes; 0: never)"},
-			&cli.IntFlag{Name: "rotate-keep", Value: 5, Usage: "with --events-file: keep `N` rotated files (PATH.1 … PATH.N)"},
-		),
+		}, eventsFileFlags()),
 		Action: runDrops,
 	}
 }
@@ -85,12 +79,8 @@ type dropsOptions struct {
 	stream  probe.StreamOptions
 	count   uint64
 	utc     bool
-	ecs     bool   // --format ecs
 	replay  string // --replay
-	// events is the --events-file, with its rotation.
-	events     string
-	rotateSize int64
-	rotateKeep int
+	events  eventsFileOptions
 }
 
 // traceOptions are the validated traceFlags.
@@ -129,21 +119,8 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 		return o, err
 	}
 	o.replay = c.String("replay")
-	switch f := c.String("format"); f {
-	case "cttrace", "ecs":
-		o.ecs = f == "ecs"
-	default:
-		return o, invalidFlag("format", f, "cttrace or ecs")
-	}
-	if o.events = c.String("events-file"); o.events == "" && (c.IsSet("rotate-size") || c.IsSet("rotate-keep")) {
-		return o, usageError(fmt.Errorf("--rotate-size and --rotate-keep go with --events-file"))
-	}
-	size, ok := parseSize(c.String("rotate-size"))
-	if !ok || size < 0 {
-		return o, invalidFlag("rotate-size", c.String("rotate-size"), "a size such as 100M (K, M and G suffixes; 0: never)")
-	}
-	if o.rotateSize, o.rotateKeep = size, c.Int("rotate-keep"); o.rotateKeep < 0 || o.rotateKeep > 1000 {
-		return o, invalidFlag("rotate-keep", strconv.Itoa(o.rotateKeep), "0 to 1000")
+	if o.events, err = parseEventsFileOptions(c); err != nil {
+		return o, err
 	}
 	if o.format, err = outputFormat(c); err != nil {
 		return o, err
@@ -195,12 +172,12 @@ func runDrops(c *cli.Context) error {
 	if o.replay != "" {
 		return replayDrops(o)
 	}
-	var file *output.RotatingFile
-	if o.events != "" {
-		// Opened before attaching: a wrong path costs nothing in the kernel.
-		if file, err = output.OpenRotating(o.events, o.rotateSize, o.rotateKeep); err != nil {
-			return err
-		}
+	// Opened before attaching: a wrong path costs nothing in the kernel.
+	file, err := o.events.open()
+	if err != nil {
+		return err
+	}
+	if file != nil {
 		defer file.Close()
 	}
 	ctx, cancel, s, err := startTrace(c.Context, o.trace, session.Config{Reasons: o.reasons, Stream: o.stream})
@@ -213,9 +190,9 @@ func runDrops(c *cli.Context) error {
 		return err
 	}
 
-	w := newWriter(o.format, o.utc, o.ecs)
+	w := newWriter(o.format, o.utc, o.events.ecs)
 	if file != nil {
-		ef := output.NewEventsFile(w, file, o.ecs)
+		ef := output.NewEventsFile(w, file, o.events.ecs)
 		defer reopenOnHangup(file)()
 		defer warnEventsFile(ef)
 		w = ef
@@ -323,12 +300,11 @@ func newWriter(format string, utc, ecs bool) output.Writer {
 // writeSummary prints what the kernel saw during the run on stderr, and in
 // the JSON stream as its last record.
 func writeSummary(s *session.Session, w output.Writer, format string) error {
-	totals, err := s.Totals()
+	sum, err := summaryOf(s)
 	if err != nil {
 		return err
 	}
-	sum := output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Visible: s.Backend.Sees(),
-		Lost: s.Lost(), Aggregated: s.Aggregated(), Duration: s.Elapsed()}
+	totals := sum.Events
 	if format == "json" {
 		if err := w.Summary(sum); err != nil && !closedPipe(err) {
 			return err
@@ -350,6 +326,16 @@ func writeSummary(s *session.Session, w output.Writer, format string) error {
 		return err
 	}
 	return stderr.Flush()
+}
+
+// summaryOf is what the kernel saw during the run, for the last record.
+func summaryOf(s *session.Session) (output.Summary, error) {
+	totals, err := s.Totals()
+	if err != nil {
+		return output.Summary{}, err
+	}
+	return output.Summary{Time: time.Now(), Backend: string(s.Backend), Events: totals, Visible: s.Backend.Sees(),
+		Lost: s.Lost(), Aggregated: s.Aggregated(), Duration: s.Elapsed()}, nil
 }
 
 // parseSize reads 4M, 64K, 1G or 262144 (bytes).
@@ -441,33 +427,6 @@ func splitList(values []string) []string {
 	return out
 }
 
-// reopenOnHangup reopens the events file on SIGHUP, as logrotate expects,
-// until the returned function is called.
-func reopenOnHangup(f *output.RotatingFile) func() {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-hup:
-				f.Reopen()
-			case <-done:
-				return
-			}
-		}
-	}()
-	return func() { signal.Stop(hup); close(done) }
-}
-
-// warnEventsFile says, once at the end, that writes to the events file
-// failed: they never stopped the run.
-func warnEventsFile(ef *output.EventsFile) {
-	if ef.Errors > 0 {
-		fmt.Fprintf(os.Stderr, "cttrace: warning: %d writes to the events file failed (the first: %v)\n", ef.Errors, ef.FirstError)
-	}
-}
-
 // replayDrops shows a recorded stream as a live run would have shown it:
 // the same filters, --count and output. Malformed lines are reported with
 // their numbers, skipped, and counted at the end. It needs no privileges.
@@ -482,7 +441,7 @@ func replayDrops(o dropsOptions) error {
 		in = f
 	}
 	ignoreSIGPIPE()
-	w := newWriter(o.format, o.utc, o.ecs)
+	w := newWriter(o.format, o.utc, o.events.ecs)
 	setHost := func(string) {}
 	if jw, ok := w.(*output.JSONWriter); ok {
 		setHost = func(h string) { jw.Host = h } // the recording machine's, not this one's

@@ -156,6 +156,9 @@ var badInvocations = []struct {
 	{[]string{"status", "--watch", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 10ms`, false},
 	{[]string{"serve", "--metrics-top", "0"}, 2, `cttrace: invalid --metrics-top "0": want 1 to 100`, false},
 	{[]string{"serve", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 100ms`, false},
+	{[]string{"serve", "--stream-limit", "10"}, 2, `cttrace: --stream-limit goes with --events-file`, false},
+	{[]string{"serve", "--events-file", "/tmp/x", "--format", "xml"}, 2, `cttrace: invalid --format "xml": want cttrace or ecs`, false},
+	{[]string{"serve", "--events-file", "/nonexistent/dir/events.json"}, 1, `cttrace: open events file: open /nonexistent/dir/events.json: no such file or directory`, false},
 	{[]string{"serve", "--listen", "nowhere"}, 2, `cttrace: --listen: listen tcp: address nowhere: missing port in address`, false},
 	// A well-formed address this host does not have: the system's answer.
 	{[]string{"serve", "--listen", "192.0.2.1:9469"}, 1, `cttrace: serve: listen tcp 192.0.2.1:9469: bind: cannot assign requested address`, false},

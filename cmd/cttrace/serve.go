@@ -8,13 +8,16 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/metrics"
+	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
 	"github.com/cttrace/cttrace/pkg/top"
@@ -28,16 +31,20 @@ func serveCommand() *cli.Command {
 		Description: "Attaches the probes and serves /metrics (Prometheus text format) and /healthz on\n" +
 			"--listen, loopback unless told otherwise. Metrics are named cttrace_* and sit\n" +
 			"beside node_exporter's node_nf_conntrack_* (docs/serve.md lists them, and the\n" +
-			"bound on their number whatever an attacker does). SIGTERM and Ctrl-C stop it.\n\n" +
+			"bound on their number whatever an attacker does). With --events-file, every\n" +
+			"refusal and eviction also goes there as NDJSON (cttrace's schema or ECS), as\n" +
+			"drops --events-file writes it. SIGTERM and Ctrl-C stop it.\n\n" +
 			"Examples:\n" +
 			"   cttrace serve\n" +
 			"   cttrace serve --listen 0.0.0.0:9469 --metrics-top 5\n" +
+			"   cttrace serve --events-file /var/log/cttrace/events.json --format ecs\n" +
 			"   curl -s localhost:9469/metrics | grep cttrace_events_total",
-		Flags: append(traceFlags(),
+		Flags: slices.Concat(traceFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9469", Usage: "serve on `ADDRESS` (host:port)"},
 			&cli.IntFlag{Name: "metrics-top", Value: 10, Usage: "export at most `N` sources a namespace (1 to 100), the rest as source=\"other\""},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "read the kernel every `DURATION`"},
-		),
+			streamLimitFlag("write"),
+		}, eventsFileFlags()),
 		Action: runServe,
 	}
 }
@@ -54,6 +61,13 @@ func runServe(c *cli.Context) error {
 	if interval < 100*time.Millisecond {
 		return invalidFlag("interval", interval.String(), "at least 100ms")
 	}
+	events, err := parseEventsFileOptions(c)
+	if err != nil {
+		return err
+	}
+	if events.path == "" && c.IsSet("stream-limit") {
+		return usageError(fmt.Errorf("--stream-limit goes with --events-file"))
+	}
 	ln, err := net.Listen("tcp", c.String("listen"))
 	var addrErr *net.AddrError
 	switch {
@@ -63,8 +77,18 @@ func runServe(c *cli.Context) error {
 		return fmt.Errorf("serve: %w", err) // in use, or not this host's: the system's answer
 	}
 	defer ln.Close()
+	file, err := events.open()
+	if err != nil {
+		return err
+	}
+	cfg := session.Config{Sources: probe.SourceOptions{Enabled: true}}
+	if file != nil {
+		defer file.Close()
+		cfg.Reasons = event.RefusalsAndEvictions()
+		cfg.Stream = probe.StreamOptions{Limit: uint32(min(c.Uint("stream-limit"), 1<<31))}
+	}
 	debug.SetMemoryLimit(topMemoryLimit)
-	ctx, cancel, s, err := startTrace(c.Context, o, session.Config{Sources: probe.SourceOptions{Enabled: true}})
+	ctx, cancel, s, err := startTrace(c.Context, o, cfg)
 	if err != nil {
 		return err
 	}
@@ -72,6 +96,13 @@ func runServe(c *cli.Context) error {
 	defer s.Close()
 
 	exp := metrics.New(string(s.Backend), topN)
+	var ef *output.EventsFile
+	if file != nil {
+		ef = output.NewEventsFile(output.Discard, file, events.ecs)
+		exp.WatchEventsFile(func() uint64 { n, _ := ef.Failures(); return n })
+		defer reopenOnHangup(file)()
+		defer warnEventsFile(ef)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(exp)
 	mux := http.NewServeMux()
@@ -92,7 +123,7 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 
-	err = readKernel(ctx, s, exp, interval)
+	err = readAndWrite(ctx, s, exp, interval, ef)
 	shutdown, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	if serr := srv.Shutdown(shutdown); serr != nil {
@@ -102,6 +133,52 @@ func runServe(c *cli.Context) error {
 		err = errors.Join(err, fmt.Errorf("serve: %w", serr))
 	}
 	return err
+}
+
+// readAndWrite refreshes the exporter until ctx ends and, with an events
+// file, copies the events to it meanwhile. Either ending with an error
+// ends both: a run that lost the kernel side must not look healthy.
+func readAndWrite(ctx context.Context, s *session.Session, exp *metrics.Exporter, interval time.Duration, ef *output.EventsFile) error {
+	if ef == nil {
+		return readKernel(ctx, s, exp, interval)
+	}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	written := make(chan error, 1)
+	go func() {
+		err := writeEvents(ctx, s, ef)
+		stop()
+		written <- err
+	}()
+	err := readKernel(ctx, s, exp, interval)
+	stop()
+	err = errors.Join(err, <-written)
+	if sum, serr := summaryOf(s); serr == nil {
+		ef.FileSummary(sum)
+	}
+	return err
+}
+
+// writeEvents copies every refusal and eviction to the events file, as
+// drops --events-file does, until ctx ends; then the ring is drained.
+func writeEvents(ctx context.Context, s *session.Session, ef *output.EventsFile) error {
+	return s.Run(ctx, session.Handler{
+		Event: ef.Event,
+		Idle:  ef.Flush,
+		Aggregate: func(batch []event.Aggregate) error {
+			for i := range batch {
+				ef.Aggregate(&batch[i])
+			}
+			return ef.Flush()
+		},
+		Tick: func(lost uint64) error {
+			if lost == 0 {
+				return nil
+			}
+			ef.Lost(lost, s.Lost(), time.Now())
+			return ef.Flush()
+		},
+	})
 }
 
 // healthWindow is how long /healthz waits for the next reading: three

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +23,8 @@ import (
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/output"
 )
 
 // scrape reads /metrics and parses it.
@@ -172,5 +176,67 @@ func TestServe(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + addr + "/metrics"); err == nil {
 		t.Error("still serving after SIGTERM")
+	}
+}
+
+// serve --events-file: beside the metrics, every refusal is in the file,
+// one by one up to --stream-limit a second and aggregated past it, so that
+// the file's events, aggregates and losses add up to the kernel's drop
+// delta, as the metric does; the file ends with the summary, and its write
+// errors are a metric.
+func TestServeEventsFile(t *testing.T) {
+	lab := fullTable(t, 32)
+	addr := freeAddr(t)
+	path := filepath.Join(t.TempDir(), "events.json")
+	before := kernelDrops(t, lab)
+	r := startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--events-file", path, "--stream-limit", "100")
+	netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+	refuse(t, lab, "127.84.0.1", 150)
+	res, err := lab.Flood(ctlab.FloodSpec{Random: true, Packets: 20_000, Seed: 5})
+	if err != nil || res.Refused != 20_000 {
+		t.Fatalf("flood: %+v, %v", res, err)
+	}
+	want := kernelDrops(t, lab) - before
+	waitScrape(t, addr, "the namespace's drops", func(f map[string]*dto.MetricFamily) bool {
+		return labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")["table_full"] == want
+	})
+	_, fams := scrape(t, addr)
+	if got := labelled(fams["cttrace_events_file_write_errors_total"], nil, "")[""]; fams["cttrace_events_file_write_errors_total"] == nil || got != 0 {
+		t.Errorf("cttrace_events_file_write_errors_total: %v (want a series at 0)", got)
+	}
+	if code := r.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit status %d after SIGTERM\n%s", code, r.stderr)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var streamed, aggregated, lost, summaries, records int
+	var last string
+	err = output.ReadRecords(f, func(rec *output.Record) error {
+		records++
+		last = rec.Type
+		switch {
+		case rec.Event != nil && rec.Event.Netns == lab.Inode() && rec.Event.Reason == event.ReasonTableFull:
+			streamed++
+		case rec.Aggregate != nil && rec.Aggregate.Reason == event.ReasonTableFull:
+			aggregated += int(rec.Aggregate.Count)
+		case rec.Lost != nil:
+			lost += int(rec.Lost.Lost)
+		case rec.Summary != nil:
+			summaries++
+		}
+		return nil
+	}, func(le output.LineError) { t.Errorf("events file: %v", le) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel drops %.0f: the file has %d streamed, %d aggregated, %d lost, in %d records", want, streamed, aggregated, lost, records)
+	if float64(streamed+aggregated+lost) != want || aggregated == 0 {
+		t.Errorf("streamed %d + aggregated %d + lost %d != kernel drops %.0f (and the flood must pass --stream-limit)", streamed, aggregated, lost, want)
+	}
+	if summaries != 1 || last != "summary" {
+		t.Errorf("%d summaries, the last record a %q: want one summary, last", summaries, last)
 	}
 }

@@ -43,6 +43,9 @@ type Exporter struct {
 	backend string
 	topN    int
 
+	// fileFailures reads the events file's failed writes; nil without one.
+	fileFailures func() uint64
+
 	mu      sync.Mutex
 	reading *Reading
 	updated time.Time         // when reading was handed over: the reading loop's pulse
@@ -61,6 +64,11 @@ func (e *Exporter) Update(r *Reading) {
 	defer e.mu.Unlock()
 	e.reading, e.updated = r, time.Now()
 }
+
+// WatchEventsFile exports, as a counter, the failed writes to serve's
+// --events-file that failures reads: a full disk shows on a dashboard, not
+// only in a log. Call it before the exporter is registered.
+func (e *Exporter) WatchEventsFile(failures func() uint64) { e.fileFailures = failures }
 
 // Failed counts a failed read of the kernel side (what names it: "sources",
 // "tables"...), so that it shows in the metrics, not only in a log.
@@ -91,6 +99,8 @@ var (
 		"The probe backend in use (fentry, kprobe or tracepoint), as a label.", []string{"backend"}, nil)
 	errorsDesc = prometheus.NewDesc("cttrace_read_errors_total",
 		"Failed reads of the kernel side (what: sources, tables...), also logged on stderr.", []string{"what"}, nil)
+	fileErrorsDesc = prometheus.NewDesc("cttrace_events_file_write_errors_total",
+		"Records that could not be written to --events-file (full disk, removed directory...); they never stop the probes.", nil, nil)
 	readingDesc = prometheus.NewDesc("cttrace_last_reading_timestamp_seconds",
 		"When the figures shown were read.", nil, nil)
 	entriesDesc = prometheus.NewDesc("cttrace_nf_conntrack_entries",
@@ -135,8 +145,8 @@ var kernelCounterDescs = func() []*prometheus.Desc {
 
 // Describe sends every metric's description.
 func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{eventsDesc, lostDesc, backendDesc, errorsDesc, readingDesc, entriesDesc, limitDesc,
-		bucketsDesc, sourceDropsDesc, sourceEntriesDesc} {
+	for _, d := range []*prometheus.Desc{eventsDesc, lostDesc, backendDesc, errorsDesc, fileErrorsDesc, readingDesc, entriesDesc,
+		limitDesc, bucketsDesc, sourceDropsDesc, sourceEntriesDesc} {
 		ch <- d
 	}
 	for _, d := range kernelCounterDescs {
@@ -157,6 +167,9 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(backendDesc, prometheus.GaugeValue, 1, e.backend)
 	for what, n := range errs {
 		ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, float64(n), what)
+	}
+	if e.fileFailures != nil {
+		ch <- prometheus.MustNewConstMetric(fileErrorsDesc, prometheus.CounterValue, float64(e.fileFailures()))
 	}
 	if r == nil {
 		return

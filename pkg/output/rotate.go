@@ -161,14 +161,28 @@ func (r *RotatingFile) Close() error {
 // EventsFile is a Writer that copies cttrace's records (JSON, schema 1) to a
 // RotatingFile beside the main output. Its failures never stop the run: a
 // full disk must not cost the operator the screen or the kernel side
-// anything. They are counted (Errors) and the first is kept (FirstError).
+// anything. They are counted and the first is kept (Failures), where a
+// scrape may read them while the run writes.
 type EventsFile struct {
-	main   Writer
-	json   Writer // cttrace's schema, or ECS
-	Errors uint64
-	// FirstError is the first failure, for the one warning the caller prints.
-	FirstError error
+	main Writer
+	json Writer // cttrace's schema, or ECS
+
+	mu     sync.Mutex
+	errors uint64
+	first  error
 }
+
+// Discard is a Writer that writes nothing: the main output of a command
+// whose events go only to the events file (serve).
+var Discard Writer = discardWriter{}
+
+type discardWriter struct{}
+
+func (discardWriter) Event(*event.Event) error             { return nil }
+func (discardWriter) Lost(uint64, uint64, time.Time) error { return nil }
+func (discardWriter) Aggregate(*event.Aggregate) error     { return nil }
+func (discardWriter) Summary(Summary) error                { return nil }
+func (discardWriter) Flush() error                         { return nil }
 
 // NewEventsFile copies what main is given to file, in cttrace's schema or,
 // with ecs, in the Elastic Common Schema.
@@ -181,12 +195,22 @@ func NewEventsFile(main Writer, file *RotatingFile, ecs bool) *EventsFile {
 }
 
 func (e *EventsFile) note(err error) {
-	if err != nil {
-		e.Errors++
-		if e.FirstError == nil {
-			e.FirstError = err
-		}
+	if err == nil {
+		return
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.errors++
+	if e.first == nil {
+		e.first = err
+	}
+}
+
+// Failures returns how many writes to the file failed, and the first error.
+func (e *EventsFile) Failures() (uint64, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.errors, e.first
 }
 
 // Event writes the event to both.
