@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -431,15 +432,11 @@ func splitList(values []string) []string {
 // the same filters, --count and output. Malformed lines are reported with
 // their numbers, skipped, and counted at the end. It needs no privileges.
 func replayDrops(o dropsOptions) error {
-	in := os.Stdin
-	if o.replay != "-" {
-		f, err := os.Open(o.replay)
-		if err != nil {
-			return flagValueError("replay", err)
-		}
-		defer f.Close()
-		in = f
+	in, err := openReplay(o.replay)
+	if err != nil {
+		return err
 	}
+	defer in.Close()
 	ignoreSIGPIPE()
 	w := newWriter(o.format, o.utc, o.events.ecs)
 	setHost := func(string) {}
@@ -447,9 +444,9 @@ func replayDrops(o dropsOptions) error {
 		setHost = func(h string) { jw.Host = h } // the recording machine's, not this one's
 	}
 	var shown uint64
-	var malformed int
 	var summary *output.Summary
-	err := output.ReadRecords(in, func(r *output.Record) error {
+	malformed, skipped := malformedLines(o.replay)
+	err = output.ReadRecords(in, func(r *output.Record) error {
 		setHost(r.Host)
 		switch {
 		case r.Event != nil && o.filter.Match(r.Event):
@@ -467,10 +464,7 @@ func replayDrops(o dropsOptions) error {
 			summary = r.Summary
 		}
 		return nil
-	}, func(e output.LineError) {
-		malformed++
-		fmt.Fprintf(os.Stderr, "cttrace: %s: %v (skipped)\n", o.replay, e)
-	})
+	}, skipped)
 	if err != nil && !errors.Is(err, session.ErrStop) && !closedPipe(err) {
 		return err
 	}
@@ -487,8 +481,36 @@ func replayDrops(o dropsOptions) error {
 		stderr.Summary(*summary)
 		stderr.Flush()
 	}
-	if malformed > 0 {
-		fmt.Fprintf(os.Stderr, "cttrace: %d malformed lines skipped\n", malformed)
-	}
+	malformed()
 	return nil
+}
+
+// openReplay opens a recorded stream for --replay: PATH, or - for standard
+// input.
+func openReplay(path string) (io.ReadCloser, error) {
+	if path == "-" {
+		return io.NopCloser(os.Stdin), nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, flagValueError("replay", err)
+	}
+	return f, nil
+}
+
+// malformedLines reports each malformed line of the replayed file with its
+// number as skipped lines come (skipped), and their count at the end
+// (report).
+func malformedLines(path string) (report func(), skipped func(output.LineError)) {
+	n := 0
+	report = func() {
+		if n > 0 {
+			fmt.Fprintf(os.Stderr, "cttrace: %d malformed lines skipped\n", n)
+		}
+	}
+	skipped = func(e output.LineError) {
+		n++
+		fmt.Fprintf(os.Stderr, "cttrace: %s: %v (skipped)\n", path, e)
+	}
+	return report, skipped
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -428,23 +429,7 @@ func TestManPage(t *testing.T) {
 // run's filters and output; a malformed line is reported with its number
 // and counted; standard input works too. No privileges needed.
 func TestDropsReplay(t *testing.T) {
-	var rec bytes.Buffer
-	w := output.NewJSON(&rec)
-	w.Host = "recorder"
-	at := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
-	for i, src := range []string{"10.0.0.5", "10.0.0.6", "10.0.0.5"} {
-		w.Event(&event.Event{Time: at.Add(time.Duration(i) * time.Second), Reason: event.ReasonTableFull, Confidence: event.ConfidenceExact,
-			Netns: 4026531840, Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
-				Src: netip.MustParseAddrPort(src + ":4000"), Dst: netip.MustParseAddrPort("10.0.0.1:53")}})
-	}
-	w.Summary(output.Summary{Time: at.Add(5 * time.Second), Backend: "fentry", Events: map[event.Reason]uint64{event.ReasonTableFull: 3}, Visible: event.Reasons()})
-	w.Flush()
-	lines := strings.SplitAfter(rec.String(), "\n")
-	recording := lines[0] + lines[1] + "{half a line\n" + strings.Join(lines[2:], "")
-	path := filepath.Join(t.TempDir(), "recorded.ndjson")
-	if err := os.WriteFile(path, []byte(recording), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	recording, path := recordedStream(t)
 	for _, from := range []string{path, "-"} {
 		cmd := cttrace("drops", "--replay", from, "-o", "json", "--src", "10.0.0.5")
 		if from == "-" {
@@ -463,5 +448,64 @@ func TestDropsReplay(t *testing.T) {
 		if !strings.Contains(stderr.String(), "line 3: ") || !strings.Contains(stderr.String(), "1 malformed lines skipped") {
 			t.Errorf("replay %s: the malformed line is not reported:\n%s", from, stderr.String())
 		}
+	}
+}
+
+// recordedStream is a short recording as drops writes it: three refusals
+// from 10.0.0.5, 10.0.0.6 and 10.0.0.5 a second apart, a malformed third
+// line, and the summary; returned as text and as a file.
+func recordedStream(t *testing.T) (string, string) {
+	var rec bytes.Buffer
+	w := output.NewJSON(&rec)
+	w.Host = "recorder"
+	at := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
+	for i, src := range []string{"10.0.0.5", "10.0.0.6", "10.0.0.5"} {
+		w.Event(&event.Event{Time: at.Add(time.Duration(i) * time.Second), Reason: event.ReasonTableFull, Confidence: event.ConfidenceExact,
+			Netns: 4026531840, Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
+				Src: netip.MustParseAddrPort(src + ":4000"), Dst: netip.MustParseAddrPort("10.0.0.1:53")}})
+	}
+	w.Summary(output.Summary{Time: at.Add(5 * time.Second), Backend: "fentry", Events: map[event.Reason]uint64{event.ReasonTableFull: 3}, Visible: event.Reasons()})
+	w.Flush()
+	lines := strings.SplitAfter(rec.String(), "\n")
+	recording := lines[0] + lines[1] + "{half a line\n" + strings.Join(lines[2:], "")
+	path := filepath.Join(t.TempDir(), "recorded.ndjson")
+	if err := os.WriteFile(path, []byte(recording), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return recording, path
+}
+
+// top-sources --replay ranks the recorded sources, with a snapshot for each
+// --interval of the recording's time and one at its end; a malformed line
+// is reported and counted. No privileges needed.
+func TestTopSourcesReplay(t *testing.T) {
+	recording, _ := recordedStream(t)
+	cmd := cttrace("top-sources", "--replay", "-", "-o", "json", "--interval", "1s")
+	cmd.Stdin = strings.NewReader(recording)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("replay: %v\n%s", err, stderr.String())
+	}
+	snaps := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	var last struct {
+		Backend string `json:"backend"`
+		Rows    []struct {
+			Source string `json:"source"`
+			Drops  uint64 `json:"drops"`
+		} `json:"rows"`
+	}
+	if err := json.Unmarshal([]byte(snaps[len(snaps)-1]), &last); err != nil {
+		t.Fatal(err)
+	}
+	// Events at 0, 1 and 2 s, the summary at 5 s: snapshots at 1, 2 and 3 s
+	// (4 s has no record) and at the end.
+	if len(snaps) != 4 || last.Backend != "fentry" || len(last.Rows) != 2 ||
+		last.Rows[0].Source != "10.0.0.5/32" || last.Rows[0].Drops != 2 || last.Rows[1].Drops != 1 {
+		t.Errorf("%d snapshots, the last %+v: want 4, ending with 10.0.0.5/32 at 2 drops and 10.0.0.6/32 at 1 (backend fentry, the recording's)\n%s",
+			len(snaps), last, stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "line 3: ") || !strings.Contains(stderr.String(), "1 malformed lines skipped") {
+		t.Errorf("the malformed line is not reported:\n%s", stderr.String())
 	}
 }

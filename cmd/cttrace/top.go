@@ -32,7 +32,8 @@ func topCommand() *cli.Command {
 			"   cttrace top-sources\n" +
 			"   cttrace top-sources --group-v4 /24 --sort held --netns /run/netns/edge\n" +
 			"   cttrace top-sources -o json --interval 10s > top.ndjson\n" +
-			"   cttrace top-sources --once -o json | jq '.rows[0]'",
+			"   cttrace top-sources --once -o json | jq '.rows[0]'\n" +
+			"   cttrace top-sources --replay events.json --group-v4 /24 --once",
 		Flags: append(traceFlags(),
 			outputFlag(),
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "refresh every `DURATION`"},
@@ -43,6 +44,8 @@ func topCommand() *cli.Command {
 			&cli.StringFlag{Name: "group-v6", Value: "/128", Usage: "group IPv6 sources by prefix length `/LEN`, like /64"},
 			&cli.UintFlag{Name: "max-sources", Value: 65536, Usage: "track at most `N` sources in the kernel (bounds memory under spoofed floods)"},
 			&cli.BoolFlag{Name: "once", Usage: "print one snapshot after one interval and exit"},
+			&cli.StringFlag{Name: "replay", Usage: "rank the sources of a recorded stream (cttrace's JSON, as drops -o json or --events-file wrote it) from `PATH`\n" +
+				"\t(-: standard input) instead of the kernel: a snapshot every --interval of its time, and one at its end"},
 		),
 		Action: runTop,
 	}
@@ -56,10 +59,11 @@ type topOptions struct {
 	view     top.Options
 	sources  probe.SourceOptions
 	once     bool
+	replay   string // --replay
 }
 
 func parseTopOptions(c *cli.Context) (topOptions, error) {
-	o := topOptions{once: c.Bool("once"), interval: c.Duration("interval")}
+	o := topOptions{once: c.Bool("once"), interval: c.Duration("interval"), replay: c.String("replay")}
 	var err error
 	if o.trace, err = parseTraceOptions(c); err != nil {
 		return o, err
@@ -118,7 +122,80 @@ func runTop(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if o.replay != "" {
+		return replayTop(o)
+	}
 	return watchTop(c.Context, o)
+}
+
+// replayTop shows a recorded stream as top-sources would have shown it
+// live, with the same options: a snapshot at every --interval of the
+// recording's own time (intervals without a record are skipped), and one
+// at its end; --once shows only the last. It needs no privileges.
+func replayTop(o topOptions) error {
+	in, err := openReplay(o.replay)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	ignoreSIGPIPE()
+	grouping := topk.Grouping{V4Bits: int(o.sources.V4Bits), V6Bits: int(o.sources.V6Bits)}
+	rec := top.NewRecording(grouping, o.view.Capacity)
+	view := output.TopView{Backend: "replay", Sort: o.view.Sort}
+	out := bufio.NewWriter(os.Stdout)
+	var agg *top.Aggregator
+	var next, last time.Time
+	show := func(at time.Time) error {
+		snap, err := agg.Snapshot(at, rec, nil)
+		if err != nil {
+			return err
+		}
+		if o.format == "json" {
+			err = view.WriteTopJSON(out, &snap)
+		} else {
+			err = view.WriteTopText(out, &snap)
+		}
+		if err != nil {
+			return err
+		}
+		return out.Flush()
+	}
+	report, skipped := malformedLines(o.replay)
+	err = output.ReadRecords(in, func(r *output.Record) error {
+		at := r.Time()
+		if agg == nil {
+			if agg, err = top.New(o.view, grouping, at); err != nil {
+				return err
+			}
+			next = at.Add(o.interval)
+		}
+		if !o.once && !at.Before(next) {
+			if err := show(next); err != nil {
+				return err
+			}
+			next = next.Add((at.Sub(next)/o.interval + 1) * o.interval)
+		}
+		if at.After(last) {
+			last = at // records are in order per CPU, not across CPUs
+		}
+		switch {
+		case r.Event != nil:
+			rec.Event(r.Event)
+		case r.Aggregate != nil:
+			rec.Aggregate(r.Aggregate)
+		case r.Summary != nil:
+			view.Backend = r.Summary.Backend // the recording's
+		}
+		return nil
+	}, skipped)
+	if err == nil && agg != nil {
+		err = show(last)
+	}
+	report()
+	if closedPipe(err) {
+		return nil
+	}
+	return err
 }
 
 // defaultTopOptions are top-sources' defaults, for `status --watch`.

@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 )
 
@@ -575,4 +577,72 @@ func plainBinary(t *testing.T) string {
 		t.Fatalf("build cttrace without -race for a memory test: %v: %s", err, out)
 	}
 	return bin
+}
+
+// top-sources --replay of what drops recorded gives the snapshot the live
+// top-sources showed for the same traffic: the same rows with the same
+// drops, and the same "other".
+func TestTopSourcesReplayMatchesLive(t *testing.T) {
+	lab := fullTable(t, 32)
+	path := filepath.Join(t.TempDir(), "events.json")
+	before := kernelDrops(t, lab)
+	rec := startDrops(t, io.Discard, "--stream-limit", "0", "--events-file", path)
+	live := startTop(t, "-o", "json", "--interval", "300ms", "--limit", "3")
+	for i, n := range []int{300, 200, 100} {
+		refuse(t, lab, fmt.Sprintf("127.85.0.%d", i+1), n)
+	}
+	res, err := lab.Flood(ctlab.FloodSpec{Random: true, Packets: 5_000, Seed: 6})
+	if err != nil || res.Refused != 5_000 {
+		t.Fatalf("flood: %+v, %v", res, err)
+	}
+	want := uint64(kernelDrops(t, lab) - before)
+	got := waitSnapshot(t, live, "every drop attributed", func(r topRecord) bool { return r.drops() == want })
+	if code := live.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("top-sources: exit status %d\n%s", code, live.stderr)
+	}
+	if code := rec.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("drops: exit status %d\n%s", code, rec.stderr)
+	}
+	if lost := recordedLoss(t, path); lost != 0 {
+		t.Fatalf("the recording lost %d events, so it cannot match", lost)
+	}
+	out, err := cttrace("top-sources", "--replay", path, "--once", "-o", "json", "--limit", "3").Output()
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	var replayed topRecord
+	if err := json.Unmarshal(out, &replayed); err != nil {
+		t.Fatalf("replay output: %v\n%s", err, out)
+	}
+	t.Logf("live: %v other %d; replayed: %v other %d", got.Rows, got.Other.Drops, replayed.Rows, replayed.Other.Drops)
+	if len(got.Rows) != 3 || len(replayed.Rows) != 3 || got.Other.Drops != replayed.Other.Drops {
+		t.Fatalf("live %d rows, other %d; replayed %d rows, other %d", len(got.Rows), got.Other.Drops, len(replayed.Rows), replayed.Other.Drops)
+	}
+	for i := range got.Rows {
+		l, r := got.Rows[i], replayed.Rows[i]
+		if l.Netns != r.Netns || l.Source != r.Source || l.Drops != r.Drops {
+			t.Errorf("row %d: live %+v, replayed %+v", i+1, l, r)
+		}
+	}
+}
+
+// recordedLoss is the events a recorded stream's summary says were lost.
+func recordedLoss(t *testing.T, path string) uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var sum *output.Summary
+	err = output.ReadRecords(f, func(r *output.Record) error {
+		if r.Summary != nil {
+			sum = r.Summary
+		}
+		return nil
+	}, func(le output.LineError) { t.Errorf("%s: %v", path, le) })
+	if err != nil || sum == nil {
+		t.Fatalf("%s: no summary (%v)", path, err)
+	}
+	return sum.Lost
 }

@@ -23,6 +23,22 @@ type Record struct {
 	Summary   *Summary
 }
 
+// Time is when the record was written: the event's, the end of the
+// aggregate's interval, the loss's notice, the summary's.
+func (r *Record) Time() time.Time {
+	switch {
+	case r.Event != nil:
+		return r.Event.Time
+	case r.Aggregate != nil:
+		return r.Aggregate.Time
+	case r.Lost != nil:
+		return r.Lost.Time
+	case r.Summary != nil:
+		return r.Summary.Time
+	}
+	return time.Time{}
+}
+
 // LostReport is a "lost" record.
 type LostReport struct {
 	Time        time.Time
