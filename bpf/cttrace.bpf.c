@@ -101,6 +101,7 @@ struct {
  * here (a Kubernetes node runs a few hundred pod namespaces). */
 struct netns_stats {
 	__u64 events[CT_EV_MAX];
+	__u64 details[CT_DETAIL_MAX]; /* each detail belongs to one type */
 };
 
 struct {
@@ -128,6 +129,7 @@ struct netns_slot {
 	__u32 netns;
 	__u32 pad;
 	__u64 events[CT_EV_MAX];
+	__u64 details[CT_DETAIL_MAX];
 };
 
 struct {
@@ -376,18 +378,23 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
 static __always_inline void account_netns(const struct ct_event *e)
 {
 	struct netns_stats *st;
-	__u32 netns = e->netns, type = e->type;
+	__u32 netns = e->netns, type = e->type, detail = e->detail;
 	struct netns_slot *slot;
 	__u32 i = netns % NETNS_SLOTS;
 
 	if (type >= CT_EV_MAX)
 		return;
+	/* Refusals (table_full, the flood's path) carry no detail: one compare. */
+	if (detail >= CT_DETAIL_MAX)
+		detail = CT_DETAIL_NONE;
 	slot = bpf_map_lookup_elem(&netns_slots, &i);
 	if (slot && netns) {
 		if (!slot->netns)
 			slot->netns = netns; /* this CPU's copy: no other writer */
 		if (slot->netns == netns) {
 			slot->events[type]++;
+			if (detail)
+				slot->details[detail]++;
 			return;
 		}
 	}
@@ -401,6 +408,8 @@ static __always_inline void account_netns(const struct ct_event *e)
 			return;
 	}
 	st->events[type]++; /* this CPU's copy: no other writer */
+	if (detail)
+		st->details[detail]++;
 }
 
 static __always_inline void count_source_stat(__u32 which)

@@ -29,6 +29,7 @@ enum ct_detail {
 	CT_DETAIL_EXPIRED = 6,	      /* delete: timed out */
 	CT_DETAIL_NETLINK = 7,	      /* delete: by ctnetlink (conntrack -D, flush) */
 	CT_DETAIL_OTHER = 8,	      /* delete: any other path (TCP RST, module unload...) */
+	CT_DETAIL_MAX = 9,
 };
 
 enum ct_confidence {

@@ -237,6 +237,9 @@ func reading(now time.Time, sv *sourceView) (*metrics.Reading, error) {
 	if r.Events, err = sv.s.NamespaceTotals(); err != nil {
 		return nil, err
 	}
+	if r.Details, err = sv.s.NamespaceDetails(); err != nil {
+		return nil, err
+	}
 	if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_buckets"); err == nil {
 		fmt.Sscan(string(b), &r.Buckets)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,6 +26,7 @@ import (
 	"github.com/cttrace/cttrace/internal/testbed"
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/output"
+	"github.com/cttrace/cttrace/pkg/probe"
 )
 
 // scrape reads /metrics and parses it.
@@ -156,6 +158,21 @@ func TestServe(t *testing.T) {
 	if got := sources(fams); len(got) > 4 {
 		t.Errorf("%d source series for one namespace, over --metrics-top 3 + other: %v", len(got), got)
 	}
+	// docs/serve.md's bound: (2N + 29) series a namespace, N = --metrics-top.
+	series := 0
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == "netns" && l.GetValue() == netns {
+					series++
+				}
+			}
+		}
+	}
+	t.Logf("%d series for the namespace after the flood", series)
+	if series > 2*3+29 {
+		t.Errorf("%d series for the namespace, over the documented 2N + 29 = 35", series)
+	}
 	text, _ := scrape(t, addr)
 	problems, err := promlint.New(strings.NewReader(text)).Lint()
 	if err != nil || len(problems) > 0 {
@@ -239,4 +256,37 @@ func TestServeEventsFile(t *testing.T) {
 	if summaries != 1 || last != "summary" {
 		t.Errorf("%d summaries, the last record a %q: want one summary, last", summaries, last)
 	}
+}
+
+// cttrace_events_total splits each reason by the kernel's detail: flushing
+// a table over ctnetlink (conntrack -F) deletes every entry with detail
+// netlink, and the series says how many, as the table said before.
+func TestServeCountsDetails(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		if !slices.Contains(probe.Backend(backend).Sees(), event.ReasonDelete) {
+			t.Skipf("the %s backend does not see deletes", backend)
+		}
+		lab := ctlab.New(t)
+		if err := lab.FillUnassured(20); err != nil {
+			t.Fatal(err)
+		}
+		held, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := freeAddr(t)
+		r := startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--backend", backend)
+		if err := lab.Flush(time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+		waitScrape(t, addr, fmt.Sprintf("%d deletes by netlink", held.Entries), func(f map[string]*dto.MetricFamily) bool {
+			deletes := labelled(f["cttrace_events_total"], map[string]string{"netns": netns, "reason": "delete"}, "detail")
+			return deletes["netlink"] == float64(held.Entries) && deletes[""] == 0 && deletes["expired"] == 0
+		})
+		t.Logf("%d entries flushed: %d deletes with detail netlink", held.Entries, held.Entries)
+		if code := r.stop(t, syscall.SIGTERM); code != 0 {
+			t.Fatalf("exit status %d\n%s", code, r.stderr)
+		}
+	})
 }

@@ -151,6 +151,22 @@ var kernelDetails = [...]Detail{
 	DetailOther,
 }
 
+// detailReasons is the one reason each detail refines (the kernel side
+// counts a detail only with its reason's events).
+var detailReasons = map[Detail]Reason{
+	DetailEvictedForNewFlow: ReasonEarlyDrop,
+	DetailEvictedByGC:       ReasonGCEvict,
+	DetailClash:             ReasonInsertFailed,
+	DetailChainTooLong:      ReasonInsertFailed,
+	DetailDying:             ReasonInsertFailed,
+	DetailExpired:           ReasonDelete,
+	DetailNetlink:           ReasonDelete,
+	DetailOther:             ReasonDelete,
+}
+
+// Reason is the reason d refines; "" for DetailNone.
+func (d Detail) Reason() Reason { return detailReasons[d] }
+
 // Details returns every detail, "" first, in the kernel's order.
 func Details() []Detail {
 	return append([]Detail(nil), kernelDetails[:]...)

@@ -12,6 +12,7 @@ package metrics
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,9 @@ type Reading struct {
 	// Events are the kernel's counts since attach, per namespace and
 	// reason (exact: the per-namespace totals of the BPF side).
 	Events map[uint32]map[event.Reason]uint64
+	// Details are the same events' details per namespace, where the kernel
+	// gave one (probe.Probe.NamespaceDetails).
+	Details map[uint32]map[event.Detail]uint64
 	// Snapshot ranks the sources (top-sources' aggregator).
 	Snapshot *top.Snapshot
 	Tables   []table.NamespaceStats
@@ -91,8 +95,8 @@ var (
 	ns = []string{"netns"}
 
 	eventsDesc = prometheus.NewDesc("cttrace_events_total",
-		"Conntrack events seen by cttrace's probes since they were attached, by namespace, reason (docs/drops.md) and confidence (inferred: the tracepoint backend's deductions).",
-		[]string{"netns", "reason", "confidence"}, nil)
+		"Conntrack events seen by cttrace's probes since they were attached, by namespace, reason and detail (docs/drops.md; detail=\"\" where the kernel gives none) and confidence (inferred: the tracepoint backend's deductions).",
+		[]string{"netns", "reason", "detail", "confidence"}, nil)
 	lostDesc = prometheus.NewDesc("cttrace_lost_events_total",
 		"Events the kernel side could not deliver to cttrace (its ring buffer was full); counted, never silently lost.", nil, nil)
 	backendDesc = prometheus.NewDesc("cttrace_backend_info",
@@ -178,9 +182,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(r.Lost))
 	ch <- prometheus.MustNewConstMetric(bucketsDesc, prometheus.GaugeValue, float64(r.Buckets))
 	for netns, byReason := range r.Events {
-		for reason, n := range byReason {
-			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(n), label(netns), string(reason), e.confidence(reason))
-		}
+		e.collectEvents(ch, netns, byReason, r.Details[netns])
 	}
 	for i := range r.Tables {
 		t := &r.Tables[i]
@@ -196,6 +198,23 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r.Snapshot != nil {
 		e.collectSources(ch, r.Snapshot)
+	}
+}
+
+// collectEvents sends a namespace's events: one series per reason and
+// detail seen, and the reason's events without a detail (its total less
+// its details) under detail="". Each is a counter: an event counts in its
+// reason's total and in at most one detail of that reason.
+func (e *Exporter) collectEvents(ch chan<- prometheus.Metric, netns uint32, byReason map[event.Reason]uint64, details map[event.Detail]uint64) {
+	n := label(netns)
+	without := maps.Clone(byReason)
+	for d, count := range details {
+		r := d.Reason()
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(count), n, string(r), string(d), e.confidence(r))
+		without[r] -= min(without[r], count)
+	}
+	for r, count := range without { // even at 0: a series that stays
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(count), n, string(r), "", e.confidence(r))
 	}
 }
 

@@ -50,8 +50,13 @@ func TestDetailsFollowTheHeader(t *testing.T) {
 			t.Errorf("detail %d: %q, want %q", d, got, detail)
 		}
 	}
-	if n := len(event.Details()); n != len(want) {
-		t.Errorf("%d details, this test knows %d", n, len(want))
+	if n := len(event.Details()); n != len(want) || n != int(cttraceCtDetailCT_DETAIL_MAX) {
+		t.Errorf("%d details, the header has %d, this test knows %d", n, cttraceCtDetailCT_DETAIL_MAX, len(want))
+	}
+	for _, d := range event.Details()[1:] {
+		if !d.Reason().Valid() {
+			t.Errorf("detail %q belongs to no reason", d)
+		}
 	}
 	for c, conf := range map[cttraceCtConfidence]event.Confidence{
 		cttraceCtConfidenceCT_CONF_EXACT:    event.ConfidenceExact,

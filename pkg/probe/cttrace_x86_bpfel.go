@@ -67,6 +67,7 @@ const (
 	cttraceCtDetailCT_DETAIL_EXPIRED        cttraceCtDetail = 6
 	cttraceCtDetailCT_DETAIL_NETLINK        cttraceCtDetail = 7
 	cttraceCtDetailCT_DETAIL_OTHER          cttraceCtDetail = 8
+	cttraceCtDetailCT_DETAIL_MAX            cttraceCtDetail = 9
 )
 
 type cttraceCtEvent struct {
@@ -114,15 +115,17 @@ type cttraceCtTuple struct {
 }
 
 type cttraceNetnsSlot struct {
-	_      structs.HostLayout
-	Netns  uint32
-	Pad    uint32
-	Events [9]uint64
+	_       structs.HostLayout
+	Netns   uint32
+	Pad     uint32
+	Events  [9]uint64
+	Details [9]uint64
 }
 
 type cttraceNetnsStats struct {
-	_      structs.HostLayout
-	Events [9]uint64
+	_       structs.HostLayout
+	Events  [9]uint64
+	Details [9]uint64
 }
 
 type cttraceNetnsVerdict struct {

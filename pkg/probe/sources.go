@@ -127,35 +127,55 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 // counted since attach, by reason (with SourceOptions.Enabled).
 func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
 	out := map[uint32]map[event.Reason]uint64{}
+	err := p.eachNamespaceCount(func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, _ *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
+		addEvents(out, netns, events)
+	})
+	return out, err
+}
+
+// NamespaceDetails returns, per network namespace, the events counted
+// since attach that carried a detail (which path evicted, why an insert
+// failed, what deleted), by detail. Each detail belongs to one reason
+// (event.Detail.Reason); a reason's events without one are its total less
+// its details.
+func (p *Probe) NamespaceDetails() (map[uint32]map[event.Detail]uint64, error) {
+	out := map[uint32]map[event.Detail]uint64{}
+	err := p.eachNamespaceCount(func(netns uint32, _ *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
+		for d, n := range details {
+			if dt := event.DetailFromKernel(uint8(d)); dt != event.DetailNone && n > 0 {
+				if out[netns] == nil {
+					out[netns] = map[event.Detail]uint64{}
+				}
+				out[netns][dt] += n
+			}
+		}
+	})
+	return out, err
+}
+
+// eachNamespaceCount visits every CPU's counts of every namespace: the
+// per-CPU slots (netns_slots, where most events count) and the LRU map
+// behind them (netns_totals). Each event counts in one of the two.
+func (p *Probe) eachNamespaceCount(fn func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64)) error {
 	var netns uint32
 	var perCPU []cttraceNetnsStats
 	it := p.objs.NetnsTotals.Iterate()
 	for it.Next(&netns, &perCPU) {
-		for _, st := range perCPU {
-			addEvents(out, netns, &st.Events)
+		for i := range perCPU {
+			fn(netns, &perCPU[i].Events, &perCPU[i].Details)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read namespace totals: %w", err)
+		return fmt.Errorf("read namespace totals: %w", err)
 	}
-	if err := p.addNamespaceSlots(out); err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// addNamespaceSlots adds the kernel's per-CPU namespace slots (netns_slots,
-// where most events count) to the totals read from netns_totals.
-func (p *Probe) addNamespaceSlots(out map[uint32]map[event.Reason]uint64) error {
-	var i uint32
-	var perCPU []cttraceNetnsSlot
-	it := p.objs.NetnsSlots.Iterate()
-	for it.Next(&i, &perCPU) {
-		for _, slot := range perCPU {
-			if slot.Netns == 0 {
-				continue // not claimed on this CPU
+	var slot uint32
+	var slots []cttraceNetnsSlot
+	it = p.objs.NetnsSlots.Iterate()
+	for it.Next(&slot, &slots) {
+		for i := range slots {
+			if slots[i].Netns != 0 { // 0: not claimed on this CPU
+				fn(slots[i].Netns, &slots[i].Events, &slots[i].Details)
 			}
-			addEvents(out, slot.Netns, &slot.Events)
 		}
 	}
 	if err := it.Err(); err != nil {

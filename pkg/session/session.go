@@ -264,6 +264,12 @@ func (s *Session) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) 
 	return s.Probe.NamespaceTotals()
 }
 
+// NamespaceDetails are the per-namespace counts of each detail
+// (probe.Probe.NamespaceDetails).
+func (s *Session) NamespaceDetails() (map[uint32]map[event.Detail]uint64, error) {
+	return s.Probe.NamespaceDetails()
+}
+
 // Sources calls fn for every source the kernel counts now (Config.Sources).
 func (s *Session) Sources(fn func(*probe.SourceTotals) error) error {
 	return s.Probe.Sources(s.reader.Clock(), fn)
