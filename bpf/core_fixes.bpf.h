@@ -88,4 +88,28 @@ static __always_inline bool kernel_limits_chains(void)
 	return bpf_core_field_exists(struct ip_conntrack_stat, chaintoolong);
 }
 
+/*
+ * delete_clone: Debian 11's 5.10 (gcc 10) splits nf_ct_delete() in two. Its
+ * head, `if (test_and_set_bit(IPS_DYING_BIT, &ct->status)) return false;`,
+ * is inlined into the callers in nf_conntrack_core.c (early_drop(),
+ * gc_worker(), the flush iterator), which then call the rest,
+ * nf_ct_delete.part.0(ct, portid, report), directly: a kprobe on
+ * nf_ct_delete sees only the calls from other modules. User space attaches
+ * the kprobe to the clone when kallsyms lists one (probe.deleteHookSymbol)
+ * and sets delete_hook_is_clone; the arguments are the same (the test bed's
+ * netlink deletes check portid). Kernels with module BTF (6.1 and later in
+ * the test bed) keep nf_ct_delete whole, and fentry needs no clone.
+ *
+ * The clone is entered only once the caller has won the IPS_DYING race, so
+ * there that bit no longer marks a repeat; on nf_ct_delete() itself it does
+ * (the entry is already on its way out by another path, and nf_ct_delete()
+ * returns false for it).
+ */
+volatile const __u32 delete_hook_is_clone = 0;
+
+static __always_inline bool deleted_by_another_path(__u32 status)
+{
+	return (status & IPS_DYING) && !delete_hook_is_clone;
+}
+
 #endif

@@ -275,6 +275,7 @@ func TestFeaturesTextReport(t *testing.T) {
 		{Name: probe.FeatConntrackBTF, Usable: true, Detail: "built in (vmlinux)"},
 		{Name: probe.FeatFentry, Detail: "__nf_conntrack_alloc", Error: "load: refused by the kernel: operation not permitted"},
 		{Name: probe.FeatTpBTF, Usable: true, Detail: "kfree_skb"},
+		{Name: probe.FeatDropReason, Usable: true, Detail: "SKB_DROP_REASON_NETFILTER_DROP"},
 	}}
 	var buf bytes.Buffer
 	if err := newFeatureReport(f).writeText(&buf); err != nil {

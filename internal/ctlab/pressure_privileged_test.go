@@ -160,6 +160,12 @@ func TestEvictions(t *testing.T) {
 // chaintoolong and refused at the sender.
 func TestInsertFailures(t *testing.T) {
 	testbed.RequireRoot(t)
+	if !testbed.KernelAtLeast(5, 15) {
+		// Before 5.15 a hash chain has no length limit: a small table only
+		// makes chains long, and every insert succeeds (50,000 of 50,000 on
+		// 5.10 in the VM tier).
+		t.Skip("no chain length limit before 5.15 (commit d7e7747ac5c2, \"netfilter: refuse insertion if chain has grown too large\")")
+	}
 	const flows = 50000
 	l := New(t)
 	SetBuckets(t, 512)

@@ -3,9 +3,12 @@
 package testbed
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tier names, set by the Makefile (host) and by test/vm/run.sh (vm) in
@@ -20,6 +23,10 @@ func Tier() string { return os.Getenv("CTTRACE_TESTBED") }
 
 // VMKernel is the label of the kernel the VM tier booted (6.1, 6.12).
 func VMKernel() string { return os.Getenv("CTTRACE_VM_KERNEL") }
+
+// VMKernelConfig is the path of the booted kernel's build configuration
+// (its package's config-VERSION) in the VM tier, "" elsewhere.
+func VMKernelConfig() string { return os.Getenv("CTTRACE_VM_KCONFIG") }
 
 // ModprobeArgs are modprobe's arguments to load module: in the VM tier the
 // guest kernel's modules are under CTTRACE_VM_MODULES_ROOT (the host's
@@ -69,4 +76,17 @@ func Tool(t testing.TB, name, pkg string) string {
 		t.Skipf("no %s here (Debian package %s; `make test` installs it)", name, pkg)
 	}
 	return ""
+}
+
+// KernelAtLeast says whether the running kernel's release is major.minor or
+// later: for the few expectations that follow a kernel version (what the
+// kernel charges BPF memory to, which attachments are BPF links).
+func KernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return true
+	}
+	var ma, mi int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi)
+	return ma > major || ma == major && mi >= minor
 }

@@ -42,9 +42,12 @@ func (b Backend) needs() []string {
 	case BackendFentry:
 		return []string{FeatConntrackBTF, FeatFentry, FeatFexit}
 	case BackendKprobe:
-		return []string{FeatConntrackBTF, FeatKprobe, FeatKretprobe}
+		// No conntrack BTF needed: the trial attaches to nf_conntrack's
+		// allocation by symbol, and the programs relocate against the
+		// conntrack types vmlinux BTF carries (5.10's modules have no BTF).
+		return []string{FeatKernelBTF, FeatKprobe, FeatKretprobe}
 	case BackendTracepoint:
-		return []string{FeatKernelBTF, FeatTpBTF}
+		return []string{FeatKernelBTF, FeatTpBTF, FeatDropReason}
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ func features(usable ...string) *Features {
 }
 
 func TestChooseBackendPrefersFentryThenKprobeThenTracepoint(t *testing.T) {
-	all := []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF}
+	all := []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason}
 	cases := []struct {
 		name   string
 		usable []string
@@ -32,8 +32,13 @@ func TestChooseBackendPrefersFentryThenKprobeThenTracepoint(t *testing.T) {
 	}{
 		{"everything", all, BackendFentry},
 		{"no fexit", []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatKprobe, FeatKretprobe, FeatTpBTF}, BackendKprobe},
-		{"this machine", []string{FeatKernelBTF, FeatConntrackBTF, FeatTpBTF, FeatRawTracepoint, FeatNetfilterLink}, BackendTracepoint},
-		{"conntrack not loaded", []string{FeatKernelBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF}, BackendTracepoint},
+		{"this machine", []string{FeatKernelBTF, FeatConntrackBTF, FeatTpBTF, FeatDropReason, FeatRawTracepoint, FeatNetfilterLink}, BackendTracepoint},
+		// fentry/fexit pass on nf_hook_slow, kprobes cannot find __nf_conntrack_alloc.
+		{"conntrack not loaded", []string{FeatKernelBTF, FeatFentry, FeatFexit, FeatTpBTF, FeatDropReason}, BackendTracepoint},
+		// Debian 11's 5.10: modules have no BTF, so no fentry on nf_conntrack;
+		// kprobes attach by symbol and relocate against vmlinux BTF; kfree_skb
+		// has no drop reasons yet.
+		{"5.10, modules without BTF", []string{FeatKernelBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF}, BackendKprobe},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -52,7 +57,7 @@ func TestChooseBackendPrefersFentryThenKprobeThenTracepoint(t *testing.T) {
 }
 
 func TestChooseBackendExplainsRefusal(t *testing.T) {
-	f := features(FeatKernelBTF, FeatTpBTF)
+	f := features(FeatKernelBTF, FeatTpBTF, FeatDropReason)
 	if _, _, err := f.ChooseBackend(BackendFentry); err == nil || !strings.Contains(err.Error(), "fentry: refused in test") {
 		t.Fatalf("forcing an unusable backend: got %v, want the kernel's refusal", err)
 	}

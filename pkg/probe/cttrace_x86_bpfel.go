@@ -174,6 +174,7 @@ const (
 	cttraceMapAggregated             = "aggregated"
 	cttraceMapAggregatedTotal        = "aggregated_total"
 	cttraceMapAllocState             = "alloc_state"
+	cttraceMapAllocTaskState         = "alloc_task_state"
 	cttraceMapConfirmState           = "confirm_state"
 	cttraceMapEvents                 = "events"
 	cttraceMapGcTasks                = "gc_tasks"
@@ -210,7 +211,9 @@ const (
 	cttraceVarAdmitShift             = "admit_shift"
 	cttraceVarAggAdmitShift          = "agg_admit_shift"
 	cttraceVarAggregateSources       = "aggregate_sources"
+	cttraceVarAllocStatePerTask      = "alloc_state_per_task"
 	cttraceVarCtMax                  = "ct_max"
+	cttraceVarDeleteHookIsClone      = "delete_hook_is_clone"
 	cttraceVarGroupV4Bits            = "group_v4_bits"
 	cttraceVarGroupV6Bits            = "group_v6_bits"
 	cttraceVarNetnsFilter            = "netns_filter"
@@ -297,6 +300,7 @@ type cttraceMapSpecs struct {
 	Aggregated      *ebpf.MapSpec `ebpf:"aggregated"`
 	AggregatedTotal *ebpf.MapSpec `ebpf:"aggregated_total"`
 	AllocState      *ebpf.MapSpec `ebpf:"alloc_state"`
+	AllocTaskState  *ebpf.MapSpec `ebpf:"alloc_task_state"`
 	ConfirmState    *ebpf.MapSpec `ebpf:"confirm_state"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	GcTasks         *ebpf.MapSpec `ebpf:"gc_tasks"`
@@ -318,7 +322,9 @@ type cttraceVariableSpecs struct {
 	AdmitShift         *ebpf.VariableSpec `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
 	AggregateSources   *ebpf.VariableSpec `ebpf:"aggregate_sources"`
+	AllocStatePerTask  *ebpf.VariableSpec `ebpf:"alloc_state_per_task"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
+	DeleteHookIsClone  *ebpf.VariableSpec `ebpf:"delete_hook_is_clone"`
 	GroupV4Bits        *ebpf.VariableSpec `ebpf:"group_v4_bits"`
 	GroupV6Bits        *ebpf.VariableSpec `ebpf:"group_v6_bits"`
 	NetnsFilter        *ebpf.VariableSpec `ebpf:"netns_filter"`
@@ -356,6 +362,7 @@ type cttraceMaps struct {
 	Aggregated      *ebpf.Map `ebpf:"aggregated"`
 	AggregatedTotal *ebpf.Map `ebpf:"aggregated_total"`
 	AllocState      *ebpf.Map `ebpf:"alloc_state"`
+	AllocTaskState  *ebpf.Map `ebpf:"alloc_task_state"`
 	ConfirmState    *ebpf.Map `ebpf:"confirm_state"`
 	Events          *ebpf.Map `ebpf:"events"`
 	GcTasks         *ebpf.Map `ebpf:"gc_tasks"`
@@ -375,6 +382,7 @@ func (m *cttraceMaps) Close() error {
 		m.Aggregated,
 		m.AggregatedTotal,
 		m.AllocState,
+		m.AllocTaskState,
 		m.ConfirmState,
 		m.Events,
 		m.GcTasks,
@@ -397,7 +405,9 @@ type cttraceVariables struct {
 	AdmitShift         *ebpf.Variable `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.Variable `ebpf:"agg_admit_shift"`
 	AggregateSources   *ebpf.Variable `ebpf:"aggregate_sources"`
+	AllocStatePerTask  *ebpf.Variable `ebpf:"alloc_state_per_task"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
+	DeleteHookIsClone  *ebpf.Variable `ebpf:"delete_hook_is_clone"`
 	GroupV4Bits        *ebpf.Variable `ebpf:"group_v4_bits"`
 	GroupV6Bits        *ebpf.Variable `ebpf:"group_v6_bits"`
 	NetnsFilter        *ebpf.Variable `ebpf:"netns_filter"`

@@ -10,7 +10,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	ebpffeatures "github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/cttrace/cttrace/internal/caps"
@@ -26,6 +28,8 @@ const (
 	FeatKprobe        = "kprobe"
 	FeatKretprobe     = "kretprobe"
 	FeatTpBTF         = "tp_btf"
+	FeatDropReason    = "drop-reason"
+	FeatTaskStorage   = "task-storage"
 	FeatRawTracepoint = "raw_tracepoint"
 	FeatNetfilterLink = "netfilter-link"
 )
@@ -33,7 +37,7 @@ const (
 // featureOrder is the order in which features are probed and shown.
 var featureOrder = []string{
 	FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe,
-	FeatKretprobe, FeatTpBTF, FeatRawTracepoint, FeatNetfilterLink,
+	FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint, FeatNetfilterLink,
 }
 
 // The function where conntrack decides "table full": the hook every backend
@@ -67,6 +71,9 @@ type Features struct {
 
 // Get returns the named feature's result.
 func (f *Features) Get(name string) (Feature, bool) {
+	if f == nil {
+		return Feature{}, false
+	}
 	for _, x := range f.List {
 		if x.Name == name {
 			return x, true
@@ -93,6 +100,9 @@ func detectFeatures(all bool) (*Features, error) {
 	if err := checkCapabilities(); err != nil {
 		return nil, err
 	}
+	if err := raiseMemlock(); err != nil {
+		return nil, err
+	}
 	f := &Features{Kernel: kernelRelease()}
 
 	kernelSpec, kernelErr := btf.LoadKernelSpec()
@@ -108,9 +118,15 @@ func detectFeatures(all bool) (*Features, error) {
 	}
 	f.add(trialTracing(FeatFentry, ebpf.AttachTraceFEntry, target))
 	f.add(trialTracing(FeatFexit, ebpf.AttachTraceFExit, target))
-	f.add(trialKprobe(FeatKprobe, false, target))
-	f.add(trialKprobe(FeatKretprobe, true, target))
+	// kprobes find their function by symbol (kallsyms), not by BTF: they
+	// reach nf_conntrack's functions where its module has no BTF (5.10),
+	// and then relocate against the conntrack types vmlinux BTF carries.
+	// Without nf_conntrack the trial fails, as the backend would.
+	f.add(trialKprobe(FeatKprobe, false, allocFunc))
+	f.add(trialKprobe(FeatKretprobe, true, allocFunc))
 	f.add(trialTracing(FeatTpBTF, ebpf.AttachTraceRawTp, "kfree_skb"))
+	f.add(detectDropReason(kernelSpec))
+	f.add(detectTaskStorage())
 	if all {
 		f.add(trialRawTracepoint("kfree_skb"))
 		f.add(trialNetfilterLink())
@@ -170,6 +186,47 @@ func detectConntrackBTF(kernel *btf.Spec) Feature {
 	}
 	return Feature{Name: name, Detail: "nf_conntrack",
 		Error: "nf_conntrack is loaded but its functions have no BTF (kernel built without CONFIG_DEBUG_INFO_BTF_MODULES?)"}
+}
+
+// detectDropReason says whether kfree_skb tells a netfilter drop from the
+// others: the tracepoint backend's only way to see a refusal. The reason
+// argument and SKB_DROP_REASON_NETFILTER_DROP arrived in 5.17 (commit
+// 2df3041ba3be, "net: netfilter: use kfree_drop_reason() for NF_DROP");
+// 5.10's kfree_skb carries only the caller's address.
+func detectDropReason(kernel *btf.Spec) Feature {
+	const name, detail = FeatDropReason, "SKB_DROP_REASON_NETFILTER_DROP"
+	var reasons *btf.Enum
+	if kernel == nil || kernel.TypeByName("skb_drop_reason", &reasons) != nil {
+		return Feature{Name: name, Detail: detail, Error: "kfree_skb has no drop reasons on this kernel (they came with 5.17)"}
+	}
+	for _, v := range reasons.Values {
+		if v.Name == detail {
+			return Feature{Name: name, Usable: true, Detail: detail}
+		}
+	}
+	return Feature{Name: name, Detail: detail, Error: "kfree_skb gives no netfilter drop reason on this kernel"}
+}
+
+// detectTaskStorage says whether tracing programs may keep state per task,
+// which the allocation hooks need on a preemptible kernel (alloc_scratch in
+// bpf/cttrace.bpf.c): task-local storage (5.11) and its use outside LSM
+// programs (5.12, commit a10787e6d58c). fentry's programs get the same
+// helpers as kprobes (bpf_tracing_func_proto), so the kprobe type is asked,
+// which loads on every kernel with BPF events, even this one without kprobes.
+func detectTaskStorage() Feature {
+	const name, detail = FeatTaskStorage, "bpf_task_storage_get in tracing programs"
+	err := ebpffeatures.HaveMapType(ebpf.TaskStorage)
+	if err == nil {
+		err = ebpffeatures.HaveProgramHelper(ebpf.Kprobe, asm.FnTaskStorageGet)
+	}
+	if err == nil {
+		err = ebpffeatures.HaveProgramHelper(ebpf.Kprobe, asm.FnGetCurrentTaskBtf)
+	}
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return Feature{Name: name, Detail: detail,
+			Error: "tracing programs cannot keep state per task before 5.12: the allocation's state is kept per CPU, exact unless the kernel preempts conntrack (CONFIG_PREEMPT)"}
+	}
+	return result(name, detail, err)
 }
 
 // returnZero is the smallest valid program: every trial loads it, so a
@@ -254,6 +311,19 @@ func kernelRelease() string {
 		return "unknown"
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// raiseMemlock lifts RLIMIT_MEMLOCK where the kernel charges BPF memory to
+// it. Before 5.11 (memcg accounting of BPF memory: Roman Gushchin's series
+// "bpf: switch to memcg-based memory accounting", merged for 5.11) every map
+// and program counts against that limit, whose usual 64 KiB cannot hold even
+// the per-namespace counters, and map creation fails with EPERM. On 5.11 and
+// later rlimit.RemoveMemlock changes nothing.
+func raiseMemlock() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK, which kernels before 5.11 charge BPF maps to (root with CAP_SYS_RESOURCE can; or start cttrace under `ulimit -l unlimited`): %w", err)
+	}
+	return nil
 }
 
 // checkCapabilities fails early, with a message a person can act on, when

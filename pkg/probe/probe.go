@@ -1,6 +1,8 @@
 package probe
 
 import (
+	"bufio"
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -82,8 +84,19 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read bpf object: %w", err)
 	}
+	// A kernel that splits nf_ct_delete (deleteHookSymbol) has no BTF for
+	// the clone, so fentry cannot reach it: there the delete hook is the
+	// kprobe backend's program on the clone, whatever the backend.
+	clone := ""
+	if b != BackendTracepoint {
+		clone = deleteHookSymbol()
+	}
 	for name, p := range spec.Programs {
-		if sectionBackend(p.SectionName) != b {
+		keep := sectionBackend(p.SectionName) == b
+		if clone != "" && p.AttachTo == "nf_ct_delete" {
+			keep = strings.HasPrefix(p.SectionName, "kprobe/")
+		}
+		if !keep {
 			delete(spec.Programs, name)
 		}
 	}
@@ -111,6 +124,16 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	}
 	if err := opts.Stream.apply(&specs); err != nil {
 		return nil, err
+	}
+	if err := keepAllocStatePerTask(&specs, f); err != nil {
+		return nil, err
+	}
+	symbols := map[string]string{}
+	if clone != "" {
+		symbols["nf_ct_delete"] = clone
+		if err := specs.DeleteHookIsClone.Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set delete hook: %w", err)
+		}
 	}
 	collOpts := ebpf.CollectionOptions{}
 	if f != nil && f.ConntrackModule {
@@ -140,7 +163,7 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		p.Close()
 		return nil, err
 	}
-	if err := p.attachAll(spec); err != nil {
+	if err := p.attachAll(spec, symbols); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -151,10 +174,30 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	return p, nil
 }
 
-func (p *Probe) attachAll(spec *ebpf.CollectionSpec) error {
+// keepAllocStatePerTask keeps the allocation hooks' state with the task
+// where the kernel allows it (FeatTaskStorage; alloc_scratch in
+// bpf/cttrace.bpf.c says why). Elsewhere the task storage map, which older
+// kernels cannot even create, becomes a one-slot array that the programs
+// never reach: alloc_state_per_task stays 0, and the verifier skips the
+// branch that would use it.
+func keepAllocStatePerTask(specs *specObjects, f *Features) error {
+	if x, ok := f.Get(FeatTaskStorage); ok && x.Usable {
+		if err := specs.AllocStatePerTask.Set(uint32(1)); err != nil {
+			return fmt.Errorf("set per-task allocation state: %w", err)
+		}
+		return nil
+	}
+	m := specs.AllocTaskState
+	m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
+	return nil
+}
+
+// attachAll attaches every program; symbols maps a kprobe's function to the
+// symbol to attach to instead (deleteHookSymbol).
+func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string) error {
 	missing := map[string]bool{}
 	for name, ps := range spec.Programs {
-		l, err := attachProgram(ps, p.coll.Programs[name])
+		l, err := attachProgram(ps, p.coll.Programs[name], cmp.Or(symbols[ps.AttachTo], ps.AttachTo))
 		if err != nil {
 			if why, ok := optionalHooks[ps.AttachTo]; ok {
 				if !missing[ps.AttachTo] {
@@ -170,17 +213,39 @@ func (p *Probe) attachAll(spec *ebpf.CollectionSpec) error {
 	return nil
 }
 
-func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program) (link.Link, error) {
+func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program, symbol string) (link.Link, error) {
 	kind, _, _ := strings.Cut(ps.SectionName, "/")
 	switch kind {
 	case "fentry", "fexit", "tp_btf":
 		return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ps.AttachType})
 	case "kprobe":
-		return link.Kprobe(ps.AttachTo, prog, nil)
+		return link.Kprobe(symbol, prog, nil)
 	case "kretprobe":
-		return link.Kretprobe(ps.AttachTo, prog, nil)
+		return link.Kretprobe(symbol, prog, nil)
 	}
 	return nil, fmt.Errorf("no attach rule for section %q", ps.SectionName)
+}
+
+// deleteHookSymbol returns the compiler-split clone of nf_ct_delete that
+// kallsyms lists (nf_ct_delete.part.0 on Debian 11's 5.10), or "" when the
+// function is whole: its callers in nf_conntrack_core.c inline the
+// IPS_DYING test and call the clone directly, so a kprobe on nf_ct_delete
+// would miss every eviction and expiry (bpf/core_fixes.bpf.h, delete_clone).
+func deleteHookSymbol() string {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "ADDRESS TYPE NAME\t[MODULE]"
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && strings.HasPrefix(fields[2], "nf_ct_delete.part.") {
+			return fields[2]
+		}
+	}
+	return ""
 }
 
 // MaxPath is where the global table limit is read; the kernel keeps it in a

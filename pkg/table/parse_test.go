@@ -28,7 +28,7 @@ func TestReplayCapturedDump(t *testing.T) {
 }
 
 func TestReplayCapturedStats(t *testing.T) {
-	s := CheckStats(t, Replay(t, captured(t, "stats.hex")))
+	s := CheckStats(t, Replay(t, captured(t, "stats.hex")), true)
 	if s.Max != 262144 || s.CPUs != 2 {
 		t.Errorf("max %d over %d CPUs, want the capturing machine's 262144 over 2", s.Max, s.CPUs)
 	}

@@ -20,10 +20,25 @@ INITRAMFS_FORMAT=1
 
 # Pinned kernel package per label (override: CTTRACE_VM_PKG_<label, dots as _>), and the
 # packages to fall back to (newest first) when the pinned one cannot be downloaded.
-declare -A PKG_PINNED=([6.1]=linux-image-6.1.0-56-amd64 [6.12]=linux-image-6.12.117+deb12-amd64)
-declare -A PKG_FALLBACK=([6.1]='^linux-image-6\.1\.0-[0-9]+-amd64$' [6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64$')
+#   5.10  Debian 11 (bullseye), as Amazon Linux 2 and Debian 11 hosts run: no BTF for modules.
+#   6.1   Debian 12 (bookworm).   6.12  bookworm-backports' build, as in bookworm.
+#   sid   the newest mainline build in Debian's sid: whatever sid's linux-image-amd64 depends on
+#         when the tier runs (no pin), so a new release is tested without a code change; pin one
+#         with CTTRACE_VM_PKG_sid=linux-image-7.2.13+deb14-amd64.
+declare -A PKG_PINNED=([5.10]=linux-image-5.10.0-46-amd64 [6.1]=linux-image-6.1.0-56-amd64
+	[6.12]=linux-image-6.12.117+deb12-amd64)
+declare -A PKG_FALLBACK=([5.10]='^linux-image-5\.10\.0-[0-9]+-amd64$' [6.1]='^linux-image-6\.1\.0-[0-9]+-amd64$'
+	[6.12]='^linux-image-6\.12\.[0-9]+\+deb12-amd64$')
+# Labels whose kernels come from other suites of Debian's archive than this machine's: they are
+# listed and downloaded through a private apt configuration in the cache (see apt_private), so
+# the machine's own sources and lists are never touched.
+declare -A PKG_SUITES=([5.10]='bullseye bullseye-security' [sid]='sid')
+APT_MIRROR=${CTTRACE_VM_MIRROR:-http://deb.debian.org}
 
-KERNELS=${KERNELS:-6.1 6.12}
+KERNELS=${KERNELS:-5.10 6.1 6.12}
+# Guests booted at once. Each runs on one host thread (VM_ACCEL below), so on a 2-core machine
+# two lanes halve the tier's time without slowing either guest much.
+VM_PARALLEL=${VM_PARALLEL:-$(nproc)}
 VM_TIMEOUT=${VM_TIMEOUT:-900}
 VM_MEM=${VM_MEM:-2048}
 VM_SMP=${VM_SMP:-2}
@@ -33,6 +48,8 @@ VM_SMP=${VM_SMP:-2}
 # kprobes patches code too.
 VM_ACCEL=${VM_ACCEL:-tcg,thread=single}
 VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-8m}
+# A -test.run pattern for every binary (empty: every test).
+VM_TEST_RUN=${VM_TEST_RUN:-}
 # A host directory the guest may write, mounted at the same path inside the chroot (empty:
 # none). The bench writes its results there (make bench-vm).
 VM_OUT_DIR=${VM_OUT_DIR:-}
@@ -57,12 +74,17 @@ squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 tmp_dirs=()
 qemu_pid=
+lane_pids=()
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
 	local d
 	# timeout(1) puts itself in a process group of its own, so a signal to
 	# ours never reaches it: stop the guest explicitly.
 	if [[ -n $qemu_pid ]]; then kill "$qemu_pid" 2>/dev/null || true; fi
+	if ((${#lane_pids[@]})); then
+		kill "${lane_pids[@]}" 2>/dev/null || true
+		wait "${lane_pids[@]}" 2>/dev/null || true
+	fi
 	for d in "${tmp_dirs[@]}"; do rm -rf "$d"; done
 }
 trap cleanup EXIT
@@ -74,7 +96,7 @@ trap 'exit 143' TERM
 [[ $# -eq 1 ]] || usage
 manifest=$1
 [[ -f $manifest && -r $manifest ]] || die "cannot read manifest $manifest"
-for v in VM_TIMEOUT VM_MEM VM_SMP; do
+for v in VM_TIMEOUT VM_MEM VM_SMP VM_PARALLEL; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
 done
 if [[ -n $VM_OUT_DIR ]]; then
@@ -113,7 +135,7 @@ done <"$manifest"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
 if ! flock -n 9; then
-	say "another run holds $CACHE/.lock; waiting (one VM at a time)"
+	say "another run holds $CACHE/.lock; waiting (one run at a time)"
 	flock 9
 fi
 
@@ -129,20 +151,29 @@ pkg_dir() {
 	[[ -n $d ]]
 }
 
-# unpack DIR: unpack DIR's .deb into DIR/tree and index its modules, unless done already.
+# unpack DIR: unpack DIR's .debs into DIR/tree and index its modules, unless done already.
 unpack() {
 	local dir=$1 deb kver
 	[[ -e $dir/tree/.complete ]] && return 0
-	deb=("$dir"/*.deb)
-	say "unpacking $(basename "${deb[0]}")"
 	rm -rf "$dir/tree" "$dir/tree.tmp"
-	dpkg-deb -x "${deb[0]}" "$dir/tree.tmp" || return 1
+	for deb in "$dir"/*.deb; do
+		say "unpacking $(basename "$deb")"
+		dpkg-deb -x "$deb" "$dir/tree.tmp" || return 1
+	done
 	if [[ ! -d $dir/tree.tmp/lib/modules && -d $dir/tree.tmp/usr/lib/modules ]]; then
 		ln -s usr/lib "$dir/tree.tmp/lib"
 	fi
 	kver=$(basename "$(printf '%s\n' "$dir/tree.tmp/lib/modules"/*/ | head -n 1)")
+	# Debian's 7.x packages keep the image and config beside the modules
+	# (lib/modules/VERSION/{vmlinuz,config}) instead of in boot/.
+	for f in vmlinuz config; do
+		if [[ -n $kver && ! -e $dir/tree.tmp/boot/$f-$kver && -f $dir/tree.tmp/lib/modules/$kver/$f ]]; then
+			mkdir -p "$dir/tree.tmp/boot"
+			ln -s "../lib/modules/$kver/$f" "$dir/tree.tmp/boot/$f-$kver"
+		fi
+	done
 	if [[ -z $kver || ! -f $dir/tree.tmp/boot/vmlinuz-$kver ]]; then
-		say "no kernel or modules in ${deb[0]}"
+		say "no kernel or modules in $dir"
 		return 1
 	fi
 	depmod -b "$dir/tree.tmp" "$kver" || return 1
@@ -152,7 +183,7 @@ unpack() {
 
 # fetch PKG: make sure PKG is downloaded and unpacked in the cache; set KDIR to its dir.
 fetch() {
-	local pkg=$1 tmp debs opts=()
+	local pkg=$1 tmp debs parts opts=()
 	if pkg_dir "$pkg"; then
 		KDIR=$PKGDIR_FOUND
 	else
@@ -160,16 +191,28 @@ fetch() {
 		tmp_dirs+=("$tmp")
 		say "downloading $pkg"
 		[[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
-		if ! (cd "$tmp" && apt-get download "${opts[@]}" "$pkg") >"$tmp/log" 2>&1; then
+		if ! (cd "$tmp" && apt-get "${APT_OPTS[@]}" download "${opts[@]}" "$pkg") >"$tmp/log" 2>&1; then
 			sed 's/^/vm:   apt: /' "$tmp/log" >&2
 			return 1
 		fi
 		debs=("$tmp"/*.deb)
 		((${#debs[@]} == 1)) || return 1
+		# Since 7.x, linux-image-VERSION only depends on the packages that hold the image
+		# (linux-binary-), the modules (linux-modules-) and the config (linux-base-).
+		parts=$(dpkg-deb -f "${debs[0]}" Depends | tr ',|' '\n\n' |
+			sed -n 's/^ *\(linux-\(binary\|modules\|base\)-[^ (]*\).*/\1/p')
+		if [[ -n $parts ]]; then
+			say "downloading its parts: $(echo $parts)"
+			# shellcheck disable=SC2086 # one word per package
+			if ! (cd "$tmp" && apt-get "${APT_OPTS[@]}" download "${opts[@]}" $parts) >"$tmp/log" 2>&1; then
+				sed 's/^/vm:   apt: /' "$tmp/log" >&2
+				return 1
+			fi
+		fi
 		KDIR=$CACHE/$(basename "${debs[0]}" .deb)
 		rm -rf "$KDIR"
 		mkdir -p "$KDIR"
-		mv "${debs[0]}" "$KDIR/" || return 1
+		mv "$tmp"/*.deb "$KDIR/" || return 1
 	fi
 	unpack "$KDIR"
 }
@@ -197,17 +240,62 @@ apt_update() {
 	fi
 }
 
+# APT_OPTS: options that make apt-get and apt-cache use a private configuration (apt_private);
+# empty for the machine's own.
+APT_OPTS=()
+
+# apt_private LABEL: set APT_OPTS to a configuration listing only LABEL's suites, with its own
+# lists and cache under $CACHE/apt/LABEL, updated when more than a day old (or when FORCE=1).
+apt_private() {
+	local label=$1 dir s keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+	dir=$CACHE/apt/${label//[^A-Za-z0-9]/_}
+	mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+	for s in ${PKG_SUITES[$label]}; do
+		case $s in
+		*-security) echo "deb [signed-by=$keyring] $APT_MIRROR/debian-security $s main" ;;
+		*) echo "deb [signed-by=$keyring] $APT_MIRROR/debian $s main" ;;
+		esac
+	done >"$dir/sources.list"
+	APT_OPTS=(-o "Dir::Etc::sourcelist=$dir/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$dir/lists"
+		-o "Dir::Cache=$dir/cache" -o Dir::State::status=/dev/null)
+	if [[ ${FORCE:-} == 1 || -z $(find "$dir/.updated" -mmin -1440 2>/dev/null) ]]; then
+		say "listing ${PKG_SUITES[$label]} (private apt configuration in $dir)"
+		if apt-get "${APT_OPTS[@]}" -o APT::Sandbox::User=root update -qq >&2; then
+			touch "$dir/.updated"
+		else
+			say "warning: apt-get update of ${PKG_SUITES[$label]} failed"
+		fi
+	fi
+}
+
+# newest_kernel: the package sid's linux-image-amd64 depends on now (APT_OPTS set for sid).
+newest_kernel() {
+	apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 2>/dev/null |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+}
+
 # kernel_dir LABEL: fetch (or find cached) the kernel package for LABEL; set KDIR.
 kernel_dir() {
 	local label=$1 var pkg cand
 	var=CTTRACE_VM_PKG_${label//[^A-Za-z0-9]/_}
 	pkg=${!var:-${PKG_PINNED[$label]:-}}
+	APT_OPTS=()
+	if [[ -n ${PKG_SUITES[$label]:-} ]]; then
+		apt_private "$label"
+		if [[ -z $pkg && $label == sid ]]; then
+			pkg=$(newest_kernel)
+			[[ -n $pkg ]] && say "sid's newest kernel today: $pkg (pin it with $var=$pkg)"
+		fi
+	fi
 	if [[ -z $pkg ]]; then
 		say "no kernel package known for label '$label' (set $var)"
 		return 1
 	fi
 	fetch "$pkg" && return 0
-	if ! lists_fresh; then
+	if ((${#APT_OPTS[@]})); then
+		FORCE=1 apt_private "$label"
+		fetch "$pkg" && return 0
+	elif ! lists_fresh; then
 		apt_update
 		fetch "$pkg" && return 0
 	fi
@@ -216,7 +304,7 @@ kernel_dir() {
 		[[ $cand == "$pkg" ]] && continue
 		say "warning: cannot download $pkg for $label; falling back to $cand"
 		fetch "$cand" && return 0
-	done < <(apt-cache search --names-only "${PKG_FALLBACK[$label]}" | awk '{print $1}' |
+	done < <(apt-cache "${APT_OPTS[@]}" search --names-only "${PKG_FALLBACK[$label]}" | awk '{print $1}' |
 		grep -Ev -- '-(dbg|rt|cloud|unsigned)(-|$)' | sort -rV | head -n 3)
 	say "no kernel package for $label could be downloaded"
 	return 1
@@ -304,34 +392,38 @@ console_tail() {
 	echo "--- end of console ---"
 }
 
-verdicts=()
-overall=0
-
-# run_kernel LABEL: boot LABEL's kernel once, run every binary, print outputs, record verdict.
-run_kernel() {
-	local label=$1 kdir kver initrd run share rc start i n release why failed entry pkgdir status
-	local kstart=$SECONDS
+# prepare_kernel LABEL: fetch LABEL's kernel and build its initramfs (one label at a time: they
+# share apt and the cache); set KDIR and INITRD, or write LABEL's FAIL verdict.
+prepare_kernel() {
+	local label=$1
 	if ! kernel_dir "$label"; then
-		verdicts+=("vm $label: FAIL (cannot fetch the kernel package)")
-		overall=1
-		return
+		echo "vm $label: FAIL (cannot fetch the kernel package)" >"$lanes/$label.verdict"
+		return 1
 	fi
-	kdir=$KDIR
-	kver=$(cat "$kdir/tree/.complete")
-	if ! initramfs "$kdir"; then
-		verdicts+=("vm $label: FAIL (cannot build the initramfs)")
-		overall=1
-		return
+	if ! initramfs "$KDIR"; then
+		echo "vm $label: FAIL (cannot build the initramfs)" >"$lanes/$label.verdict"
+		return 1
 	fi
+}
 
-	initrd=$INITRD
+# run_kernel LABEL KDIR INITRD: boot LABEL's kernel once, run every binary, print outputs, and
+# write the verdict to $lanes/LABEL.verdict. Runs in a lane of its own (a subshell).
+run_kernel() {
+	local label=$1 kdir=$2 initrd=$3 kver run share rc start i n release why failed entry pkgdir status
+	local kstart=$SECONDS
+	kver=$(cat "$kdir/tree/.complete")
 	run=$(mktemp -d "${TMPDIR:-/tmp}/cttrace-vm.XXXXXX")
 	share=$run/share
 	mkdir "$share"
 	printf '%s\n' "${entries[@]}" >"$share/manifest"
+	cp -L "$kdir/tree/boot/config-$kver" "$share/kconfig" 2>/dev/null || say "$label: no config-$kver in the package"
 	{
 		echo "VM_LABEL=$(squote "$label")"
+		# Where the guest puts the kernel's build configuration for the tests (the
+		# cache is under /root, which the guest covers with a tmpfs).
+		echo "VM_KCONFIG=/run/cttrace-vm.kconfig"
 		echo "VM_TEST_TIMEOUT=$(squote "$VM_TEST_TIMEOUT")"
+		echo "VM_TEST_RUN=$(squote "$VM_TEST_RUN")"
 		echo "VM_OUT_DIR=$(squote "$VM_OUT_DIR")"
 	} >"$share/config"
 	out_share=()
@@ -339,7 +431,7 @@ run_kernel() {
 		out_share=(-virtfs "local,path=$VM_OUT_DIR,mount_tag=out,security_model=none")
 	fi
 	while IFS= read -r n; do
-		[[ ($n == CTTRACE_* || $n == BENCH_*) && $n != CTTRACE_TESTBED && $n != CTTRACE_VM_KERNEL ]] || continue
+		[[ ($n == CTTRACE_* || $n == BENCH_*) && $n != CTTRACE_TESTBED && $n != CTTRACE_VM_KERNEL && $n != CTTRACE_VM_KCONFIG ]] || continue
 		printf '%s=%s\nexport %s\n' "$n" "$(squote "${!n}")" "$n"
 	done < <(compgen -e) >"$share/env.sh"
 
@@ -401,22 +493,43 @@ run_kernel() {
 		why=${why:+$why; }"failed: $(printf '%s, ' "${failed[@]}")"
 		why=${why%, }
 	fi
+	local verdict="vm $label: PASS"
 	if [[ -z $why ]]; then
-		verdicts+=("vm $label: PASS")
 		rm -rf "$run"
 	else
-		verdicts+=("vm $label: FAIL ($why)")
-		overall=1
+		verdict="vm $label: FAIL ($why)"
 		say "$label: results kept in $run"
 	fi
-	say "$label: ${verdicts[-1]#"vm $label: "} after $((SECONDS - kstart))s in all"
+	echo "$verdict" >"$lanes/$label.verdict"
+	say "$label: ${verdict#"vm $label: "} after $((SECONDS - kstart))s in all"
 }
 
 read -ra labels <<<"$KERNELS"
 ((${#labels[@]})) || die "KERNELS is empty"
 total_start=$SECONDS
+lanes=$(mktemp -d "${TMPDIR:-/tmp}/cttrace-vm-lanes.XXXXXX")
+tmp_dirs+=("$lanes")
+lane_pids=()
 for label in "${labels[@]}"; do
-	run_kernel "$label"
+	prepare_kernel "$label" || continue
+	while (($(jobs -rp | wc -l) >= VM_PARALLEL)); do wait -n || true; done
+	# A lane stops its own guest when it is stopped: the guest runs under timeout(1), in a
+	# process group of its own that no signal to ours reaches.
+	(
+		trap '[[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null; exit 143' TERM INT
+		trap - EXIT
+		run_kernel "$label" "$KDIR" "$INITRD"
+	) >"$lanes/$label.out" &
+	lane_pids+=($!)
+done
+wait || true
+# Outputs in the order of KERNELS, whatever order the lanes finished in.
+overall=0
+verdicts=()
+for label in "${labels[@]}"; do
+	cat "$lanes/$label.out" 2>/dev/null || true
+	verdicts+=("$(cat "$lanes/$label.verdict" 2>/dev/null || echo "vm $label: FAIL (no verdict)")")
+	[[ ${verdicts[-1]} == *": PASS" ]] || overall=1
 done
 printf '%s\n' "${verdicts[@]}"
 say "total $((SECONDS - total_start))s"
