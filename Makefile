@@ -16,7 +16,7 @@ GENERATED := $(foreach arch,x86 arm64,pkg/probe/cttrace_$(arch)_bpfel.go pkg/pro
 # Debian packages the tests need: clang/llvm/libbpf-dev rebuild the BPF
 # objects, the rest boots kernels and makes traffic. Installed when missing,
 # so `make test` works on a fresh machine.
-DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 busybox-static cpio kmod xz-utils zstd nftables iptables iproute2 conntrack tmux systemd
+DEB_PACKAGES := gcc libc6-dev clang llvm libbpf-dev qemu-system-x86 qemu-system-arm busybox-static cpio kmod xz-utils zstd nftables iptables iproute2 conntrack tmux systemd
 
 # promtool checks the scraped metrics and the alert rules. Debian ships it only
 # inside the prometheus package, whose install would also enable a Prometheus
@@ -91,17 +91,29 @@ test-host:
 	CTTRACE_TESTBED=host CTTRACE_TOOLS=installed $(GO) test -race -tags privileged -p 1 -count=1 -v ./... 2>&1 | tee $(LOGS)/host.log
 
 # Tier 3: the same privileged tests inside Debian's 5.10 (bullseye), 6.1 and
-# 6.12 kernels under QEMU, two guests at a time (KERNELS="6.1" picks a subset;
-# KERNELS=sid adds the newest mainline build). One boot per kernel runs them all.
+# 6.12 kernels under QEMU, two guests at a time (KERNELS="6.1" picks a subset).
+# One boot per kernel runs them all. sid (the newest mainline build, chosen
+# when the tier runs) runs the feature, attach and truth tests (pkg/probe,
+# pkg/session: run.sh's LABEL_ONLY).
+# The arm64 guest (Debian's 6.12 for arm64, under qemu-system-aarch64) runs the
+# arm64 builds of VM_ARM64_PACKAGES: the feature trials, every backend's load
+# and attach, and the truth tests against the kernel's counters. The rest need
+# tools its small Debian root does not have (go, python3, tmux, bpftool).
+VM_ARM64_PACKAGES := ./pkg/probe ./pkg/session
 test-vm:
-	@mkdir -p $(LOGS) $(VMBIN); rm -f $(VMBIN)/*; echo "=== tier vm: kernels $${KERNELS:-5.10 6.1 6.12} ==="
+	@rm -rf $(VMBIN); mkdir -p $(LOGS) $(VMBIN)/arm64; echo "=== tier vm: kernels $${KERNELS:-5.10 6.1 6.12 sid arm64} ==="
 	@for dir in $$($(GO) list -tags privileged -f '{{if .TestGoFiles}}{{.Dir}}{{end}}' ./...); do \
 		grep -qs '^//go:build privileged' "$$dir"/*_test.go || continue; \
 		bin=$(CURDIR)/$(VMBIN)/$$(realpath --relative-to=$(CURDIR) "$$dir" | tr / _).test; \
 		$(GO) test -c -tags privileged -o "$$bin" "$$dir"; \
 		echo "$$dir $$bin" >> $(VMBIN)/manifest; \
 	done
-	test/vm/run.sh $(VMBIN)/manifest 2>&1 | tee $(LOGS)/vm.log
+	@for dir in $$($(GO) list -tags privileged -f '{{.Dir}}' $(VM_ARM64_PACKAGES)); do \
+		bin=$(CURDIR)/$(VMBIN)/arm64/$$(realpath --relative-to=$(CURDIR) "$$dir" | tr / _).test; \
+		GOARCH=arm64 CGO_ENABLED=0 $(GO) test -c -tags privileged -o "$$bin" "$$dir"; \
+		echo "$$dir $$bin" >> $(VMBIN)/arm64/manifest; \
+	done
+	test/vm/run.sh $(VMBIN)/manifest $(VMBIN)/arm64/manifest 2>&1 | tee $(LOGS)/vm.log
 
 # `make fuzz`: every Go fuzz target for FUZZTIME each (`go test` alone runs
 # their seed corpora, as regression tests, in the unit tier).

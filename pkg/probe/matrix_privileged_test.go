@@ -46,8 +46,10 @@ var kernelMatrix = []kernelExpectation{
 		backend:         BackendFentry,
 	},
 	{
+		// Debian 12's 6.12, the same on amd64 and arm64 (the VM tier's arm64
+		// guest).
 		name:            "debian-6.12",
-		release:         regexp.MustCompile(`^6\.12\.\d+\+deb12-amd64$`),
+		release:         regexp.MustCompile(`^6\.12\.\d+\+deb12-(amd64|arm64)$`),
 		usable:          []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint, FeatNetfilterLink},
 		conntrackModule: true,
 		backend:         BackendFentry,

@@ -153,7 +153,8 @@ fi
 
 # Binaries or package dirs under the tmpfs-covered dirs (e.g. /tmp/go-build*/...): bind
 # the host's original top directory (/tmp/X for /tmp/X/...) over the tmpfs, read-only.
-while read -r pkgdir bin; do
+# (Not in an arm64 guest, whose root is not the host's: there VM_REPO is mounted below.)
+[ -n "${VM_REPO:-}" ] || while read -r pkgdir bin; do
 	[ -n "$pkgdir" ] || continue
 	for p in "$pkgdir" "${bin%/*}"; do
 		case $p in
@@ -170,6 +171,15 @@ while read -r pkgdir bin; do
 		fi
 	done
 done </results/manifest
+
+# VM_REPO: the repository, shared read-only at its own path, when the root is not the host's
+# (arm64): the test binaries and their package directories live in it. The host made the
+# mount point in the root, unless it is under one of the tmpfs mounts above.
+if [ -n "${VM_REPO:-}" ]; then
+	mkdir -p "$H$VM_REPO" 2>/dev/null
+	mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro repo "$H$VM_REPO" ||
+		die "cannot mount the repository share at $VM_REPO"
+fi
 
 # VM_OUT_DIR: a writable host directory, at the same path inside the chroot (after the
 # tmpfs mounts above, so that it is not hidden by one of them).
@@ -194,7 +204,8 @@ while read -r pkgdir bin; do
 	env -i /bin/sh /init --run-one "$pkgdir" "$bin" </dev/null >"/results/$n.out" 2>&1
 	rc=$?
 	echo "$rc" >"/results/$n.status"
-	log "[$n] exit $rc after $(($(cut -d. -f1 /proc/uptime) - start))s"
+	echo "$(($(cut -d. -f1 /proc/uptime) - start))" >"/results/$n.secs"
+	log "[$n] exit $rc after $(cat "/results/$n.secs")s"
 done </results/manifest
 
 : >/results/done
