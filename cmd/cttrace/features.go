@@ -67,7 +67,11 @@ func newFeatureReport(f *probe.Features) featureReport {
 }
 
 func (r featureReport) writeText(w io.Writer) error {
-	fmt.Fprintf(w, "kernel: %s\n\n", r.Kernel)
+	fmt.Fprintf(w, "kernel: %s\n", r.Kernel)
+	if r.Preemption != "" {
+		fmt.Fprintf(w, "preemption: %s (%s)\n", r.Preemption, r.PreemptionSource)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FEATURE\tUSABLE\tTARGET\tKERNEL SAID")
 	for _, x := range r.List {

@@ -98,7 +98,7 @@ var (
 		"Conntrack events seen by cttrace's probes since they were attached, by namespace, reason and detail (docs/drops.md; detail=\"\" where the kernel gives none) and confidence (inferred: the tracepoint backend's deductions).",
 		[]string{"netns", "reason", "detail", "confidence"}, nil)
 	lostDesc = prometheus.NewDesc("cttrace_lost_events_total",
-		"Events the kernel side could not deliver to cttrace (its ring buffer was full); counted, never silently lost.", nil, nil)
+		"Events the kernel side could not deliver to cttrace (its ring buffer was full, or the kernel skipped a run of its programs); counted, never silently lost.", nil, nil)
 	backendDesc = prometheus.NewDesc("cttrace_backend_info",
 		"The probe backend in use (fentry, kprobe or tracepoint), as a label.", []string{"backend"}, nil)
 	errorsDesc = prometheus.NewDesc("cttrace_read_errors_total",

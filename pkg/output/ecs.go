@@ -118,7 +118,7 @@ func (e *ECSWriter) Aggregate(a *event.Aggregate) error {
 // Lost writes a loss report.
 func (e *ECSWriter) Lost(n, total uint64, t time.Time) error {
 	d := e.base(t, "event", "lost", []string{"host"}, []string{"error"}, "failure")
-	d["event"].(doc)["reason"] = "the kernel side's ring buffer was full"
+	d["event"].(doc)["reason"] = "the kernel side's ring buffer was full, or the kernel skipped a run of its programs"
 	d["cttrace"] = doc{"schema": SchemaVersion, "lost": n, "lost_total": total}
 	return e.write(d)
 }

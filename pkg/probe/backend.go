@@ -83,6 +83,14 @@ func (f *Features) ChooseBackend(want Backend) (Backend, string, error) {
 	var skipped []string
 	for _, b := range Backends {
 		ok, why := f.BackendUsable(b)
+		if ok && b == BackendFentry && f.Preemptible() {
+			if kp, _ := f.BackendUsable(BackendKprobe); kp {
+				skipped = append(skipped, fmt.Sprintf("fentry usable but not exact on a kernel with %s preemption (%s): "+
+					"a task preempted inside an fentry program makes the kernel skip that program on its CPU; kprobes run with preemption off",
+					f.Preemption, f.PreemptionSource))
+				continue
+			}
+		}
 		if ok {
 			if len(skipped) == 0 {
 				return b, "preferred backend, usable", nil

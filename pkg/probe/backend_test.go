@@ -56,6 +56,67 @@ func TestChooseBackendPrefersFentryThenKprobeThenTracepoint(t *testing.T) {
 	}
 }
 
+// On a kernel that preempts kernel code, an fentry program a task is
+// preempted in is skipped for every other task on that CPU (preempt.go):
+// auto takes kprobe there, and says why; fentry stays when nothing else
+// would do, and when it is forced.
+func TestChooseBackendAvoidsFentryWhenPreempted(t *testing.T) {
+	all := []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason}
+	for _, tc := range []struct {
+		model  string
+		usable []string
+		want   Backend
+	}{
+		{"lazy", all, BackendKprobe},
+		{"full", all, BackendKprobe},
+		{"rt", all, BackendKprobe},
+		{"voluntary", all, BackendFentry},
+		{"none", all, BackendFentry},
+		{"", all, BackendFentry},
+		{"lazy", []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatTpBTF, FeatDropReason}, BackendFentry},
+	} {
+		f := features(tc.usable...)
+		f.Preemption, f.PreemptionSource = tc.model, "test"
+		got, why, err := f.ChooseBackend(BackendAuto)
+		if err != nil || got != tc.want {
+			t.Errorf("preemption %q: got %s (%s, %v), want %s", tc.model, got, why, err, tc.want)
+		}
+		if got == BackendKprobe && !strings.Contains(why, tc.model+" preemption") {
+			t.Errorf("preemption %q: the reason does not name it: %s", tc.model, why)
+		}
+	}
+	f := features(all...)
+	f.Preemption = "lazy"
+	if got, _, err := f.ChooseBackend(BackendFentry); err != nil || got != BackendFentry {
+		t.Errorf("forced fentry on a preemptible kernel: %s %v", got, err)
+	}
+}
+
+func TestPreemptionModel(t *testing.T) {
+	if got := currentPreemptMode("none voluntary (full) lazy\n"); got != "full" {
+		t.Errorf("debugfs: got %q", got)
+	}
+	if got := currentPreemptMode("garbage"); got != "" {
+		t.Errorf("debugfs without a current mode: got %q", got)
+	}
+	if got := bootPreemptMode("BOOT_IMAGE=/vmlinuz root=/dev/sda1 preempt=none quiet"); got != "none" {
+		t.Errorf("cmdline: got %q", got)
+	}
+	for cfg, want := range map[string]string{
+		// Debian's 7.2.13 and 6.12, and an RT build (which also sets PREEMPT).
+		"CONFIG_PREEMPT_BUILD=y\nCONFIG_PREEMPT_LAZY=y\nCONFIG_PREEMPT_DYNAMIC=y\n":      "lazy",
+		"CONFIG_PREEMPT_BUILD=y\nCONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_PREEMPT_DYNAMIC=y\n": "voluntary",
+		"CONFIG_PREEMPT=y\nCONFIG_PREEMPT_RT=y\n":                                        "rt",
+		"CONFIG_PREEMPT=y\n": "full",
+		"# CONFIG_PREEMPT is not set\nCONFIG_PREEMPT_NONE=y\n": "none",
+		"CONFIG_BPF=y\n": "",
+	} {
+		if got := configPreemption(ParseKernelConfig(strings.NewReader(cfg))); got != want {
+			t.Errorf("config %q: got %q, want %q", cfg, got, want)
+		}
+	}
+}
+
 func TestChooseBackendExplainsRefusal(t *testing.T) {
 	f := features(FeatKernelBTF, FeatTpBTF, FeatDropReason)
 	if _, _, err := f.ChooseBackend(BackendFentry); err == nil || !strings.Contains(err.Error(), "fentry: refused in test") {

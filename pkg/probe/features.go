@@ -67,6 +67,12 @@ type Features struct {
 	// ConntrackModule is true when nf_conntrack's types come from its own
 	// split BTF (nf_conntrack built as a module).
 	ConntrackModule bool `json:"conntrack_module"`
+	// Preemption is the kernel's preemption model (none, voluntary, full,
+	// lazy, rt), empty when unknown, and PreemptionSource where it was
+	// read: on a preemptible kernel fentry programs are skipped while a
+	// preempted run holds their CPU (preempt.go), so kprobe is preferred.
+	Preemption       string `json:"preemption,omitempty"`
+	PreemptionSource string `json:"preemption_source,omitempty"`
 }
 
 // Get returns the named feature's result.
@@ -104,6 +110,7 @@ func detectFeatures(all bool) (*Features, error) {
 		return nil, err
 	}
 	f := &Features{Kernel: kernelRelease()}
+	f.Preemption, f.PreemptionSource = detectPreemption(f.Kernel)
 
 	kernelSpec, kernelErr := btf.LoadKernelSpec()
 	f.add(result(FeatKernelBTF, "/sys/kernel/btf/vmlinux", kernelErr))

@@ -279,13 +279,28 @@ func (p *Probe) RefreshMax() error {
 	return nil
 }
 
-// Lost sums, over CPUs, the events the kernel side could not deliver.
+// Lost sums what the kernel side could not deliver: events counted when the
+// ring buffer was full, and runs of cttrace's programs the kernel skipped.
+// The kernel runs a program at most once per CPU at a time, and skips (and
+// counts, since 5.12: bpf_prog_info.recursion_misses) a run that would nest:
+// an fentry program runs with migration off but preemption on, so on a
+// preemptible kernel (CONFIG_PREEMPT, Debian's 7.x PREEMPT_LAZY) a task
+// preempted inside one makes the next task on that CPU skip it. Each skipped
+// run may have been an event, or the step that classifies one.
 func (p *Probe) Lost() (uint64, error) {
 	var perCPU []uint64
 	if err := p.objs.Lost.Lookup(uint32(0), &perCPU); err != nil {
 		return 0, fmt.Errorf("read lost counter: %w", err)
 	}
-	return sum(perCPU), nil
+	lost := sum(perCPU)
+	for name, prog := range p.coll.Programs {
+		stats, err := prog.Stats()
+		if err != nil {
+			return 0, fmt.Errorf("read %s's skipped runs: %w", name, err)
+		}
+		lost += stats.RecursionMisses
+	}
+	return lost, nil
 }
 
 // Produced returns how many events of each kernel type the programs

@@ -34,6 +34,7 @@ func scale(n int) int {
 // tally collects the events of one namespace, by reason and by source.
 type tally struct {
 	netns uint32
+	lost  uint64 // what the session reported lost, once stopped
 	mu    sync.Mutex
 	n     map[event.Reason]int
 	src   map[event.Reason]map[netip.Addr]int
@@ -99,7 +100,11 @@ func traceWith(t *testing.T, cfg Config, netns uint32) (*tally, *Session, func()
 			if err := <-done; err != nil {
 				t.Errorf("session run: %v", err)
 			}
-			if lost != 0 {
+			tl.lost = lost
+			switch {
+			case lost != 0 && runsCanBeSkipped(cfg.Backend):
+				t.Logf("%d events lost: runs of %s programs the kernel skipped (preempt.go)", lost, cfg.Backend)
+			case lost != 0:
 				t.Errorf("%d events lost with the default ring buffer", lost)
 			}
 			s.Close()
@@ -124,8 +129,30 @@ func (w testWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return le
 
 var _ io.Writer = testWriter{}
 
-// usableBackends runs fn as a subtest for each backend the kernel allows.
+// runsCanBeSkipped says whether the kernel may skip runs of backend b's
+// programs: BTF tracing programs (fentry, fexit, tp_btf) on a kernel that
+// preempts kernel code (pkg/probe's preempt.go), where cttrace counts them
+// as lost and auto takes kprobe. Seen on sid's 7.2: fentry 10 and
+// tracepoint 1 of 400 concurrent refusals in one run.
+func runsCanBeSkipped(b probe.Backend) bool {
+	f, err := probe.DetectFeatures()
+	return err == nil && b != probe.BackendKprobe && f.Preemptible()
+}
+
+// usableBackends runs fn as a subtest for each backend the kernel allows
+// and holds to exact counts: not fentry where its runs can be skipped
+// (TestConcurrentRefusalsStayExact checks what it counts there).
 func usableBackends(t *testing.T, fn func(t *testing.T, b probe.Backend)) {
+	everyBackend(t, func(t *testing.T, b probe.Backend) {
+		if runsCanBeSkipped(b) {
+			t.Skipf("%s is not exact on a kernel that preempts kernel code: the kernel skips its programs on a CPU while a preempted run holds it (counted as lost; auto takes kprobe)", b)
+		}
+		fn(t, b)
+	})
+}
+
+// everyBackend runs fn as a subtest for each backend the kernel allows.
+func everyBackend(t *testing.T, fn func(t *testing.T, b probe.Backend)) {
 	testbed.RequireRoot(t)
 	f, err := probe.DetectFeatures()
 	if err != nil {
@@ -154,19 +181,27 @@ func stats(t *testing.T, lab *ctlab.Lab) ctlab.Stats {
 	return s
 }
 
+// tracedFullTable makes a lab whose table holds max ASSURED entries, traces
+// its refusals and evictions with backend b, and reads the kernel's counters
+// before any traffic.
+func tracedFullTable(t *testing.T, b probe.Backend, max int) (*ctlab.Lab, *tally, func(), ctlab.Stats) {
+	t.Helper()
+	lab := ctlab.New(t)
+	ctlab.SetMax(t, max)
+	if err := lab.HoldEstablished(max); err != nil {
+		t.Fatalf("fill the table: %v", err)
+	}
+	tl, _, stop := trace(t, b, lab.Inode(), event.RefusalsAndEvictions()...)
+	return lab, tl, stop, stats(t, lab)
+}
+
 // A table full of ASSURED entries (which early_drop may not evict) refuses
 // every new flow: the kernel's drop counter, the senders' EPERMs and
 // cttrace's table_full events must agree exactly, source by source.
 func TestTableFullEventsMatchKernelDrops(t *testing.T) {
 	usableBackends(t, func(t *testing.T, b probe.Backend) {
 		const max = 64
-		lab := ctlab.New(t)
-		ctlab.SetMax(t, max)
-		if err := lab.HoldEstablished(max); err != nil {
-			t.Fatalf("fill the table: %v", err)
-		}
-		tl, _, stop := trace(t, b, lab.Inode(), event.RefusalsAndEvictions()...)
-		before := stats(t, lab)
+		lab, tl, stop, before := tracedFullTable(t, b, max)
 
 		dst := netip.MustParseAddrPort("127.0.0.1:9")
 		want := map[netip.Addr]int{}
@@ -216,6 +251,99 @@ func TestTableFullEventsMatchKernelDrops(t *testing.T) {
 			}
 		}
 	})
+}
+
+// Refusals from several senders at once, each on a thread of its own. On a
+// preemptible kernel (sid's PREEMPT_LAZY) a sender can be preempted inside
+// __nf_conntrack_alloc and finish on another CPU, whose per-CPU state
+// belongs to another allocation: before the state was kept per task
+// (alloc_scratch in bpf/cttrace.bpf.c), about one refusal in a hundred came
+// out as alloc_failed there. Every refusal must be table_full, exact (not an
+// inferred stand-in for lost state, where the backend sees the decision),
+// and from its own source.
+func TestConcurrentRefusalsStayExact(t *testing.T) {
+	everyBackend(t, func(t *testing.T, b probe.Backend) {
+		const max, senders = 64, 4
+		lab, tl, stop, before := tracedFullTable(t, b, max)
+
+		n := scale(400)
+		srcs := make([]netip.Addr, senders)
+		errs := make([]error, senders)
+		var wg sync.WaitGroup
+		for i := range senders {
+			srcs[i] = netip.AddrFrom4([4]byte{127, 11, 0, byte(1 + i)})
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(9+i))
+				sent, ref, err := lab.SendNewFlows(srcs[i], dst, n)
+				if err == nil && (sent != 0 || ref != n) {
+					err = fmt.Errorf("%d flows got through and %d were refused, want all %d refused", sent, ref, n)
+				}
+				errs[i] = err
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("sender %s: %v", srcs[i], err)
+			}
+		}
+		delta := stats(t, lab).Sub(before)
+		waitFor(tl, event.ReasonTableFull, int(delta.Drop))
+		stop()
+
+		t.Logf("%s: %d senders × %d refusals, kernel drop delta %d; events %v, lost %d", b, senders, n, delta.Drop, tl, tl.lost)
+		if int(delta.Drop) != senders*n {
+			t.Fatalf("kernel drop delta %d != %d refused at the senders: the test bed is off", delta.Drop, senders*n)
+		}
+		if runsCanBeSkipped(b) {
+			checkSkippedRunsAreCounted(t, tl, int(delta.Drop), b != probe.BackendTracepoint)
+			return
+		}
+		if got := tl.count(event.ReasonTableFull); got != int(delta.Drop) {
+			t.Errorf("table_full events %d, kernel drop delta %d", got, delta.Drop)
+		}
+		if got := tl.count(event.ReasonAllocFailed); got != 0 {
+			t.Errorf("%d refusals of a full table counted as alloc_failed", got)
+		}
+		for _, src := range srcs {
+			if got := tl.src[event.ReasonTableFull][src]; got != n {
+				t.Errorf("source %s: %d table_full events, %d refused", src, got, n)
+			}
+		}
+		want := event.ConfidenceExact
+		if b == probe.BackendTracepoint {
+			want = event.ConfidenceInferred
+		}
+		for _, ev := range tl.evs {
+			if ev.Confidence != want {
+				t.Errorf("%s event with confidence %s, want %s: %+v", ev.Reason, ev.Confidence, want, ev)
+				break
+			}
+		}
+	})
+}
+
+// checkSkippedRunsAreCounted holds a backend whose runs the kernel may skip
+// to what it can promise: every refusal it missed, and every one it could
+// only infer (where it is otherwise exact) or misclassify for want of a
+// skipped step, is within what it reported lost.
+func checkSkippedRunsAreCounted(t *testing.T, tl *tally, drops int, exact bool) {
+	t.Helper()
+	seen := tl.count(event.ReasonTableFull) + tl.count(event.ReasonAllocFailed)
+	unsure := tl.count(event.ReasonAllocFailed)
+	for _, ev := range tl.evs {
+		if exact && ev.Reason == event.ReasonTableFull && ev.Confidence == event.ConfidenceInferred {
+			unsure++
+		}
+	}
+	if seen > drops {
+		t.Errorf("%d refusals reported, the kernel made %d", seen, drops)
+	}
+	if missing := drops - seen; uint64(missing+unsure) > tl.lost {
+		t.Errorf("%d refusals missing and %d not exact, but only %d reported lost", missing, unsure, tl.lost)
+	}
 }
 
 // A table full of unreplied UDP flows admits new flows by evicting them:

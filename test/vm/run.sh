@@ -446,7 +446,7 @@ package_deps() {
 # Needs APT_OPTS set for the arm64 label. The guest chroots into it, as the amd64 guests
 # chroot into this machine's root, which an arm64 kernel cannot run.
 arm64_root() {
-	local key dir tmp p d deb order=() queue have ver bb
+	local key dir tmp p d deb order=() queue have ver bb opts=()
 	key=$(echo "$ARM64_ROOT_PACKAGES|$ARM64_ROOT_SKIP|$ARM64_ROOT_FORMAT" | sha256sum | cut -c1-16)
 	dir=$CACHE/rootfs-arm64-$key
 	ROOTFS=$dir/root
@@ -465,7 +465,8 @@ arm64_root() {
 	rm -rf "$dir"
 	mkdir -p "$dir/debs"
 	tmp=$dir/root.tmp
-	if ! (cd "$dir/debs" && apt-get "${APT_OPTS[@]}" -o APT::Sandbox::User=root -q download "${order[@]}") >"$dir/log" 2>&1; then
+	[[ $EUID -eq 0 ]] && opts=(-o APT::Sandbox::User=root)
+	if ! (cd "$dir/debs" && apt-get "${APT_OPTS[@]}" "${opts[@]}" -q download "${order[@]}") >"$dir/log" 2>&1; then
 		sed 's/^/vm:   apt: /' "$dir/log" >&2
 		return 1
 	fi
