@@ -9,40 +9,22 @@
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
-
-#define NFCT_INFOMASK 7ULL
-
-/*
- * One read of a kernel field, the cheapest way the program allows. Through
- * a BTF-typed pointer (an fentry/fexit or tp_btf argument, and what is
- * reached from one by loads), a plain load: the verifier turns it into a
- * fault-safe PROBE_MEM load, with no helper call. Through anything else (a
- * kprobe argument, a pointer kept in a map or masked), a CO-RE
- * bpf_probe_read_kernel(). Both are relocated by CO-RE (vmlinux.h's types
- * carry preserve_access_index). `direct` is a constant at every call, so
- * each program keeps only one branch: the hot paths of the fentry and
- * tracepoint backends run with a handful of helper calls fewer per event.
- */
-#define KREAD(direct, src, ...) ((direct) ? ___arrow(src, __VA_ARGS__) : BPF_CORE_READ(src, __VA_ARGS__))
+#include "config.bpf.h"
+#include "kread.bpf.h"
 
 /*
  * skb->_nfct holds the conntrack entry pointer with the ctinfo in its low
- * three bits. A packet refused by conntrack itself never had an entry
- * attached; one dropped by a rule after conntrack has one. Untracked packets
- * (notrack) carry IP_CT_UNTRACKED and no pointer.
+ * three bits (conn.bpf.h, conn_of_nfct). A packet refused by conntrack itself
+ * never had an entry attached; one dropped by a rule after conntrack has
+ * one. Untracked packets (notrack) carry IP_CT_UNTRACKED and no pointer.
+ * The field exists only in kernels built with conntrack (CONFIG_NF_CONNTRACK,
+ * built in or a module).
  */
 static __always_inline __u64 skb_nfct_raw(const struct sk_buff *skb, const bool direct)
 {
 	if (!bpf_core_field_exists(skb->_nfct))
 		return 0;
 	return KREAD(direct, skb, _nfct);
-}
-
-/* The entry pointer has no BTF type any more once masked: read it with
- * direct = false. */
-static __always_inline struct nf_conn *conn_of_nfct(__u64 nfct)
-{
-	return (struct nf_conn *)(nfct & ~NFCT_INFOMASK);
 }
 
 /*
@@ -96,20 +78,19 @@ static __always_inline bool kernel_limits_chains(void)
  * nf_ct_delete.part.0(ct, portid, report), directly: a kprobe on
  * nf_ct_delete sees only the calls from other modules. User space attaches
  * the kprobe to the clone when kallsyms lists one (probe.deleteHookSymbol)
- * and sets delete_hook_is_clone; the arguments are the same (the test bed's
- * netlink deletes check portid). Kernels with module BTF (6.1 and later in
- * the test bed) keep nf_ct_delete whole, and fentry needs no clone.
+ * and sets cfg.delete_hook_is_clone; the arguments are the same (the
+ * test bed's netlink deletes check portid). Kernels with module BTF (6.1
+ * and later in the test bed) keep nf_ct_delete whole, and fentry needs no
+ * clone.
  *
  * The clone is entered only once the caller has won the IPS_DYING race, so
  * there that bit no longer marks a repeat; on nf_ct_delete() itself it does
  * (the entry is already on its way out by another path, and nf_ct_delete()
  * returns false for it).
  */
-volatile const __u32 delete_hook_is_clone = 0;
-
 static __always_inline bool deleted_by_another_path(__u32 status)
 {
-	return (status & IPS_DYING) && !delete_hook_is_clone;
+	return (status & IPS_DYING) && !cfg.delete_hook_is_clone;
 }
 
 #endif

@@ -6,6 +6,14 @@
  * wrappers that only fetch arguments and call it. User space loads the
  * wrappers of one backend and deletes the others from the spec before load.
  *
+ * One translation unit, this file: the scratch state, the decisions and the
+ * wrappers are here, and the headers hold what the decisions share, one
+ * concern each (bpf/README.md lists them): the configuration (config.bpf.h),
+ * map helpers (maps.bpf.h), how kernel memory is read (kread.bpf.h),
+ * kernel-version drift (core_fixes.bpf.h), reading connections and packets
+ * (conn.bpf.h), the accounting (accounting.bpf.h) and the stream
+ * (stream.bpf.h).
+ *
  * Scratch state links a function's entry to its exit (and to the functions
  * it calls). The confirmation runs under local_bh_disable(), so its entry and
  * exit happen on one CPU and per-CPU state is enough. The allocation does
@@ -19,8 +27,13 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
-#include "core_fixes.bpf.h"
 #include "cttrace.h"
+#include "config.bpf.h"
+#include "maps.bpf.h"
+#include "core_fixes.bpf.h"
+#include "conn.bpf.h"
+#include "accounting.bpf.h"
+#include "stream.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -29,233 +42,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define NF_DROP 0
 #define NF_ACCEPT 1
-#define NFPROTO_IPV4 2
-#define NFPROTO_IPV6 10
 #define IPS_CONFIRMED (1U << 3)
 #define IPS_DYING (1U << 9)
-
-/* Event types streamed through the ring buffer (bit 1 << type); the others
- * are only counted. Set by user space before load. */
-volatile const __u32 stream_mask = 0xffffffff;
-
-/* Whether events are also counted per source in the sources map (for
- * top-sources), and the prefix lengths sources are grouped by. */
-volatile const __u32 aggregate_sources = 0;
-volatile const __u32 group_v4_bits = 32;
-volatile const __u32 group_v6_bits = 128;
-
-/* nf_conntrack_max as user space last read it: the limit is a global that
- * has no BTF-visible symbol, and non-init namespaces only see it read-only. */
-__u32 ct_max;
-
-/* Sized by user space before load (--ring-size); a power of two pages. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
-
-/* Events the ring buffer had no room for: the kernel side never waits. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
-
-/* Every event produced, streamed or not, by type: the exact totals. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CT_EV_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} produced SEC(".maps");
-
-/* Per-source totals, by event type. LRU and sized by user space
- * (--max-sources), so a flood from spoofed sources cannot grow it: the
- * least recently active sources are dropped, and user space accounts what
- * they had as "other" (kernel totals minus the rows). Not per-CPU: with
- * per-CPU values the map would cost max_entries * nr_cpus values. */
-struct src_key {
-	__u32 netns;
-	__u8 family;
-	__u8 _pad[3];
-	__u8 addr[16];
-};
-
-struct src_stats {
-	__u64 events[CT_EV_MAX];
-	__u64 last_drop_ns;
-	__u32 last_drop_type;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct src_key);
-	__type(value, struct src_stats);
-} sources SEC(".maps");
-
-/* Totals by event type per network namespace: the header's drops and
- * rates, and what makes a view filtered to some namespaces add up. Per-CPU,
- * so that every CPU refusing a flood's packets into one namespace adds to
- * its own cache line instead of contending for one; bounded like every map
- * here (a Kubernetes node runs a few hundred pod namespaces). */
-struct netns_stats {
-	__u64 events[CT_EV_MAX];
-	__u64 details[CT_DETAIL_MAX]; /* each detail belongs to one type */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, struct netns_stats);
-} netns_totals SEC(".maps");
-
-/*
- * In front of netns_totals, for the namespaces that refuse a flood or
- * create a NAT gateway's flows: a direct-mapped per-CPU array indexed by the
- * low bits of the namespace's inode number (the kernel hands these out in
- * sequence, so a host's namespaces spread over the slots). A slot belongs
- * to the first namespace that counts in it on this CPU, for the life of the
- * probe; a namespace whose slot is taken counts in netns_totals. An array
- * slot is an address computation where the hash costs a hash, a bucket
- * walk and LRU bookkeeping: about 100 ns of every event (bench's
- * BenchmarkBPFHelper). Counters only grow and each event counts in one
- * place, so user space adds both maps without double counting.
- */
-#define NETNS_SLOTS 256
-
-struct netns_slot {
-	__u32 netns;
-	__u32 pad;
-	__u64 events[CT_EV_MAX];
-	__u64 details[CT_DETAIL_MAX];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NETNS_SLOTS);
-	__type(key, __u32);
-	__type(value, struct netns_slot);
-} netns_slots SEC(".maps");
-
-/*
- * Sample and hold (Estan and Varghese, "New directions in traffic
- * measurement and accounting", SIGCOMM 2002) for the sources map. A spoofed
- * flood brings a new source with nearly every packet; admitting each one
- * into the LRU map would push a real heavy source out within a fraction of
- * a second of its last packet, before user space reads it, and each insert
- * is the most expensive thing the hot path does. So, once user space sees
- * the map churning, a source not in the map is admitted with probability
- * 2^-admit_shift; once in, every one of its events is counted exactly. A
- * source with m events is then missed with probability (1 - 2^-shift)^m,
- * and loses on average 2^shift - 1 events before it is admitted: these are
- * counted in the namespace totals, so in "other". Written by user space at
- * run time (0: admit every source, exact).
- */
-__u32 admit_shift;
-
-/* Admission counters of the sources and aggregated maps: events for a key
- * the map did not hold (missed), and keys admitted. */
-enum src_stat { SRC_MISSED, SRC_ADMITTED, AGG_MISSED, AGG_ADMITTED, SRC_STAT_MAX };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SRC_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} source_stats SEC(".maps");
-
-/*
- * The bounded stream. A flood refuses hundreds of thousands of packets a
- * second: as lines that is useless to a person and harmful to a SIEM, and
- * each record costs the refusing CPU a ring buffer write. So each CPU
- * streams at most stream_per_cpu_per_s events one by one per second; past
- * that, events are counted per (netns, source, reason) in the aggregated
- * map, which user space turns into aggregate records every second, and in
- * aggregated_total, so that what the map could not hold is still counted:
- * every event is streamed, aggregated or counted as lost. 0: no limit.
- */
-volatile const __u32 stream_per_cpu_per_s = 0;
-
-struct stream_budget {
-	__u64 window_ns;
-	__u32 used;
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct stream_budget);
-} stream_budget SEC(".maps");
-
-struct agg_key {
-	__u32 netns;
-	__u8 family;
-	__u8 type;
-	__u8 _pad[2];
-	__u8 addr[16];
-};
-
-struct agg_value {
-	__u64 count;
-	__u64 last_ns;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct agg_key);
-	__type(value, struct agg_value);
-} aggregated SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, CT_EV_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} aggregated_total SEC(".maps");
-
-/* Sample and hold for the aggregated map, as admit_shift for sources. */
-__u32 agg_admit_shift;
-
-/* Only events of these namespaces are streamed or aggregated (--netns), so
- * that other namespaces' events neither use the budget nor cross the ring.
- * They are still counted in produced and netns_totals. */
-volatile const __u32 netns_filter = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u8);
-} stream_netns SEC(".maps");
-
-/* The last namespace each CPU checked against the filter, and the answer:
- * a flood refuses packets of one namespace, so the hash lookup is paid once
- * per change of namespace, not per event. The filter does not change after
- * attach, so a cached answer stays right. */
-struct netns_verdict {
-	__u32 netns;
-	__u32 selected; /* 0: not checked yet, 1: selected, 2: not */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct netns_verdict);
-} netns_verdict SEC(".maps");
-
-/* The ring buffer wakes its reader only once this many bytes wait, or when
- * user space polls (every 100 ms): a wakeup per event costs the producing
- * CPU an irq_work and the reader a context switch, per refused packet. Set
- * by user space to an eighth of the ring. */
-volatile const __u32 wakeup_bytes = 1 << 19;
 
 /* The allocation in progress on this CPU, and whether early_drop() ran
  * inside it. Kernel pointers are kept as integers so that bpf2go can
@@ -278,18 +66,16 @@ struct {
 
 /* The same, kept with the task (task-local storage: one per task while it
  * lives, freed with it, so bounded by the number of tasks that ever
- * allocated an entry). User space sets alloc_state_per_task when the kernel
- * lets tracing programs use it (5.12, commit a10787e6d58c, "bpf: Enable task
- * local storage for tracing programs"), and otherwise turns this map into a
- * one-slot array that is never used. */
+ * allocated an entry). User space sets cfg.alloc_state_per_task when the
+ * kernel lets tracing programs use it (5.12, commit a10787e6d58c, "bpf:
+ * Enable task local storage for tracing programs"), and otherwise turns this
+ * map into a one-slot array that is never used. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct alloc_scratch);
 } alloc_task_state SEC(".maps");
-
-volatile const __u32 alloc_state_per_task = 0;
 
 /* The confirmation in progress on this CPU. */
 enum clash_outcome { CLASH_NONE, CLASH_FAILED, CLASH_RESOLVED };
@@ -326,321 +112,6 @@ const enum ct_confidence *unused_ct_confidence __attribute__((unused));
 const enum src_stat *unused_src_stat __attribute__((unused));
 const struct netns_slot *unused_netns_slot __attribute__((unused));
 
-static __always_inline void count_event(__u32 type)
-{
-	__u64 *n = bpf_map_lookup_elem(&produced, &type);
-
-	if (n)
-		(*n)++;
-}
-
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
-
-	if (n)
-		(*n)++;
-}
-
-/* Whether user space wants the type's events one by one. */
-static __always_inline bool streamed(__u32 type)
-{
-	return stream_mask & (1U << type);
-}
-
-static __always_inline bool is_drop(__u32 type)
-{
-	return type == CT_EV_TABLE_FULL || type == CT_EV_ALLOC_FAILED || type == CT_EV_INSERT_FAILED;
-}
-
-/* Counts the event, and says whether anyone wants its details: user space
- * one by one (stream_mask) or per source (aggregate_sources). */
-static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
-{
-	count_event(type);
-	if (!streamed(type)) {
-		if (!aggregate_sources)
-			return false;
-		/* Only counted per source: the tuple is all that is read. */
-		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
-		/* Its time is kept only as a source's last drop: a busy NAT
-		 * gateway's inserts and deletes save the clock read (~40 ns). */
-		e->ts_boot_ns = is_drop(type) ? bpf_ktime_get_boot_ns() : 0;
-	} else {
-		__builtin_memset(e, 0, sizeof(*e));
-		e->ts_boot_ns = bpf_ktime_get_boot_ns();
-	}
-	e->type = type;
-	e->cpu = bpf_get_smp_processor_id();
-	e->confidence = confidence;
-	e->max = ct_max;
-	return true;
-}
-
-/* Keeps the first bits of addr (network order), zeroes the rest. */
-static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
-{
-#pragma unroll
-	for (int i = 0; i < 16; i++) {
-		if (bits >= 8) {
-			bits -= 8;
-		} else {
-			addr[i] &= (__u8)(0xff00 >> bits);
-			bits = 0;
-		}
-	}
-}
-
-static __always_inline void account_netns(const struct ct_event *e)
-{
-	struct netns_stats *st;
-	__u32 netns = e->netns, type = e->type, detail = e->detail;
-	struct netns_slot *slot;
-	__u32 i = netns % NETNS_SLOTS;
-
-	if (type >= CT_EV_MAX)
-		return;
-	/* Refusals (table_full, the flood's path) carry no detail: one compare. */
-	if (detail >= CT_DETAIL_MAX)
-		detail = CT_DETAIL_NONE;
-	slot = bpf_map_lookup_elem(&netns_slots, &i);
-	if (slot && netns) {
-		if (!slot->netns)
-			slot->netns = netns; /* this CPU's copy: no other writer */
-		if (slot->netns == netns) {
-			slot->events[type]++;
-			if (detail)
-				slot->details[detail]++;
-			return;
-		}
-	}
-	st = bpf_map_lookup_elem(&netns_totals, &netns);
-	if (!st) {
-		struct netns_stats zero = {};
-
-		bpf_map_update_elem(&netns_totals, &netns, &zero, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&netns_totals, &netns);
-		if (!st)
-			return;
-	}
-	st->events[type]++; /* this CPU's copy: no other writer */
-	if (detail)
-		st->details[detail]++;
-}
-
-static __always_inline void count_source_stat(__u32 which)
-{
-	__u64 *n = bpf_map_lookup_elem(&source_stats, &which);
-
-	if (n)
-		(*n)++;
-}
-
-/* Whether a key a map does not hold gets an entry now (sample and hold);
- * missed is the map's SRC_MISSED or AGG_MISSED, and the admitted counter
- * follows it. */
-static __always_inline bool admit(__u32 shift, __u32 missed)
-{
-	count_source_stat(missed);
-	if (shift && (bpf_get_prandom_u32() & ((1U << (shift & 31)) - 1)))
-		return false;
-	count_source_stat(missed + 1);
-	return true;
-}
-
-/* key's entry in an LRU map, or a new zeroed one if the key is admitted
- * now; NULL when it is not (its event then counts only in the totals). */
-static __always_inline void *lookup_or_admit(void *map, const void *key, const void *zero, __u32 shift,
-					     __u32 missed)
-{
-	void *v = bpf_map_lookup_elem(map, key);
-
-	if (v || !admit(shift, missed))
-		return v;
-	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(map, key);
-}
-
-static __always_inline void account_source(const struct ct_event *e)
-{
-	struct src_stats zero = {}, *st;
-	struct src_key k = {};
-	__u32 type = e->type;
-
-	account_netns(e);
-	if (!e->tuple.family || type >= CT_EV_MAX)
-		return; /* no source: user space counts it as "other" */
-	k.netns = e->netns;
-	k.family = e->tuple.family;
-	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
-	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? group_v4_bits : group_v6_bits);
-	st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
-	if (!st)
-		return;
-	__sync_fetch_and_add(&st->events[type], 1);
-	if (is_drop(type)) {
-		st->last_drop_ns = e->ts_boot_ns;
-		st->last_drop_type = type;
-	}
-}
-
-static __always_inline __u64 ringbuf_wakeup(void)
-{
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline bool netns_selected(__u32 netns)
-{
-	struct netns_verdict *v;
-	__u32 zero = 0;
-
-	v = bpf_map_lookup_elem(&netns_verdict, &zero);
-	if (!v)
-		return bpf_map_lookup_elem(&stream_netns, &netns) != NULL;
-	if (v->selected == 0 || v->netns != netns) {
-		v->netns = netns;
-		v->selected = bpf_map_lookup_elem(&stream_netns, &netns) ? 1 : 2;
-	}
-	return v->selected == 1;
-}
-
-/* Whether this CPU has streamed its share of events this second. */
-static __always_inline bool over_stream_budget(__u64 now)
-{
-	struct stream_budget *b;
-	__u32 zero = 0;
-
-	if (!stream_per_cpu_per_s)
-		return false;
-	b = bpf_map_lookup_elem(&stream_budget, &zero);
-	if (!b)
-		return false;
-	if (now - b->window_ns >= 1000000000ULL) {
-		b->window_ns = now;
-		b->used = 0;
-	}
-	if (b->used >= stream_per_cpu_per_s)
-		return true;
-	b->used++;
-	return false;
-}
-
-/* Counts an event past the budget per source, when the map holds, or
- * admits, its source. */
-static __always_inline void aggregate_by_source(const struct ct_event *e)
-{
-	struct agg_value zero = {}, *v;
-	struct agg_key k = {};
-
-	if (!e->tuple.family)
-		return;
-	k.netns = e->netns;
-	k.family = e->tuple.family;
-	k.type = e->type;
-	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
-	v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
-	if (!v)
-		return;
-	__sync_fetch_and_add(&v->count, 1);
-	v->last_ns = e->ts_boot_ns;
-}
-
-/* Counts an event past the budget: per source first, then in the total
- * for its type. In that order, and read by user space in the other (the
- * totals, then the map), an event the totals show is always in the map
- * read after them, or never in it: none is counted both in "other" and,
- * later, in its source's aggregate. */
-static __always_inline void aggregate_event(const struct ct_event *e)
-{
-	__u32 type = e->type;
-	__u64 *n;
-
-	aggregate_by_source(e);
-	n = bpf_map_lookup_elem(&aggregated_total, &type);
-	if (n)
-		(*n)++;
-}
-
-/* Hands a complete event to whoever wants it. The kernel side never waits:
- * when the ring buffer is full the event is counted as lost. */
-static __always_inline void event_publish(const struct ct_event *e)
-{
-	__u32 netns = e->netns;
-
-	if (aggregate_sources)
-		account_source(e);
-	if (!streamed(e->type))
-		return;
-	if (netns_filter && !netns_selected(netns))
-		return;
-	if (over_stream_budget(e->ts_boot_ns)) {
-		aggregate_event(e);
-		return;
-	}
-	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), ringbuf_wakeup()))
-		count_lost();
-}
-
-/* direct: ct is BTF-typed (see KREAD). */
-static __always_inline void tuple_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct, const bool direct)
-{
-	if (direct) {
-		__builtin_memcpy(&t->saddr, &ct->src.u3.all, sizeof(t->saddr));
-		__builtin_memcpy(&t->daddr, &ct->dst.u3.all, sizeof(t->daddr));
-		t->sport = ct->src.u.all;
-		t->dport = ct->dst.u.all;
-	} else {
-		BPF_CORE_READ_INTO(&t->saddr, ct, src.u3.all);
-		BPF_CORE_READ_INTO(&t->daddr, ct, dst.u3.all);
-		BPF_CORE_READ_INTO(&t->sport, ct, src.u.all);
-		BPF_CORE_READ_INTO(&t->dport, ct, dst.u.all);
-	}
-	t->family = KREAD(direct, ct, src.l3num);
-	t->proto = KREAD(direct, ct, dst.protonum);
-}
-
-/* What counting per source needs of a tuple: its family and source. An
- * event only counted (top-sources: every insert and delete of a busy NAT
- * gateway) reads no more. */
-static __always_inline void source_from_ct(struct ct_tuple *t, const struct nf_conntrack_tuple *ct, const bool direct)
-{
-	if (direct)
-		__builtin_memcpy(&t->saddr, &ct->src.u3.all, sizeof(t->saddr));
-	else
-		BPF_CORE_READ_INTO(&t->saddr, ct, src.u3.all);
-	t->family = KREAD(direct, ct, src.l3num);
-}
-
-/* The tuple an event carries: whole when it is streamed, the source only
- * when it is just counted. */
-static __always_inline void event_tuple(const struct ct_event *e, struct ct_tuple *t,
-					const struct nf_conntrack_tuple *ct, const bool direct)
-{
-	if (streamed(e->type))
-		tuple_from_ct(t, ct, direct);
-	else
-		source_from_ct(t, ct, direct);
-}
-
-/* Fills what an event says about an existing entry: its original tuple,
- * namespace, zone, status, timeout and TCP state; only the source and
- * namespace when the event is not streamed. */
-static __always_inline void describe_conn(struct ct_event *e, const struct nf_conn *ct, const bool direct)
-{
-	event_tuple(e, &e->tuple, &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple, direct);
-	e->netns = KREAD(direct, ct, ct_net.net, ns.inum);
-	if (!streamed(e->type))
-		return;
-	e->zone = conn_zone(ct, direct);
-	e->status = KREAD(direct, ct, status);
-	e->timeout_left = conn_timeout_left(ct, direct);
-	if (e->tuple.proto == IPPROTO_TCP)
-		e->proto_state = KREAD(direct, ct, proto.tcp.state);
-}
-
 /*
  * The allocation's state. Per task where possible: measured on Debian's
  * 7.2 (PREEMPT_LAZY), about one refusal in a hundred was preempted between
@@ -652,7 +123,7 @@ static __always_inline struct alloc_scratch *alloc_scratch(bool create)
 {
 	__u32 zero = 0;
 
-	if (alloc_state_per_task)
+	if (cfg.alloc_state_per_task)
 		return bpf_task_storage_get(&alloc_task_state, bpf_get_current_task_btf(), 0,
 					    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 	return bpf_map_lookup_elem(&alloc_state, &zero);
@@ -708,8 +179,7 @@ static __always_inline void early_drop_done(int evicted)
  * else and only when the count went past nf_conntrack_max, so "early_drop ran
  * and evicted nothing" is exactly the table-full case.
  */
-static __always_inline void alloc_done(const void *ret, struct net *net,
-				       const struct nf_conntrack_zone *zone,
+static __always_inline void alloc_done(const void *ret, struct net *net, const struct nf_conntrack_zone *zone,
 				       const struct nf_conntrack_tuple *orig, const bool direct)
 {
 	struct ct_event ev, *e = &ev;
@@ -723,8 +193,7 @@ static __always_inline void alloc_done(const void *ret, struct net *net,
 	 * table full, as nearly every refusal is, and marked inferred. */
 	s = alloc_scratch(false);
 	full = !s || (s->early_drop_called && !s->early_drop_evicted);
-	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED,
-			 s ? CT_CONF_EXACT : CT_CONF_INFERRED))
+	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, s ? CT_CONF_EXACT : CT_CONF_INFERRED))
 		return;
 	e->netns = KREAD(direct, net, ns.inum);
 	if (zone)
@@ -800,7 +269,9 @@ static __always_inline void conn_deleting(const struct nf_conn *ct, __u32 portid
 		return;
 	describe_conn(e, ct, direct);
 	e->detail = detail;
-	if (for_alloc && s) {
+	/* The new flow the eviction made room for: only a streamed event
+	 * carries it. */
+	if (for_alloc && s && streamed(type)) {
 		const struct nf_conntrack_tuple *orig = (const struct nf_conntrack_tuple *)s->orig;
 
 		tuple_from_ct(&e->trigger, orig, false);
@@ -877,6 +348,8 @@ static __always_inline void confirm_done(const struct sk_buff *skb, int verdict,
 	}
 	if (event_begin(e, type, CT_CONF_EXACT)) {
 		describe_conn(e, ct, false);
+		/* Set after the reads: computed first, its branches would double
+		 * the paths the verifier walks through them. */
 		if (type == CT_EV_INSERT_FAILED)
 			e->detail = insert_failure_detail(s);
 		event_publish(e);
@@ -886,64 +359,12 @@ static __always_inline void confirm_done(const struct sk_buff *skb, int verdict,
 
 /* ---- the tracepoint fallback: kfree_skb with the netfilter drop reason ---- */
 
-/* tp_btf's skb is BTF-typed: the skb's own fields are plain loads (KREAD);
- * only the packet's bytes need bpf_probe_read_kernel(). */
-static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+/* Why an unconfirmed entry's packet was dropped, as far as the entry tells. */
+static __always_inline __u8 inferred_insert_failure_detail(__u32 status)
 {
-	struct net_device *dev = skb->dev;
-	struct sock *sk;
-
-	if (dev)
-		return dev->nd_net.net->ns.inum;
-	sk = skb->sk; /* an RCU pointer: the verifier wants it checked */
-	if (sk)
-		return sk->__sk_common.skc_net.net->ns.inum;
-	return 0;
-}
-
-static __always_inline int tuple_from_skb(struct ct_tuple *t, const struct sk_buff *skb, bool ports)
-{
-	unsigned char *head = skb->head;
-	__u16 nh = skb->network_header;
-	struct iphdr ip;
-	__u32 l4off;
-
-	/* The IPv4 header's size is read at once: its version says whether it
-	 * is one (one helper call for IPv4), or the start of an IPv6 header. */
-	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
-		return -1;
-	if (ip.version == 4) {
-		t->family = NFPROTO_IPV4;
-		t->proto = ip.protocol;
-		__builtin_memcpy(t->saddr, &ip.saddr, 4);
-		__builtin_memcpy(t->daddr, &ip.daddr, 4);
-		l4off = nh + ip.ihl * 4;
-	} else if (ip.version == 6) {
-		struct ipv6hdr ip6;
-
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
-			return -1;
-		t->family = NFPROTO_IPV6;
-		/* Extension headers are not walked: the tuple then has no ports. */
-		t->proto = ip6.nexthdr;
-		__builtin_memcpy(t->saddr, &ip6.saddr, 16);
-		__builtin_memcpy(t->daddr, &ip6.daddr, 16);
-		l4off = nh + sizeof(ip6);
-	} else {
-		return -1;
-	}
-	if (!ports)
-		return 0;
-	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == IPPROTO_UDPLITE ||
-	    t->proto == IPPROTO_SCTP || t->proto == IPPROTO_DCCP) {
-		__be16 ports[2];
-
-		if (!bpf_probe_read_kernel(ports, sizeof(ports), head + l4off)) {
-			t->sport = ports[0];
-			t->dport = ports[1];
-		}
-	}
-	return 0;
+	if (status & IPS_DYING)
+		return CT_DETAIL_DYING;
+	return kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
 }
 
 /*
@@ -963,7 +384,6 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 	struct nf_conn *ct;
 	struct ct_event ev, *e = &ev;
 	__u32 status;
-
 	__u64 nfct;
 
 	if (!nf_drop || reason != nf_drop)
@@ -989,8 +409,7 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 	if (!event_begin(e, CT_EV_INSERT_FAILED, CT_CONF_INFERRED))
 		return;
 	describe_conn(e, ct, false);
-	e->detail = status & IPS_DYING ? CT_DETAIL_DYING
-		    : kernel_limits_chains() ? CT_DETAIL_CHAIN_TOO_LONG : CT_DETAIL_NONE;
+	e->detail = inferred_insert_failure_detail(status);
 	event_publish(e);
 }
 
@@ -1006,8 +425,8 @@ int BPF_PROG(fentry_ct_alloc, struct net *net, const struct nf_conntrack_zone *z
 
 SEC("fexit/__nf_conntrack_alloc")
 int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zone,
-	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp,
-	     u32 hash, struct nf_conn *ret)
+	     const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl, gfp_t gfp, u32 hash,
+	     struct nf_conn *ret)
 {
 	/* fexit has the arguments: only early_drop's outcome comes from the
 	 * scratch, which an allocation nested on this CPU could overwrite. */
@@ -1065,8 +484,7 @@ int BPF_PROG(fexit_ct_confirm, struct sk_buff *skb, int ret)
 }
 
 SEC("fexit/nf_ct_resolve_clash")
-int BPF_PROG(fexit_resolve_clash, struct sk_buff *skb, struct nf_conntrack_tuple_hash *h,
-	     u32 repl_idx, int ret)
+int BPF_PROG(fexit_resolve_clash, struct sk_buff *skb, struct nf_conntrack_tuple_hash *h, u32 repl_idx, int ret)
 {
 	clash_done(ret);
 	return 0;

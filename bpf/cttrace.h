@@ -50,13 +50,13 @@ struct ct_tuple {
 struct ct_event {
 	__u64 ts_boot_ns;   /* bpf_ktime_get_boot_ns() */
 	__u32 type;	    /* enum ct_event_type */
-	__u32 cpu;
+	__u32 cpu;	    /* the CPU it happened on */
 	__u32 netns;	    /* network namespace inode number */
 	__u32 count;	    /* entries in the netns's table, when known (else 0) */
 	__u32 max;	    /* nf_conntrack_max, as last told by user space */
 	__u32 status;	    /* the entry's IPS_* bits (the victim's for early_drop) */
 	__s32 timeout_left; /* jiffies until the entry would have expired */
-	__u16 zone;
+	__u16 zone;	    /* conntrack zone id (0 without CONFIG_NF_CONNTRACK_ZONES) */
 	__u8 confidence;    /* enum ct_confidence */
 	__u8 detail;	    /* enum ct_detail */
 	__u8 proto_state;   /* enum tcp_conntrack for TCP entries */

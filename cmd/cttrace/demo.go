@@ -7,8 +7,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/cttrace/cttrace/internal/caps"
 	"github.com/cttrace/cttrace/internal/demo"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 func demoCommand() *cli.Command {
@@ -43,12 +43,9 @@ func runDemo(c *cli.Context) error {
 	if attack < time.Second || attack > time.Minute {
 		return invalidFlag("attack", attack.String(), "1s to 60s")
 	}
-	missing, err := caps.Missing(caps.SysAdmin, caps.NetAdmin)
-	if err != nil {
+	// It creates a network namespace and loads BPF programs.
+	if err := host.Require("the demo", host.CapSysAdmin, host.CapNetAdmin); err != nil {
 		return err
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("cttrace demo needs root (it creates a network namespace and loads BPF programs)")
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -88,7 +88,7 @@ func reopenOnHangup(f *output.RotatingFile) func() {
 
 // warnEventsFile says, once at the end, that writes to the events file
 // failed: they never stopped the run.
-func warnEventsFile(ef *output.EventsFile) {
+func warnEventsFile(ef *output.Tee) {
 	if n, first := ef.Failures(); n > 0 {
 		fmt.Fprintf(os.Stderr, "cttrace: warning: %d writes to the events file failed (the first: %v)\n", n, first)
 	}

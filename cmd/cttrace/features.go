@@ -1,15 +1,13 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
-	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/cttrace/cttrace/pkg/host"
+	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
-	"github.com/cttrace/cttrace/pkg/session"
 )
 
 func featuresCommand() *cli.Command {
@@ -28,72 +26,17 @@ func featuresCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("detect features: %w", err)
 			}
-			report := newFeatureReport(f)
-			// The report is still worth reading without conntrack, but
-			// the verdict is the tracing commands': nothing to trace.
-			noConntrack := session.RequireConntrack()
-			if noConntrack != nil {
-				report.Backend, report.BackendReason = "none", noConntrack.Error()
-			}
-			if format == "json" {
-				err = writeJSON(c.App.Writer, report)
-			} else {
-				err = report.writeText(c.App.Writer)
-			}
-			if err != nil {
+			report := f.Report()
+			w := output.NewFeatures(c.App.Writer, format)
+			if err := w.Write(&report); err != nil {
 				return err
 			}
-			return noConntrack
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			// The report is worth reading without conntrack, but there is
+			// nothing to trace: the status says so.
+			return host.RequireConntrack()
 		},
 	}
-}
-
-// featureReport is `cttrace features`'s output, in both formats.
-type featureReport struct {
-	*probe.Features
-	Backend       string `json:"backend"`
-	BackendReason string `json:"backend_reason"`
-}
-
-func newFeatureReport(f *probe.Features) featureReport {
-	r := featureReport{Features: f}
-	b, why, err := f.ChooseBackend(probe.BackendAuto)
-	if err != nil {
-		r.Backend, r.BackendReason = "none", err.Error()
-	} else {
-		r.Backend, r.BackendReason = string(b), why
-	}
-	return r
-}
-
-func (r featureReport) writeText(w io.Writer) error {
-	fmt.Fprintf(w, "kernel: %s\n", r.Kernel)
-	if r.Preemption != "" {
-		fmt.Fprintf(w, "preemption: %s (%s)\n", r.Preemption, r.PreemptionSource)
-	}
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FEATURE\tUSABLE\tTARGET\tKERNEL SAID")
-	for _, x := range r.List {
-		usable := "no"
-		if x.Usable {
-			usable = "yes"
-		}
-		said := x.Error
-		if said == "" {
-			said = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, usable, x.Detail, said)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintf(w, "\nbackend (auto): %s\n  why: %s\n", r.Backend, r.BackendReason)
-	return err
-}
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

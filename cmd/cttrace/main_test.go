@@ -174,11 +174,11 @@ var badInvocations = []struct {
 	// Mistakes come before privileges: an unprivileged user is told what
 	// is wrong with the command line first.
 	{[]string{"drops", "--bogus"}, 2, `cttrace: unknown flag --bogus`, true},
-	{[]string{"features"}, 1, `cttrace: detect features: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
-	{[]string{"drops", "--duration", "1s"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
-	{[]string{"top-sources", "--once"}, 1, `cttrace: cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
-	{[]string{"demo"}, 1, `cttrace: cttrace demo needs root (it creates a network namespace and loads BPF programs)`, true},
-	{[]string{"status"}, 1, `cttrace: cttrace status needs root, or CAP_SYS_ADMIN (to enter each network namespace) and CAP_NET_ADMIN (to read ctnetlink) (missing CAP_SYS_ADMIN, CAP_NET_ADMIN)`, true},
+	{[]string{"features"}, 1, `cttrace: detect features: loading BPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"drops", "--duration", "1s"}, 1, `cttrace: loading BPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"top-sources", "--once"}, 1, `cttrace: loading BPF programs needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (missing CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)`, true},
+	{[]string{"demo"}, 1, `cttrace: the demo needs root, or CAP_SYS_ADMIN and CAP_NET_ADMIN (missing CAP_SYS_ADMIN, CAP_NET_ADMIN)`, true},
+	{[]string{"status"}, 1, `cttrace: reading every namespace's table needs root, or CAP_SYS_ADMIN and CAP_NET_ADMIN (missing CAP_SYS_ADMIN, CAP_NET_ADMIN)`, true},
 }
 
 func TestBadInvocations(t *testing.T) {
@@ -278,9 +278,16 @@ func TestFeaturesTextReport(t *testing.T) {
 		{Name: probe.FeatDropReason, Usable: true, Detail: "SKB_DROP_REASON_NETFILTER_DROP"},
 	}}
 	var buf bytes.Buffer
-	if err := newFeatureReport(f).writeText(&buf); err != nil {
+	b, why, err := f.ChooseBackend(probe.BackendAuto)
+	if err != nil {
 		t.Fatal(err)
 	}
+	r := probe.Report{Features: f, Backend: string(b), BackendReason: why}
+	w := output.NewFeatures(&buf, output.Text)
+	if err := w.Write(&r); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
 	golden := filepath.Join("testdata", "features.txt")
 	if os.Getenv("UPDATE_GOLDEN") != "" {
 		if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
@@ -457,15 +464,17 @@ func TestDropsReplay(t *testing.T) {
 // line, and the summary; returned as text and as a file.
 func recordedStream(t *testing.T) (string, string) {
 	var rec bytes.Buffer
-	w := output.NewJSON(&rec)
-	w.Host = "recorder"
+	w := output.NewStream(&rec, output.JSON, output.StreamOptions{})
+	const host = "recorder"
 	at := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
 	for i, src := range []string{"10.0.0.5", "10.0.0.6", "10.0.0.5"} {
-		w.Event(&event.Event{Time: at.Add(time.Duration(i) * time.Second), Reason: event.ReasonTableFull, Confidence: event.ConfidenceExact,
-			Netns: 4026531840, Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
-				Src: netip.MustParseAddrPort(src + ":4000"), Dst: netip.MustParseAddrPort("10.0.0.1:53")}})
+		w.Write(&event.Record{Host: host, Event: &event.Event{Time: at.Add(time.Duration(i) * time.Second), Reason: event.ReasonTableFull,
+			Confidence: event.ConfidenceExact, Netns: 4026531840, Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
+				Src: netip.MustParseAddrPort(src + ":4000"), Dst: netip.MustParseAddrPort("10.0.0.1:53")}}})
 	}
-	w.Summary(output.Summary{Time: at.Add(5 * time.Second), Backend: "fentry", Events: map[event.Reason]uint64{event.ReasonTableFull: 3}, Visible: event.Reasons()})
+	var counts event.Counts
+	counts.Add(event.ReasonTableFull, 3)
+	w.Write(&event.Record{Host: host, Summary: &event.Summary{Time: at.Add(5 * time.Second), Backend: "fentry", Events: counts, Visible: event.Reasons()}})
 	w.Flush()
 	lines := strings.SplitAfter(rec.String(), "\n")
 	recording := lines[0] + lines[1] + "{half a line\n" + strings.Join(lines[2:], "")

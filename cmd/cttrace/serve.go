@@ -11,8 +11,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/cttrace/cttrace/pkg/event"
@@ -20,8 +18,7 @@ import (
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/session"
-	"github.com/cttrace/cttrace/pkg/top"
-	"github.com/cttrace/cttrace/pkg/topk"
+	"github.com/cttrace/cttrace/pkg/stream"
 )
 
 func serveCommand() *cli.Command {
@@ -88,6 +85,9 @@ func runServe(c *cli.Context) error {
 		cfg.Stream = probe.StreamOptions{Limit: uint32(min(c.Uint("stream-limit"), 1<<31))}
 	}
 	debug.SetMemoryLimit(topMemoryLimit)
+	// Ready once serving, below.
+	ready := o.readyFile
+	o.readyFile = ""
 	ctx, cancel, s, err := startTrace(c.Context, o, cfg)
 	if err != nil {
 		return err
@@ -95,35 +95,23 @@ func runServe(c *cli.Context) error {
 	defer cancel()
 	defer s.Close()
 
-	exp := metrics.New(string(s.Backend), topN)
-	var ef *output.EventsFile
+	exp := metrics.New(s.Backend(), topN)
+	var tee *output.Tee
 	if file != nil {
-		ef = output.NewEventsFile(output.Discard, file, events.ecs)
-		exp.WatchEventsFile(func() uint64 { n, _ := ef.Failures(); return n })
+		tee = output.NewTee(output.Discard, file, events.ecs)
+		exp.WatchEventsFile(func() uint64 { n, _ := tee.Failures(); return n })
 		defer reopenOnHangup(file)()
-		defer warnEventsFile(ef)
+		defer warnEventsFile(tee)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(exp)
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		// Healthy while readings keep coming: a stuck kernel side shows.
-		if !exp.Healthy(time.Now(), healthWindow(interval)) {
-			http.Error(w, "no reading of the kernel side for "+healthWindow(interval).String(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: exp.Handler(interval), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(os.Stderr, "cttrace: serving http://%s/metrics\n", ln.Addr())
-	if err := writeReady(o.readyFile, s.Backend); err != nil {
+	if err := writeReady(ready, s.Backend()); err != nil {
 		return err
 	}
 
-	err = readAndWrite(ctx, s, exp, interval, ef)
+	err = followAndWrite(ctx, s, exp, interval, tee)
 	shutdown, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	if serr := srv.Shutdown(shutdown); serr != nil {
@@ -135,113 +123,23 @@ func runServe(c *cli.Context) error {
 	return err
 }
 
-// readAndWrite refreshes the exporter until ctx ends and, with an events
-// file, copies the events to it meanwhile. Either ending with an error
+// followAndWrite refreshes the exporter until ctx ends and, with an events
+// file, copies the records to it meanwhile. Either ending with an error
 // ends both: a run that lost the kernel side must not look healthy.
-func readAndWrite(ctx context.Context, s *session.Session, exp *metrics.Exporter, interval time.Duration, ef *output.EventsFile) error {
-	if ef == nil {
-		return readKernel(ctx, s, exp, interval)
+func followAndWrite(ctx context.Context, s *session.Session, exp *metrics.Exporter, interval time.Duration, tee *output.Tee) error {
+	warn := func(what string, err error) { fmt.Fprintf(os.Stderr, "cttrace: warning: %s: %v\n", what, err) }
+	if tee == nil {
+		return exp.Follow(ctx, s, interval, warn)
 	}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	written := make(chan error, 1)
 	go func() {
-		err := writeEvents(ctx, s, ef)
+		err := stream.Run(ctx, s, tee, stream.Options{})
 		stop()
 		written <- err
 	}()
-	err := readKernel(ctx, s, exp, interval)
+	err := exp.Follow(ctx, s, interval, warn)
 	stop()
-	err = errors.Join(err, <-written)
-	if sum, serr := summaryOf(s); serr == nil {
-		ef.FileSummary(sum)
-	}
-	return err
-}
-
-// writeEvents copies every refusal and eviction to the events file, as
-// drops --events-file does, until ctx ends; then the ring is drained.
-func writeEvents(ctx context.Context, s *session.Session, ef *output.EventsFile) error {
-	return s.Run(ctx, session.Handler{
-		Event: ef.Event,
-		Idle:  ef.Flush,
-		Aggregate: func(batch []event.Aggregate) error {
-			for i := range batch {
-				ef.Aggregate(&batch[i])
-			}
-			return ef.Flush()
-		},
-		Tick: func(lost uint64) error {
-			if lost == 0 {
-				return nil
-			}
-			ef.Lost(lost, s.Lost(), time.Now())
-			return ef.Flush()
-		},
-	})
-}
-
-// healthWindow is how long /healthz waits for the next reading: three
-// intervals, and never under 10 s, because one reading after a spoofed flood
-// ranks up to 65,536 sources and can take seconds on a loaded host (a 1.6 s
-// window failed CI under the race detector). Kubernetes' liveness probe
-// defaults (every 10 s, 3 failures) tolerate far more.
-func healthWindow(interval time.Duration) time.Duration {
-	return max(3*interval, 10*time.Second)
-}
-
-// readKernel refreshes the exporter every interval until ctx ends. A failed
-// read is counted and logged, and the next one tried: a scrape shows it.
-func readKernel(ctx context.Context, s *session.Session, exp *metrics.Exporter, interval time.Duration) error {
-	warn := func(what string, err error) {
-		exp.Failed(what)
-		fmt.Fprintf(os.Stderr, "cttrace: warning: %s: %v\n", what, err)
-	}
-	o := top.Options{Sort: top.SortDrops, Limit: top.HistoryCapacity, Capacity: 65536}
-	sv, err := newSourceView(s, o, topk.Grouping{V4Bits: 32, V6Bits: 128}, interval, warn)
-	if err != nil {
-		return err
-	}
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	adjust := time.NewTicker(100 * time.Millisecond)
-	defer adjust.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case now := <-adjust.C:
-			if err := sv.sampler.Adjust(now); err != nil {
-				warn("sampling", err)
-			}
-		case now := <-ticker.C:
-			r, err := reading(now, sv)
-			if errors.Is(err, probe.ErrConntrackGone) {
-				return err
-			}
-			if err != nil {
-				warn("sources", err)
-				continue
-			}
-			exp.Update(r)
-		}
-	}
-}
-
-func reading(now time.Time, sv *sourceView) (*metrics.Reading, error) {
-	snap, err := sv.snapshot(now)
-	if err != nil {
-		return nil, err
-	}
-	r := &metrics.Reading{Time: now, Snapshot: &snap, Tables: sv.tables.Stats(), Lost: snap.Lost}
-	if r.Events, err = sv.s.NamespaceTotals(); err != nil {
-		return nil, err
-	}
-	if r.Details, err = sv.s.NamespaceDetails(); err != nil {
-		return nil, err
-	}
-	if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_buckets"); err == nil {
-		fmt.Sscan(string(b), &r.Buckets)
-	}
-	return r, nil
+	return errors.Join(err, <-written)
 }

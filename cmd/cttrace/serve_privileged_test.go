@@ -230,10 +230,13 @@ func TestServeEventsFile(t *testing.T) {
 	}
 	defer f.Close()
 	var streamed, aggregated, lost, summaries, records int
-	var last string
-	err = output.ReadRecords(f, func(rec *output.Record) error {
+	last := ""
+	for rec, err := range output.ReadRecords(f, func(le output.LineError) { t.Errorf("events file: %v", le) }) {
+		if err != nil {
+			t.Fatal(err)
+		}
 		records++
-		last = rec.Type
+		last = "other"
 		switch {
 		case rec.Event != nil && rec.Event.Netns == lab.Inode() && rec.Event.Reason == event.ReasonTableFull:
 			streamed++
@@ -243,11 +246,8 @@ func TestServeEventsFile(t *testing.T) {
 			lost += int(rec.Lost.Lost)
 		case rec.Summary != nil:
 			summaries++
+			last = "summary"
 		}
-		return nil
-	}, func(le output.LineError) { t.Errorf("events file: %v", le) })
-	if err != nil {
-		t.Fatal(err)
 	}
 	t.Logf("kernel drops %.0f: the file has %d streamed, %d aggregated, %d lost, in %d records", want, streamed, aggregated, lost, records)
 	if float64(streamed+aggregated+lost) != want || aggregated == 0 {

@@ -7,8 +7,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/cttrace/cttrace/pkg/output"
-	"github.com/cttrace/cttrace/pkg/session"
+	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/status"
+	"github.com/cttrace/cttrace/pkg/top"
 )
 
 func statusCommand() *cli.Command {
@@ -62,24 +63,19 @@ func runStatus(c *cli.Context) error {
 	if duration < 0 {
 		return invalidFlag("duration", duration.String(), "0 or more")
 	}
-	if err := session.RequireConntrack(); err != nil {
-		return err
-	}
-	if err := status.CheckPrivileges(); err != nil {
-		return err
-	}
 	r, err := status.Gather(opts)
 	if err != nil {
 		return err
 	}
-	if format == "json" {
-		err = output.WriteStatusJSON(c.App.Writer, r)
-	} else {
-		err = output.WriteStatusText(c.App.Writer, r)
-	}
-	if err != nil || !watch {
+	w := output.NewStatus(c.App.Writer, format)
+	if err := w.Write(r); err != nil {
 		return err
 	}
-	// The live part is top-sources itself: no counting of its own.
-	return watchTop(c.Context, defaultTopOptions(format, interval, duration))
+	if err := w.Flush(); err != nil || !watch {
+		return err
+	}
+	// The live part is top-sources itself, with its defaults.
+	o := topOptions{trace: traceOptions{backend: probe.BackendAuto, duration: duration}, format: format, view: top.DefaultOptions()}
+	o.view.Interval = interval
+	return watchTop(c.Context, o)
 }

@@ -20,8 +20,9 @@ type liveTerminal struct {
 	out     *os.File
 	in      *os.File
 	saved   *unix.Termios // nil when stdin is not a terminal: no keys then
-	keys    chan byte
-	resized chan os.Signal
+	winch   chan os.Signal
+	resized chan struct{} // the view is to be drawn again
+	done    chan struct{}
 }
 
 const (
@@ -29,9 +30,12 @@ const (
 	altScreenOff = "\x1b[?25h\x1b[?1049l"
 )
 
-func openLive(in, out *os.File) *liveTerminal {
-	t := &liveTerminal{in: in, out: out, keys: make(chan byte, 8), resized: make(chan os.Signal, 1)}
-	signal.Notify(t.resized, syscall.SIGWINCH)
+// openLive sets the terminal up for the live view; quit is called when the
+// operator presses q.
+func openLive(in, out *os.File, quit func()) *liveTerminal {
+	t := &liveTerminal{in: in, out: out, winch: make(chan os.Signal, 1), resized: make(chan struct{}, 1), done: make(chan struct{})}
+	signal.Notify(t.winch, syscall.SIGWINCH)
+	go t.followSize()
 	out.WriteString(altScreenOn)
 	if saved, err := unix.IoctlGetTermios(int(in.Fd()), unix.TCGETS); err == nil {
 		cbreak := *saved
@@ -39,22 +43,36 @@ func openLive(in, out *os.File) *liveTerminal {
 		cbreak.Cc[unix.VMIN], cbreak.Cc[unix.VTIME] = 1, 0
 		if unix.IoctlSetTermios(int(in.Fd()), unix.TCSETS, &cbreak) == nil {
 			t.saved = saved
-			go t.readKeys()
+			go t.readKeys(quit)
 		}
 	}
 	return t
 }
 
-// readKeys hands each key pressed to keys until stdin ends.
-func (t *liveTerminal) readKeys() {
+// followSize asks for a redraw at each SIGWINCH until close.
+func (t *liveTerminal) followSize() {
+	for {
+		select {
+		case <-t.winch:
+			select {
+			case t.resized <- struct{}{}:
+			default: // a redraw is already asked for
+			}
+		case <-t.done:
+			return
+		}
+	}
+}
+
+// readKeys reads the keys pressed until stdin ends, and quits on q.
+func (t *liveTerminal) readKeys(quit func()) {
 	var b [1]byte
 	for {
 		if n, err := t.in.Read(b[:]); err != nil || n == 0 {
 			return
 		}
-		select {
-		case t.keys <- b[0]:
-		default: // keys pressed faster than frames: drop
+		if quits(b[0]) {
+			quit()
 		}
 	}
 }
@@ -70,7 +88,8 @@ func (t *liveTerminal) size() output.Screen {
 
 // close gives the terminal back as it was.
 func (t *liveTerminal) close() {
-	signal.Stop(t.resized)
+	signal.Stop(t.winch)
+	close(t.done)
 	if t.saved != nil {
 		unix.IoctlSetTermios(int(t.in.Fd()), unix.TCSETS, t.saved)
 	}
@@ -79,3 +98,10 @@ func (t *liveTerminal) close() {
 
 // quits says whether key ends the live view.
 func quits(key byte) bool { return key == 'q' || key == 'Q' }
+
+// isTerminal reports whether f is a terminal, where the view refreshes in
+// place instead of appending snapshots.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

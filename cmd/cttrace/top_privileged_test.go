@@ -21,6 +21,7 @@ import (
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/output"
 	"github.com/cttrace/cttrace/pkg/probe"
 )
@@ -634,13 +635,15 @@ func recordedLoss(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var sum *output.Summary
-	err = output.ReadRecords(f, func(r *output.Record) error {
-		if r.Summary != nil {
+	var sum *event.Summary
+	for r, rerr := range output.ReadRecords(f, func(le output.LineError) { t.Errorf("%s: %v", path, le) }) {
+		if r != nil && r.Summary != nil {
 			sum = r.Summary
 		}
-		return nil
-	}, func(le output.LineError) { t.Errorf("%s: %v", path, le) })
+		if rerr != nil {
+			err = rerr
+		}
+	}
 	if err != nil || sum == nil {
 		t.Fatalf("%s: no summary (%v)", path, err)
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // LockPath is the file whose flock serialises changes of the global conntrack
@@ -23,8 +25,8 @@ const LockPath = "/run/cttrace-ctlab.lock"
 
 // Global conntrack sysctls (writable only from the initial namespace).
 const (
-	MaxPath     = "/proc/sys/net/netfilter/nf_conntrack_max"
-	BucketsPath = "/proc/sys/net/netfilter/nf_conntrack_buckets"
+	MaxPath     = host.MaxPath
+	BucketsPath = host.BucketsPath
 )
 
 // globalLock is held by at most one test of this process at a time (sem) and,

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/table"
 )
 
@@ -101,8 +102,6 @@ const (
 	lightRate = 400 // from random spoofed sources
 )
 
-const maxPath = "/proc/sys/net/netfilter/nf_conntrack_max"
-
 // Run runs the demo until it ends or ctx is done, and undoes everything.
 // Its namespace comes first: its nftables rule loads nf_conntrack where no
 // rule had yet (the module then stays loaded, as after any stateful rule).
@@ -149,13 +148,9 @@ func Run(ctx context.Context, o Options) (err error) {
 
 // plan reads the host and decides.
 func plan() (Plan, error) {
-	b, err := os.ReadFile(maxPath)
+	hostMax, err := host.ConntrackMax()
 	if err != nil {
-		return Plan{}, fmt.Errorf("read nf_conntrack_max: %w", err)
-	}
-	hostMax, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return Plan{}, fmt.Errorf("parse %s: %w", maxPath, err)
+		return Plan{}, err
 	}
 	inUse, err := table.InUse()
 	if err != nil {
@@ -367,7 +362,7 @@ func flood(ctx context.Context, lab *ctlab.Lab, d time.Duration) error {
 }
 
 func writeMax(n int64) error {
-	if err := os.WriteFile(maxPath, []byte(strconv.FormatInt(n, 10)), 0); err != nil {
+	if err := os.WriteFile(host.MaxPath, []byte(strconv.FormatInt(n, 10)), 0); err != nil {
 		return fmt.Errorf("set nf_conntrack_max to %d: %w", n, err)
 	}
 	return nil

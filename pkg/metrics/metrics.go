@@ -12,7 +12,6 @@ package metrics
 
 import (
 	"cmp"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,13 +28,10 @@ import (
 // Reading is one refresh of what the exporter shows.
 type Reading struct {
 	Time time.Time
-	// Events are the kernel's counts since attach, per namespace and
-	// reason (exact: the per-namespace totals of the BPF side).
-	Events map[uint32]map[event.Reason]uint64
-	// Details are the same events' details per namespace, where the kernel
-	// gave one (probe.Probe.NamespaceDetails).
-	Details map[uint32]map[event.Detail]uint64
-	// Snapshot ranks the sources (top-sources' aggregator).
+	// Namespaces are the kernel's counts since attach, per namespace, by
+	// reason and detail (exact: the per-namespace totals of the BPF side).
+	Namespaces map[uint32]event.NamespaceCounts
+	// Snapshot ranks the sources (top-sources' ranking).
 	Snapshot *top.Snapshot
 	Tables   []table.NamespaceStats
 	Buckets  int64
@@ -181,8 +177,8 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(readingDesc, prometheus.GaugeValue, float64(r.Time.UnixNano())/1e9)
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(r.Lost))
 	ch <- prometheus.MustNewConstMetric(bucketsDesc, prometheus.GaugeValue, float64(r.Buckets))
-	for netns, byReason := range r.Events {
-		e.collectEvents(ch, netns, byReason, r.Details[netns])
+	for netns, c := range r.Namespaces {
+		e.collectEvents(ch, netns, &c)
 	}
 	for i := range r.Tables {
 		t := &r.Tables[i]
@@ -205,16 +201,22 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 // detail seen, and the reason's events without a detail (its total less
 // its details) under detail="". Each is a counter: an event counts in its
 // reason's total and in at most one detail of that reason.
-func (e *Exporter) collectEvents(ch chan<- prometheus.Metric, netns uint32, byReason map[event.Reason]uint64, details map[event.Detail]uint64) {
+func (e *Exporter) collectEvents(ch chan<- prometheus.Metric, netns uint32, c *event.NamespaceCounts) {
 	n := label(netns)
-	without := maps.Clone(byReason)
-	for d, count := range details {
+	without := c.Events
+	for _, d := range event.Details()[1:] {
+		count := c.Details.Of(d)
+		if count == 0 {
+			continue
+		}
 		r := d.Reason()
 		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(count), n, string(r), string(d), e.confidence(r))
-		without[r] -= min(without[r], count)
+		var of event.Counts
+		of.Add(r, count)
+		without = without.Minus(of)
 	}
-	for r, count := range without { // even at 0: a series that stays
-		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(count), n, string(r), "", e.confidence(r))
+	for _, r := range event.Reasons() { // even at 0: a series that stays
+		ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(without.Of(r)), n, string(r), "", e.confidence(r))
 	}
 }
 
@@ -225,19 +227,20 @@ func (e *Exporter) collectSources(ch chan<- prometheus.Metric, s *top.Snapshot) 
 	shown := map[uint32]int{}
 	inRows := map[uint32]uint64{}
 	rows := slices.Clone(s.Rows)
-	slices.SortStableFunc(rows, func(a, b top.Row) int { return cmp.Compare(b.Total.Drops, a.Total.Drops) })
+	slices.SortStableFunc(rows, func(a, b top.Row) int { return cmp.Compare(b.Total.Drops(), a.Total.Drops()) })
 	for _, r := range rows {
-		if !r.Prefix.IsValid() || shown[r.Netns] >= e.topN || r.Total.Drops == 0 {
+		if !r.Prefix.IsValid() || shown[r.Netns] >= e.topN || r.Total.Drops() == 0 {
 			continue
 		}
 		shown[r.Netns]++
-		inRows[r.Netns] += r.Total.Drops
+		inRows[r.Netns] += r.Total.Drops()
 		n, src := label(r.Netns), r.Prefix.String()
-		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(r.Total.Drops), n, src)
-		ch <- prometheus.MustNewConstMetric(sourceEntriesDesc, prometheus.GaugeValue, float64(max(r.Held, 0)), n, src)
+		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(r.Total.Drops()), n, src)
+		ch <- prometheus.MustNewConstMetric(sourceEntriesDesc, prometheus.GaugeValue, float64(max(r.Total.Held, 0)), n, src)
 	}
 	for _, nsp := range s.Namespaces {
-		other := nsp.Total.Drops - min(nsp.Total.Drops, inRows[nsp.Netns])
+		drops := nsp.Total.Drops()
+		other := drops - min(drops, inRows[nsp.Netns])
 		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(other), label(nsp.Netns), "other")
 	}
 }

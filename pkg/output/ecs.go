@@ -2,6 +2,7 @@ package output
 
 import (
 	"bufio"
+	"cmp"
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
@@ -18,32 +19,47 @@ import (
 // ECSVersion is the Elastic Common Schema the ECS records follow.
 const ECSVersion = "9.4.0"
 
-// ECSWriter writes the records as Elastic Common Schema documents, one a
+// ecsWriter writes the records as Elastic Common Schema documents, one a
 // line (docs/ecs.md has the mapping), for SIEMs that index ECS as is.
 // cttrace's own fields go under cttrace.*. Records are built with
 // encoding/json: the stream is bounded (--stream-limit), unlike the
 // kernel side.
-type ECSWriter struct {
-	Host string
+type ecsWriter struct {
+	host string // this machine's: used unless the record names another
 	w    *bufio.Writer
 }
 
-// NewECS returns an ECSWriter buffering into w.
-func NewECS(w io.Writer) *ECSWriter {
+func newECS(w io.Writer) *ecsWriter {
 	host, _ := os.Hostname()
-	return &ECSWriter{Host: host, w: bufio.NewWriterSize(w, 64<<10)}
+	return &ecsWriter{host: host, w: bufio.NewWriterSize(w, 64<<10)}
 }
 
 type doc map[string]any
 
-func (e *ECSWriter) base(t time.Time, kind, action string, category, typ []string, outcome string) doc {
+// Write writes one record as an ECS document.
+func (e *ecsWriter) Write(r *event.Record) error {
+	host := cmp.Or(r.Host, e.host)
+	switch {
+	case r.Event != nil:
+		return e.event(host, r.Event)
+	case r.Aggregate != nil:
+		return e.aggregate(host, r.Aggregate)
+	case r.Lost != nil:
+		return e.lost(host, r.Lost)
+	case r.Summary != nil:
+		return e.summary(host, r.Summary)
+	}
+	return nil
+}
+
+func base(host string, t time.Time, kind, action string, category, typ []string, outcome string) doc {
 	return doc{
 		"@timestamp": t.UTC().Format(time.RFC3339Nano),
 		"ecs":        doc{"version": ECSVersion},
 		"event": doc{"kind": kind, "category": category, "type": typ, "action": action, "outcome": outcome,
 			"module": "cttrace", "dataset": "cttrace.drops"},
-		"observer": doc{"hostname": e.Host, "type": "host", "product": "cttrace", "vendor": "cttrace"},
-		"host":     doc{"name": e.Host},
+		"observer": doc{"hostname": host, "type": "host", "product": "cttrace", "vendor": "cttrace"},
+		"host":     doc{"name": host},
 	}
 }
 
@@ -63,15 +79,15 @@ var eventShape = map[event.Reason]struct {
 	event.ReasonClashResolved: {[]string{"connection", "info"}, "success", "conntrack insert clash resolved"},
 }
 
-// Event writes one event. For an eviction the flow it made room for (the
+// event writes one event. For an eviction the flow it made room for (the
 // trigger) is the event's source and destination; the evicted entry is
 // cttrace.victim.
-func (e *ECSWriter) Event(ev *event.Event) error {
+func (e *ecsWriter) event(host string, ev *event.Event) error {
 	shape, ok := eventShape[ev.Reason]
 	if !ok {
 		return fmt.Errorf("write ecs event: unknown reason %q", ev.Reason)
 	}
-	d := e.base(ev.Time, "event", string(ev.Reason), []string{"network"}, shape.types, shape.outcome)
+	d := base(host, ev.Time, "event", string(ev.Reason), []string{"network"}, shape.types, shape.outcome)
 	d["event"].(doc)["reason"] = shape.why
 	ct := doc{"schema": SchemaVersion, "reason": ev.Reason, "detail": ev.Detail, "confidence": ev.Confidence, "cpu": ev.CPU,
 		"netns": ev.Netns, "zone": ev.Zone, "count": ev.Count, "max": ev.Max, "status": statusNames(ev.Status)}
@@ -97,13 +113,13 @@ func (e *ECSWriter) Event(ev *event.Event) error {
 	return e.write(d)
 }
 
-// Aggregate writes a count of events past the stream limit.
-func (e *ECSWriter) Aggregate(a *event.Aggregate) error {
+// aggregate writes a count of events past the stream limit.
+func (e *ecsWriter) aggregate(host string, a *event.Aggregate) error {
 	shape, ok := eventShape[a.Reason]
 	if !ok {
 		return fmt.Errorf("write ecs aggregate: unknown reason %q", a.Reason)
 	}
-	d := e.base(a.Last, "event", string(a.Reason), []string{"network"}, shape.types, shape.outcome)
+	d := base(host, a.Last, "event", string(a.Reason), []string{"network"}, shape.types, shape.outcome)
 	d["event"].(doc)["reason"] = shape.why
 	ct := doc{"schema": SchemaVersion, "reason": a.Reason, "aggregate": doc{"count": a.Count, "interval_s": a.Interval.Seconds(),
 		"sampling": a.Sampling}, "netns": a.Netns}
@@ -115,20 +131,20 @@ func (e *ECSWriter) Aggregate(a *event.Aggregate) error {
 	return e.write(d)
 }
 
-// Lost writes a loss report.
-func (e *ECSWriter) Lost(n, total uint64, t time.Time) error {
-	d := e.base(t, "event", "lost", []string{"host"}, []string{"error"}, "failure")
+// lost writes a loss report.
+func (e *ecsWriter) lost(host string, l *event.Lost) error {
+	d := base(host, l.Time, "event", "lost", []string{"host"}, []string{"error"}, "failure")
 	d["event"].(doc)["reason"] = "the kernel side's ring buffer was full, or the kernel skipped a run of its programs"
-	d["cttrace"] = doc{"schema": SchemaVersion, "lost": n, "lost_total": total}
+	d["cttrace"] = doc{"schema": SchemaVersion, "lost": l.Lost, "lost_total": l.Total}
 	return e.write(d)
 }
 
-// Summary writes the run's totals.
-func (e *ECSWriter) Summary(s Summary) error {
-	d := e.base(s.Time, "metric", "summary", []string{"network"}, []string{"info"}, "success")
+// summary writes the run's totals.
+func (e *ecsWriter) summary(host string, s *event.Summary) error {
+	d := base(host, s.Time, "metric", "summary", []string{"network"}, []string{"info"}, "success")
 	events := doc{}
 	for _, r := range event.Reasons() {
-		events[string(r)] = s.Events[r]
+		events[string(r)] = s.Events.Of(r)
 	}
 	d["cttrace"] = doc{"schema": SchemaVersion, "backend": s.Backend, "events": events, "visible": s.Visible, "lost": s.Lost,
 		"aggregated": s.Aggregated, "duration_s": s.Duration.Seconds()}
@@ -136,9 +152,9 @@ func (e *ECSWriter) Summary(s Summary) error {
 }
 
 // Flush writes out the buffered records.
-func (e *ECSWriter) Flush() error { return e.w.Flush() }
+func (e *ecsWriter) Flush() error { return e.w.Flush() }
 
-func (e *ECSWriter) write(d doc) error {
+func (e *ecsWriter) write(d doc) error {
 	b, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("encode ecs: %w", err)

@@ -77,21 +77,18 @@ func TestECSFieldTypes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	w := NewECS(&buf)
-	for _, e := range everyReason() {
-		if err := w.Event(e); err != nil {
-			t.Fatal(err)
-		}
-	}
 	evict := earlyDrop()
 	evict.Trigger = &event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
 		Src: netip.MustParseAddrPort("10.0.0.7:5353"), Dst: netip.MustParseAddrPort("10.0.0.9:53")}
-	w.Event(evict)
-	w.Aggregate(aggregate())
-	w.Lost(3, 9, t0)
-	w.Summary(summary())
-	w.Flush()
+	recs := append(evRecs(everyReason()), evRec(evict), aggRec(aggregate()), lostRec(3, 9, t0), sumRec(summary()))
+	// Every other kind of record too: aggregates named and "other", the
+	// empty summary.
+	recs = append(recs, everyRecord()[len(everyReason()):]...)
+	writeRecords(t, NewStream(&buf, JSON, StreamOptions{ECS: true}), recs...)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != len(recs) {
+		t.Fatalf("%d records written as %d lines", len(recs), len(lines))
+	}
 	for _, line := range lines {
 		var d map[string]any
 		if err := json.Unmarshal([]byte(line), &d); err != nil {

@@ -5,15 +5,28 @@ import (
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/status"
+	"github.com/cttrace/cttrace/pkg/top"
 )
 
-// Compile-time checks that both writers are Writers.
+// Compile-time checks that every view's writer is a Writer of its values.
 var (
-	_ Writer = (*JSONWriter)(nil)
-	_ Writer = (*TextWriter)(nil)
+	_ Writer[*event.Record]  = (*jsonWriter)(nil)
+	_ Writer[*event.Record]  = (*textWriter)(nil)
+	_ Writer[*event.Record]  = (*ecsWriter)(nil)
+	_ Writer[*event.Record]  = (*Tee)(nil)
+	_ Writer[*event.Record]  = Discard
+	_ Writer[*top.Snapshot]  = NewTop(nil, Text)
+	_ Writer[*status.Report] = NewStatus(nil, JSON)
+	_ Writer[*probe.Report]  = NewFeatures(nil, JSON)
 )
 
 var t0 = time.Date(2025, 3, 14, 23, 41, 7, 123456789, time.UTC)
+
+// testHost is the host the tests' JSON records name (Record.Host), in
+// place of the machine's.
+const testHost = "cttrace-test"
 
 func tuple(proto uint8, src, dst string) event.Tuple {
 	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
@@ -22,6 +35,33 @@ func tuple(proto uint8, src, dst string) event.Tuple {
 		fam = event.FamilyIPv6
 	}
 	return event.Tuple{Family: fam, Proto: proto, Src: s, Dst: d}
+}
+
+// The records of each kind, for the writers' Write.
+
+func evRec(e *event.Event) *event.Record      { return &event.Record{Event: e} }
+func aggRec(a *event.Aggregate) *event.Record { return &event.Record{Aggregate: a} }
+func sumRec(s *event.Summary) *event.Record   { return &event.Record{Summary: s} }
+func lostRec(n, total uint64, at time.Time) *event.Record {
+	return &event.Record{Lost: &event.Lost{Time: at, Lost: n, Total: total}}
+}
+
+// evRecs wraps events as records.
+func evRecs(evs []*event.Event) []*event.Record {
+	var out []*event.Record
+	for _, e := range evs {
+		out = append(out, evRec(e))
+	}
+	return out
+}
+
+// counts builds event.Counts from a map, for readable fixtures.
+func counts(m map[event.Reason]uint64) event.Counts {
+	var c event.Counts
+	for r, n := range m {
+		c.Add(r, n)
+	}
+	return c
 }
 
 // ipv4TableFull is the common case: a UDP flood refused by a full table.
@@ -73,16 +113,23 @@ func gcEviction() *event.Event {
 	}
 }
 
-func summary() Summary {
-	return Summary{
+// summary is a fentry run's: every reason visible, only drops and
+// early_drop counted.
+func summary() *event.Summary {
+	return &event.Summary{
 		Time: t0.Add(time.Minute), Backend: "fentry",
-		Events: map[event.Reason]uint64{
+		Events: counts(map[event.Reason]uint64{
 			event.ReasonTableFull: 2, event.ReasonAllocFailed: 0,
 			event.ReasonEarlyDrop: 2, event.ReasonInsertFailed: 1,
-		},
+		}),
 		Visible: event.Reasons(),
 		Lost:    17, Duration: 60*time.Second + 503*time.Millisecond + 400*time.Microsecond,
 	}
+}
+
+func aggregate() *event.Aggregate {
+	return &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Netns: 4026531840,
+		Source: netip.MustParseAddr("203.0.113.7"), Count: 4021, Last: t0.Add(-time.Millisecond), Sampling: 1}
 }
 
 // everyReason gives one event of each reason, with each field set, so the
@@ -101,4 +148,26 @@ func everyReason() []*event.Event {
 	}
 	return append(evs, ipv4TableFull(), ipv6InsertFailed(), inferredTableFull(), gcEviction(),
 		&event.Event{Reason: event.ReasonAllocFailed, Confidence: event.ConfidenceInferred})
+}
+
+// everyRecord is a stream with every kind of record the writers take:
+// events of every reason (with and without flow and trigger, IPv4 and
+// IPv6), aggregates named (IPv4, IPv4-mapped, IPv6) and "other", losses,
+// and summaries, an empty one among them.
+func everyRecord() []*event.Record {
+	recs := evRecs(everyReason())
+	v6 := aggregate()
+	v6.Source, v6.Sampling = netip.MustParseAddr("2001:db8::1"), 1024
+	mapped := aggregate()
+	mapped.Source, mapped.Interval = netip.MustParseAddr("::ffff:198.51.100.9"), 1500*time.Millisecond
+	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}
+	tracepoint := summary()
+	tracepoint.Backend, tracepoint.Visible = "tracepoint", []event.Reason{event.ReasonTableFull, event.ReasonInsertFailed}
+	tracepoint.Aggregated = 250000
+	recs = append(recs,
+		aggRec(aggregate()), aggRec(v6), aggRec(mapped), aggRec(other),
+		aggRec(&event.Aggregate{Time: t0, Reason: event.ReasonInsertFailed, Count: 1, Sampling: 1}),
+		lostRec(0, 0, time.Time{}), lostRec(5, 12, t0), lostRec(3, 1<<40, t0),
+		sumRec(&event.Summary{}), sumRec(summary()), sumRec(tracepoint))
+	return recs
 }

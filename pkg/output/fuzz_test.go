@@ -11,7 +11,8 @@ import (
 
 // FuzzWriteEvent: any event the decoder can produce (reasons and details
 // by kernel number, in range or not; any tuple; any counts and times) is
-// written as one line of valid JSON and as text, never a panic.
+// written as one line of valid JSON, in cttrace's schema and in ECS, and
+// as text, never a panic.
 func FuzzWriteEvent(f *testing.F) {
 	f.Add(uint32(3), uint8(1), uint8(0), uint8(2), uint8(6), []byte("\x0a\x00\x00\x01"), []byte("\x0a\x00\x00\x02"), uint16(80), uint16(443), uint32(0x1a), int64(-40e6), uint8(3), true)
 	f.Add(uint32(1), uint8(0), uint8(1), uint8(10), uint8(58), bytes.Repeat([]byte{0xfe}, 16), []byte{}, uint16(0), uint16(0), uint32(0), int64(0), uint8(0), false)
@@ -34,19 +35,15 @@ func FuzzWriteEvent(f *testing.F) {
 			tr, _ := event.TupleFromKernel(family, proto, d, s, dport, sport)
 			e.Trigger = &tr
 		}
-		var jb, tb bytes.Buffer
-		jw := NewJSON(&jb)
-		if err := jw.Event(e); err != nil {
-			t.Fatal(err)
-		}
-		jw.Flush()
+		var jb, eb, tb bytes.Buffer
+		writeRecords(t, NewStream(&jb, JSON, StreamOptions{}), evRec(e))
 		if line := bytes.TrimSuffix(jb.Bytes(), []byte("\n")); !json.Valid(line) || bytes.Contains(line, []byte("\n")) {
 			t.Fatalf("not one line of JSON: %q", jb.Bytes())
 		}
-		tw := NewText(&tb)
-		if err := tw.Event(e); err != nil {
-			t.Fatal(err)
+		writeRecords(t, NewStream(&eb, JSON, StreamOptions{ECS: true}), evRec(e))
+		if line := bytes.TrimSuffix(eb.Bytes(), []byte("\n")); !json.Valid(line) || bytes.Contains(line, []byte("\n")) {
+			t.Fatalf("not one line of ECS JSON: %q", eb.Bytes())
 		}
-		tw.Flush()
+		writeRecords(t, NewStream(&tb, Text, StreamOptions{}), evRec(e))
 	})
 }

@@ -3,7 +3,11 @@ package output
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
 	"net/netip"
 	"os"
 	"slices"
@@ -11,19 +15,38 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/cttrace/cttrace/pkg/event"
 )
 
 const schemaPath = "../../docs/drops-schema-v1.json"
 
-func writeJSON(t testing.TB, f func(*JSONWriter) error) []string {
+// writeRecords writes recs to w and flushes, failing the test on any error.
+func writeRecords(t testing.TB, w Writer[*event.Record], recs ...*event.Record) {
+	t.Helper()
+	for _, r := range recs {
+		if err := w.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeJSON writes recs as cttrace's NDJSON, each naming testHost unless it
+// names a host of its own, and returns the lines.
+func writeJSON(t testing.TB, recs ...*event.Record) []string {
 	t.Helper()
 	var out bytes.Buffer
-	w := NewJSON(&out)
-	w.Host = "cttrace-test"
-	if err := f(w); err != nil {
-		t.Fatal(err)
+	w := NewStream(&out, JSON, StreamOptions{})
+	for _, r := range recs {
+		r := *r
+		r.Host = cmp.Or(r.Host, testHost)
+		if err := w.Write(&r); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
@@ -59,7 +82,7 @@ func TestJSONEventExact(t *testing.T) {
 				`"src":"","sport":0,"dst":"","dport":0,"status":[],"status_bits":0,"tcp_state":"","timeout_left_ms":0,"trigger":null}`},
 	}
 	for _, tt := range tests {
-		lines := writeJSON(t, func(w *JSONWriter) error { return w.Event(tt.e) })
+		lines := writeJSON(t, evRec(tt.e))
 		if len(lines) != 1 || lines[0] != tt.want {
 			t.Errorf("%s:\ngot  %s\nwant %s", tt.name, strings.Join(lines, "\n"), tt.want)
 		}
@@ -69,16 +92,77 @@ func TestJSONEventExact(t *testing.T) {
 	}
 }
 
-func TestJSONRefusesUnknownEnums(t *testing.T) {
-	for _, e := range []*event.Event{{}, {Reason: "bogus", Confidence: event.ConfidenceExact}, {Reason: event.ReasonInsert}} {
+// A record names the host that wrote it: its own Host when it has one (a
+// recording read back), this machine's otherwise; in cttrace's schema and
+// in ECS alike.
+func TestRecordHost(t *testing.T) {
+	here, err := os.Hostname()
+	if err != nil {
+		t.Skip(err)
+	}
+	elsewhere := &event.Record{Host: "recorder-1", Event: ipv4TableFull()}
+	own := evRec(ipv4TableFull())
+	for _, ecs := range []bool{false, true} {
 		var out bytes.Buffer
-		w := NewJSON(&out)
-		if err := w.Event(e); err == nil {
-			t.Errorf("Event(%+v) wrote an invalid record", e)
+		writeRecords(t, NewStream(&out, JSON, StreamOptions{ECS: ecs}), elsewhere, own, elsewhere)
+		var hosts []string
+		for _, l := range strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n") {
+			var d struct {
+				Host     any `json:"host"`
+				Observer struct {
+					Hostname string `json:"hostname"`
+				} `json:"observer"`
+			}
+			if err := json.Unmarshal([]byte(l), &d); err != nil {
+				t.Fatal(err)
+			}
+			if !ecs {
+				hosts = append(hosts, d.Host.(string))
+				continue
+			}
+			name := d.Host.(map[string]any)["name"].(string)
+			if name != d.Observer.Hostname {
+				t.Errorf("ecs: host.name %q, observer.hostname %q", name, d.Observer.Hostname)
+			}
+			hosts = append(hosts, name)
+		}
+		if want := []string{"recorder-1", here, "recorder-1"}; !slices.Equal(hosts, want) {
+			t.Errorf("ecs %v: hosts %q, want %q", ecs, hosts, want)
+		}
+	}
+}
+
+func TestJSONRefusesUnknownEnums(t *testing.T) {
+	refused := []*event.Record{
+		evRec(&event.Event{}),
+		evRec(&event.Event{Reason: "bogus", Confidence: event.ConfidenceExact}),
+		evRec(&event.Event{Reason: event.ReasonInsert}),
+		aggRec(&event.Aggregate{Reason: "bogus", Count: 1, Sampling: 1}),
+		aggRec(&event.Aggregate{Count: 1, Sampling: 1}),
+	}
+	for _, r := range refused {
+		var out bytes.Buffer
+		w := NewStream(&out, JSON, StreamOptions{})
+		if err := w.Write(r); err == nil {
+			t.Errorf("Write(%+v %+v) wrote an invalid record", r.Event, r.Aggregate)
 		}
 		w.Flush()
 		if out.Len() != 0 {
-			t.Errorf("refused event still wrote %q", out.String())
+			t.Errorf("refused record still wrote %q", out.String())
+		}
+	}
+}
+
+// A record with nothing in it is no record: no stream writes anything.
+func TestEmptyRecordWritesNothing(t *testing.T) {
+	for _, o := range []struct {
+		f Format
+		StreamOptions
+	}{{Text, StreamOptions{}}, {JSON, StreamOptions{}}, {JSON, StreamOptions{ECS: true}}} {
+		var out bytes.Buffer
+		writeRecords(t, NewStream(&out, o.f, o.StreamOptions), &event.Record{}, &event.Record{Host: "x"})
+		if out.Len() != 0 {
+			t.Errorf("%s %+v: an empty record wrote %q", o.f, o.StreamOptions, out.String())
 		}
 	}
 }
@@ -86,19 +170,14 @@ func TestJSONRefusesUnknownEnums(t *testing.T) {
 func TestJSONTimeIsUTCWithNineDigits(t *testing.T) {
 	e := ipv4TableFull()
 	e.Time = time.Date(2025, 1, 2, 3, 4, 5, 0, time.FixedZone("X", -5*3600))
-	lines := writeJSON(t, func(w *JSONWriter) error { return w.Event(e) })
+	lines := writeJSON(t, evRec(e))
 	if !strings.Contains(lines[0], `"time":"2025-01-02T08:04:05.000000000Z"`) {
 		t.Errorf("time not in UTC with nine digits: %s", lines[0])
 	}
 }
 
 func TestJSONLostAndSummary(t *testing.T) {
-	lines := writeJSON(t, func(w *JSONWriter) error {
-		if err := w.Lost(5, 12, t0); err != nil {
-			return err
-		}
-		return w.Summary(summary())
-	})
+	lines := writeJSON(t, lostRec(5, 12, t0), sumRec(summary()))
 	want := []string{
 		`{"schema":1,"type":"lost","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","lost":5,"lost_total":12}`,
 		`{"schema":1,"type":"summary","time":"2025-03-14T23:42:07.123456789Z","host":"cttrace-test","backend":"fentry",` +
@@ -108,6 +187,18 @@ func TestJSONLostAndSummary(t *testing.T) {
 	}
 	if !slices.Equal(lines, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// An empty summary still lists every reason (the schema requires them)
+// and an empty, not null, visible list.
+func TestJSONEmptySummary(t *testing.T) {
+	lines := writeJSON(t, sumRec(&event.Summary{}))
+	want := `{"schema":1,"type":"summary","time":"0001-01-01T00:00:00.000000000Z","host":"cttrace-test","backend":"",` +
+		`"events":{"table_full":0,"alloc_failed":0,"early_drop":0,"insert_failed":0,"insert":0,"delete":0,"clash_resolved":0,"gc_evict":0},` +
+		`"visible":[],"lost":0,"aggregated":0,"duration_s":0.000}`
+	if len(lines) != 1 || lines[0] != want {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), want)
 	}
 }
 
@@ -124,6 +215,94 @@ func TestJSONStringEscaping(t *testing.T) {
 		json.Unmarshal(want, &wantBack)
 		if back != wantBack {
 			t.Errorf("appendJSONString(%q) decodes to %q, want %q", s, back, wantBack)
+		}
+	}
+}
+
+// wireOf is the wire value a JSON stream writes for r, built as the writer
+// builds it: host is the writer's own, used when r names none.
+func wireOf(r *event.Record, host string) (interface{ appendJSON([]byte) []byte }, error) {
+	h := wireHeader{Schema: SchemaVersion, Time: wireTime(r.Time()), Host: cmp.Or(r.Host, host)}
+	switch {
+	case r.Event != nil:
+		w, err := toWireEvent(h, r.Event, new(wireFlow))
+		return &w, err
+	case r.Aggregate != nil:
+		w, err := toWireAggregate(h, r.Aggregate)
+		return &w, err
+	case r.Lost != nil:
+		w := toWireLost(h, r.Lost)
+		return &w, nil
+	case r.Summary != nil:
+		w := toWireSummary(h, r.Summary)
+		return &w, nil
+	}
+	return nil, fmt.Errorf("empty record")
+}
+
+// wireEdgeRecords are records at the edges of what the wire carries:
+// extreme numbers, times off UTC, unnamed status bits, an out-of-range TCP
+// state, a trigger without a flow, and hosts and backends that need
+// escaping.
+func wireEdgeRecords() []*event.Record {
+	// Names that need escaping.
+	names := []string{`quo"te\back`, "tab\tnl\ncr\r\x01\x1f\x7f\b\f", "héllo ✓ 日本\u2028\u2029", "bad\xffutf8\xc3", "<html>&amp;", ""}
+	var recs []*event.Record
+	big := &event.Event{Time: time.Date(2038, 1, 19, 3, 14, 8, 999999999, time.FixedZone("Y", 5*3600+1800)),
+		Reason: event.ReasonDelete, Detail: event.DetailNetlink, Confidence: event.ConfidenceExact,
+		CPU: math.MaxUint32, Netns: math.MaxUint32, Zone: math.MaxUint16, Count: math.MaxUint32, Max: math.MaxUint32,
+		Status: math.MaxUint32, TCPState: 200, TimeoutLeft: -time.Duration(math.MaxInt64),
+		Flow:    tuple(event.ProtoTCP, "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", "[::]:0"),
+		Trigger: &event.Tuple{}}
+	udplite := &event.Event{Time: t0, Reason: event.ReasonClashResolved, Confidence: event.ConfidenceExact, TCPState: 3,
+		Flow: tuple(136, "0.0.0.0:1", "255.255.255.255:65535"), Trigger: func() *event.Tuple { x := tuple(132, "[::1]:1", "[::2]:2"); return &x }()}
+	for i, n := range names {
+		recs = append(recs, &event.Record{Host: n, Event: big}, &event.Record{Host: n, Event: udplite},
+			&event.Record{Host: n, Summary: &event.Summary{Time: t0, Backend: n, Events: counts(map[event.Reason]uint64{event.ReasonGCEvict: math.MaxUint64}),
+				Visible: event.Reasons()[i%3:], Lost: math.MaxUint64, Aggregated: uint64(i), Duration: 400*24*time.Hour + time.Millisecond}},
+			&event.Record{Host: n, Lost: &event.Lost{Time: big.Time, Lost: math.MaxUint64, Total: math.MaxUint64}},
+			&event.Record{Host: n, Aggregate: &event.Aggregate{Time: big.Time, Interval: 1234567 * time.Microsecond, Reason: event.ReasonGCEvict,
+				Netns: math.MaxUint32, Source: netip.MustParseAddr("fe80::1"), Count: math.MaxUint64, Last: big.Time, Sampling: math.MaxUint64}})
+	}
+	return recs
+}
+
+// The hand encoder writes exactly what encoding/json makes of the same wire
+// values, the ones the decoder (read.go) reads: the two cannot drift apart,
+// field by field, name by name, in order and in escaping. Checked through
+// the stream writer, so the header it builds is checked too.
+func TestJSONWireMatchesEncodingJSON(t *testing.T) {
+	recs := append(everyRecord(), wireEdgeRecords()...)
+	var hand bytes.Buffer
+	w := NewStream(&hand, JSON, StreamOptions{}).(*jsonWriter)
+	w.host = "this-machine"
+	// A record without a host gets the writer's, with one its own.
+	recs = append(recs, evRec(earlyDrop()), &event.Record{Host: "elsewhere", Lost: &event.Lost{Time: t0, Lost: 1, Total: 2}})
+	writeRecords(t, w, recs...)
+	lines := strings.SplitAfter(hand.String(), "\n")
+	if lines[len(lines)-1] != "" {
+		t.Fatalf("output does not end in a newline")
+	}
+	lines = lines[:len(lines)-1]
+	if len(lines) != len(recs) {
+		t.Fatalf("%d records written as %d lines", len(recs), len(lines))
+	}
+	for i, r := range recs {
+		v, err := wireOf(r, w.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var std bytes.Buffer
+		enc := json.NewEncoder(&std)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
+			t.Fatalf("record %d: encoding/json: %v", i, err)
+		}
+		if lines[i] != std.String() {
+			t.Errorf("record %d: the hand encoder and encoding/json differ:\nhand %sjson %s", i, lines[i], std.String())
+		}
+		if got := string(v.appendJSON(nil)) + "\n"; got != std.String() {
+			t.Errorf("record %d: appendJSON and encoding/json differ:\nhand %sjson %s", i, got, std.String())
 		}
 	}
 }
@@ -146,49 +325,40 @@ func validateLine(sch *jsonschema.Schema, line string) error {
 	return sch.Validate(inst)
 }
 
+func recordType(line string) string {
+	var rec struct{ Type string }
+	json.Unmarshal([]byte(line), &rec)
+	return rec.Type
+}
+
 // TestJSONSchema validates every kind of record the writer produces against
 // docs/drops-schema-v1.json, so the document cannot drift from the code.
 func TestJSONSchema(t *testing.T) {
 	sch := compileSchema(t)
-	lines := writeJSON(t, func(w *JSONWriter) error {
-		for _, e := range everyReason() {
-			if err := w.Event(e); err != nil {
-				return err
-			}
+	recs := everyRecord()
+	lines := writeJSON(t, recs...)
+	want := map[string]int{}
+	for _, r := range recs {
+		switch {
+		case r.Event != nil:
+			want["event"]++
+		case r.Aggregate != nil:
+			want["aggregate"]++
+		case r.Lost != nil:
+			want["lost"]++
+		case r.Summary != nil:
+			want["summary"]++
 		}
-		if err := w.Lost(0, 0, time.Time{}); err != nil {
-			return err
-		}
-		if err := w.Lost(3, 1<<40, t0); err != nil {
-			return err
-		}
-		if err := w.Aggregate(aggregate()); err != nil {
-			return err
-		}
-		v6 := aggregate()
-		v6.Source, v6.Sampling = netip.MustParseAddr("2001:db8::1"), 1024
-		if err := w.Aggregate(v6); err != nil {
-			return err
-		}
-		if err := w.Aggregate(&event.Aggregate{Time: t0, Reason: event.ReasonInsertFailed, Count: 1, Sampling: 1}); err != nil {
-			return err
-		}
-		if err := w.Summary(Summary{}); err != nil {
-			return err
-		}
-		return w.Summary(summary())
-	})
+	}
 	types := map[string]int{}
 	for _, l := range lines {
 		if err := validateLine(sch, l); err != nil {
 			t.Errorf("valid output rejected:\n%s\n%v", l, err)
 		}
-		var rec struct{ Type string }
-		json.Unmarshal([]byte(l), &rec)
-		types[rec.Type]++
+		types[recordType(l)]++
 	}
-	if types["event"] < len(event.Reasons()) || types["lost"] == 0 || types["summary"] == 0 || types["aggregate"] != 3 {
-		t.Errorf("not every record type was checked: %v", types)
+	if len(want) != 4 || want["event"] < len(event.Reasons()) || !maps.Equal(types, want) {
+		t.Errorf("not every record was checked: %v, want %v", types, want)
 	}
 }
 
@@ -197,14 +367,8 @@ func TestJSONSchema(t *testing.T) {
 func TestJSONSchemaRejects(t *testing.T) {
 	sch := compileSchema(t)
 	valid := map[string]string{}
-	for _, l := range writeJSON(t, func(w *JSONWriter) error {
-		w.Event(earlyDrop())
-		w.Lost(1, 2, t0)
-		return w.Summary(summary())
-	}) {
-		var rec struct{ Type string }
-		json.Unmarshal([]byte(l), &rec)
-		valid[rec.Type] = l
+	for _, l := range writeJSON(t, evRec(earlyDrop()), aggRec(aggregate()), lostRec(1, 2, t0), sumRec(summary())) {
+		valid[recordType(l)] = l
 	}
 	for typ, l := range valid {
 		if err := validateLine(sch, l); err != nil {
@@ -231,6 +395,8 @@ func TestJSONSchemaRejects(t *testing.T) {
 		{"trigger missing dport", "event", func(m map[string]any) { delete(m["trigger"].(map[string]any), "dport") }},
 		{"trigger without family", "event", func(m map[string]any) { m["trigger"].(map[string]any)["family"] = "" }},
 		{"status not a list", "event", func(m map[string]any) { m["status"] = "CONFIRMED" }},
+		{"aggregate missing sampling", "aggregate", func(m map[string]any) { delete(m, "sampling") }},
+		{"aggregate of nothing", "aggregate", func(m map[string]any) { m["count"] = 0 }},
 		{"lost missing lost_total", "lost", func(m map[string]any) { delete(m, "lost_total") }},
 		{"lost negative", "lost", func(m map[string]any) { m["lost"] = -1 }},
 		{"lost with an event field", "lost", func(m map[string]any) { m["reason"] = "table_full" }},
@@ -302,36 +468,26 @@ func TestJSONFieldsMatchSchema(t *testing.T) {
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		t.Fatal(err)
 	}
-	lines := writeJSON(t, func(w *JSONWriter) error {
-		w.Event(earlyDrop())
-		w.Aggregate(aggregate())
-		w.Lost(1, 1, t0)
-		return w.Summary(summary())
-	})
+	lines := writeJSON(t, evRec(earlyDrop()), aggRec(aggregate()), lostRec(1, 1, t0), sumRec(summary()))
+	seen := map[string]bool{}
 	for _, l := range lines {
 		keys := topLevelKeys(t, l)
-		var rec struct{ Type string }
-		json.Unmarshal([]byte(l), &rec)
-		typ := rec.Type
+		typ := recordType(l)
+		seen[typ] = true
 		if want := doc.Defs[typ].Required; !slices.Equal(keys, want) {
 			t.Errorf("%s keys\n%v\nschema\n%v", typ, keys, want)
 		}
 	}
-}
-
-func aggregate() *event.Aggregate {
-	return &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Netns: 4026531840,
-		Source: netip.MustParseAddr("203.0.113.7"), Count: 4021, Last: t0.Add(-time.Millisecond), Sampling: 1}
+	if len(seen) != 4 {
+		t.Errorf("record types checked: %v", seen)
+	}
 }
 
 // An aggregate record, named and "other", as docs/drops.md shows it, and
 // valid against the schema.
 func TestJSONAggregate(t *testing.T) {
 	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}
-	got := strings.Join(writeJSON(t, func(w *JSONWriter) error {
-		w.Aggregate(aggregate())
-		return w.Aggregate(other)
-	}), "\n")
+	got := strings.Join(writeJSON(t, aggRec(aggregate()), aggRec(other)), "\n")
 	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":4026531840,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
 {"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
 	if got != want {
@@ -358,11 +514,11 @@ func topLevelKeys(t *testing.T, line string) []string {
 }
 
 func BenchmarkJSONEvent(b *testing.B) {
-	w := NewJSON(discard{})
-	e := earlyDrop()
+	w := NewStream(discardWriter{}, JSON, StreamOptions{})
+	r := evRec(earlyDrop())
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := w.Event(e); err != nil {
+		if err := w.Write(r); err != nil {
 			b.Fatal(err)
 		}
 	}

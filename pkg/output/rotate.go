@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"time"
-
-	"github.com/cttrace/cttrace/pkg/event"
 )
 
 // RotatingFile is an events file for a SIEM shipper (Filebeat, Vector,
@@ -156,96 +153,4 @@ func (r *RotatingFile) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.f.Close()
-}
-
-// EventsFile is a Writer that copies cttrace's records (JSON, schema 1) to a
-// RotatingFile beside the main output. Its failures never stop the run: a
-// full disk must not cost the operator the screen or the kernel side
-// anything. They are counted and the first is kept (Failures), where a
-// scrape may read them while the run writes.
-type EventsFile struct {
-	main Writer
-	json Writer // cttrace's schema, or ECS
-
-	mu     sync.Mutex
-	errors uint64
-	first  error
-}
-
-// Discard is a Writer that writes nothing: the main output of a command
-// whose events go only to the events file (serve).
-var Discard Writer = discardWriter{}
-
-type discardWriter struct{}
-
-func (discardWriter) Event(*event.Event) error             { return nil }
-func (discardWriter) Lost(uint64, uint64, time.Time) error { return nil }
-func (discardWriter) Aggregate(*event.Aggregate) error     { return nil }
-func (discardWriter) Summary(Summary) error                { return nil }
-func (discardWriter) Flush() error                         { return nil }
-
-// NewEventsFile copies what main is given to file, in cttrace's schema or,
-// with ecs, in the Elastic Common Schema.
-func NewEventsFile(main Writer, file *RotatingFile, ecs bool) *EventsFile {
-	var w Writer = NewJSON(file)
-	if ecs {
-		w = NewECS(file)
-	}
-	return &EventsFile{main: main, json: w}
-}
-
-func (e *EventsFile) note(err error) {
-	if err == nil {
-		return
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.errors++
-	if e.first == nil {
-		e.first = err
-	}
-}
-
-// Failures returns how many writes to the file failed, and the first error.
-func (e *EventsFile) Failures() (uint64, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.errors, e.first
-}
-
-// Event writes the event to both.
-func (e *EventsFile) Event(ev *event.Event) error {
-	e.note(e.json.Event(ev))
-	return e.main.Event(ev)
-}
-
-// Lost writes the loss to both.
-func (e *EventsFile) Lost(n, total uint64, t time.Time) error {
-	e.note(e.json.Lost(n, total, t))
-	return e.main.Lost(n, total, t)
-}
-
-// Aggregate writes the aggregate to both.
-func (e *EventsFile) Aggregate(a *event.Aggregate) error {
-	e.note(e.json.Aggregate(a))
-	return e.main.Aggregate(a)
-}
-
-// Summary writes the summary to both.
-func (e *EventsFile) Summary(s Summary) error {
-	e.note(e.json.Summary(s))
-	return e.main.Summary(s)
-}
-
-// Flush flushes both.
-func (e *EventsFile) Flush() error {
-	e.note(e.json.Flush())
-	return e.main.Flush()
-}
-
-// FileSummary writes the summary to the file only (when the main output
-// shows it elsewhere, as text on stderr).
-func (e *EventsFile) FileSummary(s Summary) {
-	e.note(e.json.Summary(s))
-	e.note(e.json.Flush())
 }

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -85,8 +84,15 @@ func counters(s *status.Namespace) map[string]int64 {
 	}
 }
 
-// WriteStatusJSON writes the report as one JSON document.
-func WriteStatusJSON(w io.Writer, r *status.Report) error {
+// NewStatus writes `cttrace status`'s report: for a person, the
+// namespaces' tables and counters (as conntrack -S has them), the memory,
+// the modules and the advice; or as one JSON document (docs/status.md).
+func NewStatus(w io.Writer, f Format) Writer[*status.Report] {
+	return newDocument(w, f, writeStatusText, statusRecord)
+}
+
+// statusRecord is the report's JSON document.
+func statusRecord(r *status.Report) any {
 	m := r.Memory
 	rec := statusJSON{Schema: SchemaVersion, Type: "status", Time: r.Time.UTC().Format(jsonTime), Kernel: r.Kernel,
 		Max: r.Max, Buckets: r.Buckets, Namespaces: []statusNetnsJSON{}, Holders: append([]string{}, r.Holders...), Advice: []adviceJSON{},
@@ -116,18 +122,10 @@ func WriteStatusJSON(w io.Writer, r *status.Report) error {
 	for _, a := range r.Advice {
 		rec.Advice = append(rec.Advice, adviceJSON(a))
 	}
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	return rec
 }
 
-// WriteStatusText writes the report for a person: the namespaces' tables
-// and counters (as conntrack -S has them), the memory, the modules, the
-// advice.
-func WriteStatusText(w io.Writer, r *status.Report) error {
+func writeStatusText(w io.Writer, r *status.Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "conntrack on Linux %s: nf_conntrack_max %d, nf_conntrack_buckets %d (both global; the max applies to each namespace's count)\n\n",
 		r.Kernel, r.Max, r.Buckets)

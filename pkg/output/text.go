@@ -31,11 +31,10 @@ const textTime = "15:04:05.000000"
 // the doubt applies, and `grep table_full` still finds the line.
 const inferredMark = '?'
 
-// TextWriter writes one aligned line per event for people, after a header
-// line printed before the first event or loss.
-type TextWriter struct {
-	// UTC prints times in UTC instead of the local time zone (--utc).
-	UTC bool
+// textWriter writes one aligned line per record for people, after a header
+// line printed before the first.
+type textWriter struct {
+	utc bool // times in UTC instead of the local time zone (--utc)
 
 	w       *bufio.Writer
 	buf     []byte
@@ -43,18 +42,29 @@ type TextWriter struct {
 	header  bool // written
 }
 
-// NewText returns a TextWriter buffering into w. Call Flush to write out.
-// A TextWriter used only for Summary writes no header, so the summary can go
-// to a writer of its own (stderr) while events go to stdout.
-func NewText(w io.Writer) *TextWriter {
-	return &TextWriter{w: bufio.NewWriterSize(w, 32<<10), buf: make([]byte, 0, 256), scratch: make([]byte, 0, 64)}
+func newText(w io.Writer) *textWriter {
+	return &textWriter{w: bufio.NewWriterSize(w, 32<<10), buf: make([]byte, 0, 256), scratch: make([]byte, 0, 64)}
 }
 
-// Event writes one event line: time, reason, protocol, the flow, the
+// Write writes one record's line; a summary is not a line of the stream
+// (NewStream).
+func (t *textWriter) Write(r *event.Record) error {
+	switch {
+	case r.Event != nil:
+		return t.event(r.Event)
+	case r.Aggregate != nil:
+		return t.aggregate(r.Aggregate)
+	case r.Lost != nil:
+		return t.lost(r.Lost)
+	}
+	return nil
+}
+
+// event writes one event line: time, reason, protocol, the flow, the
 // network namespace, the table's fill and the detail. For an early_drop
 // the flow is the evicted entry and the detail names the flow it made room
 // for ("for udp 10.0.0.1:5000 → 10.0.0.2:53").
-func (t *TextWriter) Event(e *event.Event) error {
+func (t *textWriter) event(e *event.Event) error {
 	if err := t.writeHeader(); err != nil {
 		return err
 	}
@@ -97,31 +107,30 @@ func (t *TextWriter) Event(e *event.Event) error {
 	return t.writeLine(b)
 }
 
-// Lost writes a line saying how many events the kernel dropped because user
-// space did not read them in time.
-func (t *TextWriter) Lost(n, total uint64, at time.Time) error {
+// lost writes a line saying how many events the kernel could not deliver.
+func (t *textWriter) lost(l *event.Lost) error {
 	if err := t.writeHeader(); err != nil {
 		return err
 	}
-	b := t.appendTime(t.buf[:0], at)
+	b := t.appendTime(t.buf[:0], l.Time)
 	b = append(b, " -- lost "...)
-	b = strconv.AppendUint(b, n, 10)
-	if n == 1 {
+	b = strconv.AppendUint(b, l.Lost, 10)
+	if l.Lost == 1 {
 		b = append(b, " event"...)
 	} else {
 		b = append(b, " events"...)
 	}
 	b = append(b, " (kernel ring buffer full; "...)
-	b = strconv.AppendUint(b, total, 10)
+	b = strconv.AppendUint(b, l.Total, 10)
 	b = append(b, " in all)"...)
 	return t.writeLine(b)
 }
 
-// Aggregate writes a line counting a source's events past the stream
+// aggregate writes a line counting a source's events past the stream
 // limit in the last interval:
 //
 //	00:18:53.000001 table_full      ×4021 from 127.9.0.3 in netns 4026532176 in the last 1s (past --stream-limit)
-func (t *TextWriter) Aggregate(a *event.Aggregate) error {
+func (t *textWriter) aggregate(a *event.Aggregate) error {
 	if err := t.writeHeader(); err != nil {
 		return err
 	}
@@ -151,13 +160,23 @@ func (t *TextWriter) Aggregate(a *event.Aggregate) error {
 	return t.writeLine(b)
 }
 
-// Summary writes the run's totals as a short block:
+// WriteSummaryText writes a run's totals for people, as a short block:
 //
 //	-- 1m0.5s with backend fentry
 //	events: table_full=3 alloc_failed=0 early_drop=1 insert_failed=1 lost=0
 //
-// Only the reasons present as keys in s.Events are listed (see Summary).
-func (t *TextWriter) Summary(s Summary) error {
+// Only the reasons the backend could see are listed: a person is not shown
+// zeros for what was not visible (the JSON summary keeps every reason, as
+// its schema says).
+func WriteSummaryText(w io.Writer, s *event.Summary) error {
+	t := newText(w)
+	if err := t.summary(s); err != nil {
+		return err
+	}
+	return t.Flush()
+}
+
+func (t *textWriter) summary(s *event.Summary) error {
 	b := append(t.buf[:0], "-- "...)
 	b = append(b, s.Duration.Round(time.Millisecond).String()...)
 	if s.Backend != "" {
@@ -166,14 +185,13 @@ func (t *TextWriter) Summary(s Summary) error {
 	}
 	b = append(b, "\nevents:"...)
 	for _, r := range event.Reasons() {
-		n, ok := s.Events[r]
-		if !ok {
+		if !s.Sees(r) {
 			continue
 		}
 		b = append(b, ' ')
 		b = append(b, r...)
 		b = append(b, '=')
-		b = strconv.AppendUint(b, n, 10)
+		b = strconv.AppendUint(b, s.Events.Of(r), 10)
 	}
 	b = append(b, " lost="...)
 	b = strconv.AppendUint(b, s.Lost, 10)
@@ -185,16 +203,16 @@ func (t *TextWriter) Summary(s Summary) error {
 }
 
 // Flush writes out the buffered lines.
-func (t *TextWriter) Flush() error { return t.w.Flush() }
+func (t *textWriter) Flush() error { return t.w.Flush() }
 
-func (t *TextWriter) writeHeader() error {
+func (t *textWriter) writeHeader() error {
 	if t.header {
 		return nil
 	}
 	t.header = true
 	b := t.buf[:0]
 	start := len(b)
-	if t.UTC {
+	if t.utc {
 		b = append(b, "TIME (UTC)"...)
 	} else {
 		b = append(b, "TIME"...)
@@ -221,8 +239,8 @@ func (t *TextWriter) writeHeader() error {
 	return t.writeLine(b)
 }
 
-func (t *TextWriter) appendTime(b []byte, at time.Time) []byte {
-	if t.UTC {
+func (t *textWriter) appendTime(b []byte, at time.Time) []byte {
+	if t.utc {
 		at = at.UTC()
 	} else {
 		at = at.Local()
@@ -232,7 +250,7 @@ func (t *TextWriter) appendTime(b []byte, at time.Time) []byte {
 
 // appendFlow writes "source → destination" with the source right-aligned,
 // so the arrows line up and each side reads as one column.
-func (t *TextWriter) appendFlow(b []byte, f *event.Tuple) []byte {
+func (t *textWriter) appendFlow(b []byte, f *event.Tuple) []byte {
 	if !f.Valid() {
 		b = padLeft(b, []byte("-"), widthAddr)
 		b = append(b, " → "...)
@@ -250,7 +268,7 @@ func (t *TextWriter) appendFlow(b []byte, f *event.Tuple) []byte {
 
 // writeLine ends a line, dropping the spaces padding left after the last
 // column, and buffers it.
-func (t *TextWriter) writeLine(b []byte) error {
+func (t *textWriter) writeLine(b []byte) error {
 	for len(b) > 0 && b[len(b)-1] == ' ' {
 		b = b[:len(b)-1]
 	}

@@ -1,7 +1,6 @@
 package output
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -11,16 +10,15 @@ import (
 	"github.com/cttrace/cttrace/pkg/top"
 )
 
-// TopView is what `cttrace top-sources` shows around a snapshot.
-type TopView struct {
-	Backend string
-	Sort    top.SortBy
+// NewTop writes top-sources' snapshots, for logs and pipes: as aligned
+// text, one after the other separated by a blank line, or as one JSON
+// record a line (docs/top-sources.md).
+func NewTop(w io.Writer, f Format) Writer[*top.Snapshot] {
+	return newDocument(w, f, writeTopText, topRecord)
 }
 
-// WriteTopText writes one snapshot as aligned text, for logs and pipes:
-// snapshots follow each other, separated by a blank line.
-func (v TopView) WriteTopText(w io.Writer, s *top.Snapshot) error {
-	_, err := io.WriteString(w, strings.Join(v.topLines(s, len(s.Rows)), "\n")+"\n\n")
+func writeTopText(w io.Writer, s *top.Snapshot) error {
+	_, err := io.WriteString(w, strings.Join(topLines(s, len(s.Rows)), "\n")+"\n\n")
 	return err
 }
 
@@ -42,15 +40,22 @@ const (
 // TopKeys is the footer of the live view: the keys it answers to.
 const TopKeys = "q quit"
 
+// NewTopFrame draws top-sources' snapshots on a terminal of the size
+// screen says (asked at every frame), each over the previous one
+// (WriteTopFrame).
+func NewTopFrame(w io.Writer, screen func() Screen) Writer[*top.Snapshot] {
+	return newDocument(w, Text, func(w io.Writer, s *top.Snapshot) error { return WriteTopFrame(w, s, screen()) }, nil)
+}
+
 // WriteTopFrame draws one snapshot over the previous one without clearing
 // the screen first (no flicker): each line is overwritten and what is left
 // of it cleared, then everything below. Lines are cut at the width; source
 // rows that do not fit the height are left out (the header, the namespace
 // lines and "other" stay, so the sums still add up); the last line is the
 // footer with the keys.
-func (v TopView) WriteTopFrame(w io.Writer, s *top.Snapshot, scr Screen) error {
-	fixed := len(v.topLines(s, 0)) + 1 // everything but the rows, and the footer
-	lines := v.topLines(s, max(0, min(len(s.Rows), scr.Height-fixed)))
+func WriteTopFrame(w io.Writer, s *top.Snapshot, scr Screen) error {
+	fixed := len(topLines(s, 0)) + 1 // everything but the rows, and the footer
+	lines := topLines(s, max(0, min(len(s.Rows), scr.Height-fixed)))
 	var b strings.Builder
 	b.WriteString(cursorHome)
 	for _, l := range lines {
@@ -75,10 +80,10 @@ func cut(l string, width int) string {
 }
 
 // topLines is one snapshot as text lines, with at most rows source rows.
-func (v TopView) topLines(s *top.Snapshot, rows int) []string {
+func topLines(s *top.Snapshot, rows int) []string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cttrace top-sources  %s  every %s  backend %s  sorted by %s\n",
-		s.Time.Format("15:04:05"), round(s.Interval), v.Backend, v.Sort)
+		s.Time.Format("15:04:05"), round(s.Interval), s.Backend, s.Sort)
 	fmt.Fprintf(&b, "sources tracked %d of %d", s.Tracked, s.Capacity)
 	if s.Bounded {
 		b.WriteString("  (bound reached: sources pushed out are counted in \"other\")")
@@ -92,8 +97,8 @@ func (v TopView) topLines(s *top.Snapshot, rows int) []string {
 	fmt.Fprintln(tw, "NETNS\tENTRIES/MAX\tFILL\tDROPS/s\tEARLY/s\tGC/s\tINSERTS/s\t")
 	for _, ns := range s.Namespaces {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns, entries(ns), fill(ns.Fill()),
-			rate(ns.Rate.Drops, s.Interval), rate(ns.Rate.EarlyDrops(), s.Interval), rate(ns.Rate.GCEvicted, s.Interval),
-			rate(ns.Rate.Inserts, s.Interval))
+			rate(ns.Rate.Drops(), s.Interval), rate(ns.Rate.EarlyDrops(), s.Interval), rate(ns.Rate.GCEvicted(), s.Interval),
+			rate(ns.Rate.Inserts(), s.Interval))
 	}
 	tw.Flush()
 	b.WriteString("\n")
@@ -102,11 +107,11 @@ func (v TopView) topLines(s *top.Snapshot, rows int) []string {
 	fmt.Fprintln(tw, "NETNS\tSOURCE\tDROPS/s\tDROPS\tEVICTED\tINSERTS/s\tHELD\tSHARE\tLAST DROP\t")
 	for i := range s.Rows[:rows] {
 		r := &s.Rows[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns, r.Prefix, rate(r.Rate.Drops, s.Interval), r.Total.Drops,
-			r.Total.Evicted, rate(r.Rate.Inserts, s.Interval), r.Held, percent(r.Share), lastDrop(r))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns, r.Prefix, rate(r.Rate.Drops(), s.Interval), r.Total.Drops(),
+			r.Total.Evicted(), rate(r.Rate.Inserts(), s.Interval), r.Total.Held, percent(r.Share), lastDrop(r))
 	}
 	o := &s.Other
-	fmt.Fprintf(tw, "\tother\t%s\t%d\t%d\t%s\t\t\t\t\n", rate(o.Rate.Drops, s.Interval), o.Total.Drops, o.Total.Evicted, rate(o.Rate.Inserts, s.Interval))
+	fmt.Fprintf(tw, "\tother\t%s\t%d\t%d\t%s\t\t\t\t\n", rate(o.Rate.Drops(), s.Interval), o.Total.Drops(), o.Total.Evicted(), rate(o.Rate.Inserts(), s.Interval))
 	tw.Flush()
 	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
 }
@@ -189,33 +194,28 @@ type topSourceJSON struct {
 	LastDrop    string  `json:"last_drop"`
 }
 
-// WriteTopJSON writes one snapshot as one NDJSON line.
-func (v TopView) WriteTopJSON(w io.Writer, s *top.Snapshot) error {
+// topRecord is one snapshot's NDJSON record.
+func topRecord(s *top.Snapshot) any {
 	rec := topJSON{Schema: SchemaVersion, Type: "top", Time: s.Time.UTC().Format(jsonTime), IntervalS: s.Interval.Seconds(),
-		Backend: v.Backend, Sort: string(v.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Sampling: uint64(1) << s.SampleShift, Lost: s.Lost,
+		Backend: s.Backend, Sort: string(s.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Sampling: uint64(1) << s.SampleShift, Lost: s.Lost,
 		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
 	for _, ns := range s.Namespaces {
 		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
-			DropsPerS: top.PerSec(ns.Rate.Drops, s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.EarlyDrops(), s.Interval),
-			GCEvictsPerS: top.PerSec(ns.Rate.GCEvicted, s.Interval), InsertsPerS: top.PerSec(ns.Rate.Inserts, s.Interval),
-			Drops: ns.Total.Drops, EarlyDrops: ns.Total.EarlyDrops(), GCEvicts: ns.Total.GCEvicted, Inserts: ns.Total.Inserts})
+			DropsPerS: top.PerSec(ns.Rate.Drops(), s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.EarlyDrops(), s.Interval),
+			GCEvictsPerS: top.PerSec(ns.Rate.GCEvicted(), s.Interval), InsertsPerS: top.PerSec(ns.Rate.Inserts(), s.Interval),
+			Drops: ns.Total.Drops(), EarlyDrops: ns.Total.EarlyDrops(), GCEvicts: ns.Total.GCEvicted(), Inserts: ns.Total.Inserts()})
 	}
 	for i := range s.Rows {
 		rec.Rows = append(rec.Rows, sourceJSON(&s.Rows[i], s.Interval, s.Rows[i].Prefix.String()))
 	}
 	rec.Other = sourceJSON(&s.Other, s.Interval, "other")
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode snapshot: %w", err)
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
+	return rec
 }
 
 func sourceJSON(r *top.Row, interval time.Duration, source string) topSourceJSON {
-	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: top.PerSec(r.Rate.Drops, interval), Drops: r.Total.Drops,
-		Evicted: r.Total.Evicted, InsertsPerS: top.PerSec(r.Rate.Inserts, interval), Inserts: r.Total.Inserts, Deletes: r.Total.Deletes,
-		Held: r.Held, Err: r.Err, Share: r.Share, LastReason: string(r.LastReason)}
+	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: top.PerSec(r.Rate.Drops(), interval), Drops: r.Total.Drops(),
+		Evicted: r.Total.Evicted(), InsertsPerS: top.PerSec(r.Rate.Inserts(), interval), Inserts: r.Total.Inserts(), Deletes: r.Total.Deletes(),
+		Held: r.Total.Held, Err: r.Err, Share: r.Share, LastReason: string(r.LastReason)}
 	if !r.LastDrop.IsZero() {
 		j.LastDrop = r.LastDrop.UTC().Format(jsonTime)
 	}

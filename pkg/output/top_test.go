@@ -2,6 +2,7 @@ package output
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -9,17 +10,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/top"
 )
 
+// dropCounts is a top.Counts of n drops (table_full) holding held entries.
+func dropCounts(n uint64, held int64) top.Counts {
+	return top.Counts{Events: counts(map[event.Reason]uint64{event.ReasonTableFull: n}), Held: held}
+}
+
 func snapshotWithRows(n int) *top.Snapshot {
-	s := &top.Snapshot{Time: t0, Interval: time.Second, Tracked: n, Capacity: 65536,
+	s := &top.Snapshot{Backend: "fentry", Sort: top.SortDrops, Time: t0, Interval: time.Second, Tracked: n, Capacity: 65536,
 		Namespaces: []top.Namespace{{Netns: 4026531840, Entries: 10, Max: 10}, {Netns: 4026532001, Entries: -1, Max: 262144}}}
 	for i := range n {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 32)
-		s.Rows = append(s.Rows, top.Row{Key: top.Key{Netns: 4026531840, Prefix: p}, Total: top.Counts{Drops: uint64(1000 - i)}})
+		s.Rows = append(s.Rows, top.Row{Key: top.Key{Netns: 4026531840, Prefix: p}, Total: dropCounts(uint64(1000-i), int64(i))})
 	}
-	s.Other.Total.Drops = 7
+	s.Other.Total = dropCounts(7, 0)
 	return s
 }
 
@@ -33,7 +40,7 @@ func TestTopFrameFitsTheScreen(t *testing.T) {
 		t.Run(fmt.Sprintf("%dx%d", scr.Width, scr.Height), func(t *testing.T) {
 			var b bytes.Buffer
 			s := snapshotWithRows(20)
-			if err := (TopView{Backend: "fentry", Sort: top.SortDrops}).WriteTopFrame(&b, s, scr); err != nil {
+			if err := WriteTopFrame(&b, s, scr); err != nil {
 				t.Fatal(err)
 			}
 			frame := b.String()
@@ -47,7 +54,7 @@ func TestTopFrameFitsTheScreen(t *testing.T) {
 				}
 			}
 			rows := strings.Count(frame, "10.0.")
-			fixed := len((TopView{}).topLines(s, 0)) + 1
+			fixed := len(topLines(s, 0)) + 1
 			switch {
 			case scr.Height >= fixed+20:
 				if rows != 20 || len(lines) != fixed+20 || strings.Contains(frame, "rows: a taller") {
@@ -69,13 +76,86 @@ func TestTopFrameFitsTheScreen(t *testing.T) {
 	}
 }
 
-// Off a terminal, snapshots follow each other with every row.
+// NewTopFrame asks the screen's size at every frame.
+func TestTopFrameFollowsTheScreen(t *testing.T) {
+	sizes := []Screen{{Width: 200, Height: 60}, {Width: 200, Height: 14}}
+	asked := 0
+	var b bytes.Buffer
+	w := NewTopFrame(&b, func() Screen { asked++; return sizes[asked-1] })
+	s := snapshotWithRows(20)
+	var frames []string
+	for range sizes {
+		if err := w.Write(s); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, b.String())
+		b.Reset()
+	}
+	for i, f := range frames {
+		var want bytes.Buffer
+		WriteTopFrame(&want, s, sizes[i])
+		if f != want.String() {
+			t.Errorf("frame %d is not WriteTopFrame's for %+v:\n%q\nwant\n%q", i, sizes[i], f, want.String())
+		}
+	}
+	if asked != 2 || frames[0] == frames[1] {
+		t.Errorf("screen asked %d times for 2 frames", asked)
+	}
+}
+
+// Off a terminal, snapshots follow each other with every row, under a
+// header naming the backend and the sort.
 func TestTopTextHasEveryRow(t *testing.T) {
 	var b bytes.Buffer
-	if err := (TopView{Backend: "tracepoint", Sort: top.SortDrops}).WriteTopText(&b, snapshotWithRows(30)); err != nil {
+	s := snapshotWithRows(30)
+	s.Backend = "tracepoint"
+	w := NewTop(&b, Text)
+	for range 2 {
+		if err := w.Write(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(b.String(), "10.0."); n != 30 || strings.Contains(b.String(), "\x1b") || !strings.HasSuffix(b.String(), "\n\n") {
-		t.Errorf("%d rows, escapes %v:\n%s", n, strings.Contains(b.String(), "\x1b"), b.String())
+	out := b.String()
+	if n := strings.Count(out, "10.0."); n != 60 || strings.Contains(out, "\x1b") || !strings.HasSuffix(out, "\n\n") {
+		t.Errorf("%d rows, escapes %v:\n%s", n, strings.Contains(out, "\x1b"), out)
+	}
+	if n := strings.Count(out, "backend tracepoint  sorted by drops"); n != 2 {
+		t.Errorf("header with the backend and the sort %d times, want 2:\n%s", n, out)
+	}
+	// The row of 10.0.0.3: 997 drops, 3 entries held.
+	if !regexp.MustCompile(`(?m)^ *4026531840 +10\.0\.0\.3/32 +0 +997 +0 +0 +3 `).MatchString(out) {
+		t.Errorf("no row for 10.0.0.3 with 997 drops and 3 held:\n%s", out)
+	}
+}
+
+// As JSON, a snapshot is one line: its backend, its sort, its rows with
+// their held entries, and "other".
+func TestTopJSON(t *testing.T) {
+	var b bytes.Buffer
+	w := NewTop(&b, JSON)
+	s := snapshotWithRows(3)
+	if err := w.Write(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(b.String(), "\n") != 1 || !strings.HasSuffix(b.String(), "\n") {
+		t.Fatalf("not one line: %q", b.String())
+	}
+	var rec topJSON
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Schema != SchemaVersion || rec.Type != "top" || rec.Backend != "fentry" || rec.Sort != "drops" || len(rec.Rows) != 3 ||
+		rec.Rows[2].Source != "10.0.0.2/32" || rec.Rows[2].Drops != 998 || rec.Rows[2].Held != 2 ||
+		rec.Other.Source != "other" || rec.Other.Drops != 7 || len(rec.Netns) != 2 || rec.Time != "2025-03-14T23:41:07.123456789Z" {
+		t.Errorf("snapshot as JSON: %s", b.String())
 	}
 }

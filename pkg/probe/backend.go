@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // Backend is the kind of BPF program the hooks are attached with.
@@ -78,7 +79,7 @@ func (f *Features) ChooseBackend(want Backend) (Backend, string, error) {
 		if !ok {
 			return "", "", fmt.Errorf("backend %s is not usable on kernel %s: %s", want, f.Kernel, why)
 		}
-		return want, "forced with --backend", nil
+		return want, "forced", nil
 	}
 	var skipped []string
 	for _, b := range Backends {
@@ -110,4 +111,29 @@ func (b Backend) Sees() []event.Reason {
 		return []event.Reason{event.ReasonTableFull, event.ReasonInsertFailed}
 	}
 	return event.Reasons()
+}
+
+// Report is what the kernel allows cttrace to do, and the backend an
+// automatic choice would use, with why (`cttrace features`).
+type Report struct {
+	*Features
+	Backend       string `json:"backend"`
+	BackendReason string `json:"backend_reason"`
+}
+
+// Report chooses the backend as a tracing command would: none when there
+// is no conntrack to trace, whatever the kernel allows.
+func (f *Features) Report() Report {
+	r := Report{Features: f}
+	if err := host.RequireConntrack(); err != nil {
+		r.Backend, r.BackendReason = "none", err.Error()
+		return r
+	}
+	b, why, err := f.ChooseBackend(BackendAuto)
+	if err != nil {
+		r.Backend, r.BackendReason = "none", err.Error()
+	} else {
+		r.Backend, r.BackendReason = string(b), why
+	}
+	return r
 }

@@ -126,7 +126,7 @@ func TestChooseBackendExplainsRefusal(t *testing.T) {
 		t.Fatalf("nothing usable: got %v", err)
 	}
 	got, why, err := f.ChooseBackend(BackendTracepoint)
-	if err != nil || got != BackendTracepoint || why != "forced with --backend" {
+	if err != nil || got != BackendTracepoint || why != "forced" {
 		t.Fatalf("forced tracepoint: %s %q %v", got, why, err)
 	}
 }

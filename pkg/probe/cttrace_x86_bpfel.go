@@ -55,6 +55,19 @@ const (
 	cttraceCtConfidenceCT_CONF_INFERRED cttraceCtConfidence = 1
 )
 
+type cttraceCtConfig struct {
+	_                 structs.HostLayout
+	StreamMask        uint32
+	CountSources      uint32
+	GroupV4Bits       uint32
+	GroupV6Bits       uint32
+	StreamPerCpuPerS  uint32
+	NetnsFilter       uint32
+	WakeupBytes       uint32
+	AllocStatePerTask uint32
+	DeleteHookIsClone uint32
+}
+
 type cttraceCtDetail uint32
 
 const (
@@ -210,22 +223,14 @@ const (
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
 	cttraceVarAdmitShift             = "admit_shift"
 	cttraceVarAggAdmitShift          = "agg_admit_shift"
-	cttraceVarAggregateSources       = "aggregate_sources"
-	cttraceVarAllocStatePerTask      = "alloc_state_per_task"
+	cttraceVarCfg                    = "cfg"
 	cttraceVarCtMax                  = "ct_max"
-	cttraceVarDeleteHookIsClone      = "delete_hook_is_clone"
-	cttraceVarGroupV4Bits            = "group_v4_bits"
-	cttraceVarGroupV6Bits            = "group_v6_bits"
-	cttraceVarNetnsFilter            = "netns_filter"
-	cttraceVarStreamMask             = "stream_mask"
-	cttraceVarStreamPerCpuPerS       = "stream_per_cpu_per_s"
 	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
 	cttraceVarUnusedCtEvent          = "unused_ct_event"
 	cttraceVarUnusedCtEventType      = "unused_ct_event_type"
 	cttraceVarUnusedNetnsSlot        = "unused_netns_slot"
 	cttraceVarUnusedSrcStat          = "unused_src_stat"
-	cttraceVarWakeupBytes            = "wakeup_bytes"
 )
 
 // loadCttrace returns the embedded CollectionSpec for cttrace.
@@ -321,22 +326,14 @@ type cttraceMapSpecs struct {
 type cttraceVariableSpecs struct {
 	AdmitShift         *ebpf.VariableSpec `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
-	AggregateSources   *ebpf.VariableSpec `ebpf:"aggregate_sources"`
-	AllocStatePerTask  *ebpf.VariableSpec `ebpf:"alloc_state_per_task"`
+	Cfg                *ebpf.VariableSpec `ebpf:"cfg"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
-	DeleteHookIsClone  *ebpf.VariableSpec `ebpf:"delete_hook_is_clone"`
-	GroupV4Bits        *ebpf.VariableSpec `ebpf:"group_v4_bits"`
-	GroupV6Bits        *ebpf.VariableSpec `ebpf:"group_v6_bits"`
-	NetnsFilter        *ebpf.VariableSpec `ebpf:"netns_filter"`
-	StreamMask         *ebpf.VariableSpec `ebpf:"stream_mask"`
-	StreamPerCpuPerS   *ebpf.VariableSpec `ebpf:"stream_per_cpu_per_s"`
 	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.VariableSpec `ebpf:"unused_ct_event_type"`
 	UnusedNetnsSlot    *ebpf.VariableSpec `ebpf:"unused_netns_slot"`
 	UnusedSrcStat      *ebpf.VariableSpec `ebpf:"unused_src_stat"`
-	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // cttraceObjects contains all objects after they have been loaded into the kernel.
@@ -404,22 +401,14 @@ func (m *cttraceMaps) Close() error {
 type cttraceVariables struct {
 	AdmitShift         *ebpf.Variable `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.Variable `ebpf:"agg_admit_shift"`
-	AggregateSources   *ebpf.Variable `ebpf:"aggregate_sources"`
-	AllocStatePerTask  *ebpf.Variable `ebpf:"alloc_state_per_task"`
+	Cfg                *ebpf.Variable `ebpf:"cfg"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
-	DeleteHookIsClone  *ebpf.Variable `ebpf:"delete_hook_is_clone"`
-	GroupV4Bits        *ebpf.Variable `ebpf:"group_v4_bits"`
-	GroupV6Bits        *ebpf.Variable `ebpf:"group_v6_bits"`
-	NetnsFilter        *ebpf.Variable `ebpf:"netns_filter"`
-	StreamMask         *ebpf.Variable `ebpf:"stream_mask"`
-	StreamPerCpuPerS   *ebpf.Variable `ebpf:"stream_per_cpu_per_s"`
 	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`
 	UnusedCtEventType  *ebpf.Variable `ebpf:"unused_ct_event_type"`
 	UnusedNetnsSlot    *ebpf.Variable `ebpf:"unused_netns_slot"`
 	UnusedSrcStat      *ebpf.Variable `ebpf:"unused_src_stat"`
-	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // cttracePrograms contains all programs after they have been loaded into the kernel.

@@ -15,7 +15,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
-	"github.com/cttrace/cttrace/internal/caps"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // Feature names, as shown by `cttrace features` and used in the test bed's
@@ -98,10 +98,6 @@ var DetectFeatures = sync.OnceValues(func() (*Features, error) { return detectFe
 // host's LOCAL_OUT, is left to `cttrace features`.
 var DetectBackends = sync.OnceValues(func() (*Features, error) { return detectFeatures(false) })
 
-// ErrPrivileges is returned when the process cannot load BPF programs at all,
-// so no trial would say anything about the kernel.
-var ErrPrivileges = errors.New("cttrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")
-
 func detectFeatures(all bool) (*Features, error) {
 	if err := checkCapabilities(); err != nil {
 		return nil, err
@@ -109,7 +105,7 @@ func detectFeatures(all bool) (*Features, error) {
 	if err := raiseMemlock(); err != nil {
 		return nil, err
 	}
-	f := &Features{Kernel: kernelRelease()}
+	f := &Features{Kernel: host.Release()}
 	f.Preemption, f.PreemptionSource = detectPreemption(f.Kernel)
 
 	kernelSpec, kernelErr := btf.LoadKernelSpec()
@@ -312,14 +308,6 @@ func attachError(err error) error {
 	return nil
 }
 
-func kernelRelease() string {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return "unknown"
-	}
-	return unix.ByteSliceToString(u.Release[:])
-}
-
 // raiseMemlock lifts RLIMIT_MEMLOCK where the kernel charges BPF memory to
 // it. Before 5.11 (memcg accounting of BPF memory: Roman Gushchin's series
 // "bpf: switch to memcg-based memory accounting", merged for 5.11) every map
@@ -333,18 +321,13 @@ func raiseMemlock() error {
 	return nil
 }
 
-// checkCapabilities fails early, with a message a person can act on, when
-// the process lacks what loading any BPF program needs.
+// checkCapabilities fails early, with a message a person can act on
+// (host.ErrPrivileges), when the process lacks what loading any BPF
+// program needs: CAP_SYS_ADMIN, as root has, or since 5.8 CAP_BPF,
+// CAP_PERFMON (tracing programs) and CAP_NET_ADMIN (netfilter's).
 func checkCapabilities() error {
-	if admin, err := caps.Missing(caps.SysAdmin); err != nil || len(admin) == 0 {
+	if admin, err := host.Missing(host.CapSysAdmin); err != nil || len(admin) == 0 {
 		return err
 	}
-	missing, err := caps.Missing(caps.BPF, caps.Perfmon, caps.NetAdmin)
-	if err != nil {
-		return err
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w (missing %s)", ErrPrivileges, strings.Join(missing, ", "))
-	}
-	return nil
+	return host.Require("loading BPF programs", host.CapBPF, host.CapPerfmon, host.CapNetAdmin)
 }

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // Probe is one backend's programs, loaded and attached.
@@ -107,33 +109,13 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	if err := spec.Assign(&specs); err != nil {
 		return nil, fmt.Errorf("bpf object: %w", err)
 	}
-	if err := specs.StreamMask.Set(opts.StreamMask); err != nil {
-		return nil, fmt.Errorf("set stream mask: %w", err)
-	}
-	if opts.RingBytes != 0 {
-		specs.Events.MaxEntries = opts.RingBytes
-	}
-	// Woken at an eighth full, the reader has seven eighths left to catch up
-	// before anything is lost; below that it reads on its 100 ms timer.
-	if err := specs.WakeupBytes.Set(specs.Events.MaxEntries / 8); err != nil {
-		return nil, fmt.Errorf("set wakeup threshold: %w", err)
-	}
 	opts.Sources = opts.Sources.withDefaults()
-	if err := opts.Sources.apply(&specs); err != nil {
-		return nil, err
-	}
-	if err := opts.Stream.apply(&specs); err != nil {
-		return nil, err
-	}
-	if err := keepAllocStatePerTask(&specs, f); err != nil {
+	if err := configure(&specs, f, opts, clone != ""); err != nil {
 		return nil, err
 	}
 	symbols := map[string]string{}
 	if clone != "" {
 		symbols["nf_ct_delete"] = clone
-		if err := specs.DeleteHookIsClone.Set(uint32(1)); err != nil {
-			return nil, fmt.Errorf("set delete hook: %w", err)
-		}
 	}
 	collOpts := ebpf.CollectionOptions{}
 	if f != nil && f.ConntrackModule {
@@ -172,24 +154,6 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-// keepAllocStatePerTask keeps the allocation hooks' state with the task
-// where the kernel allows it (FeatTaskStorage; alloc_scratch in
-// bpf/cttrace.bpf.c says why). Elsewhere the task storage map, which older
-// kernels cannot even create, becomes a one-slot array that the programs
-// never reach: alloc_state_per_task stays 0, and the verifier skips the
-// branch that would use it.
-func keepAllocStatePerTask(specs *specObjects, f *Features) error {
-	if x, ok := f.Get(FeatTaskStorage); ok && x.Usable {
-		if err := specs.AllocStatePerTask.Set(uint32(1)); err != nil {
-			return fmt.Errorf("set per-task allocation state: %w", err)
-		}
-		return nil
-	}
-	m := specs.AllocTaskState
-	m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
-	return nil
 }
 
 // attachAll attaches every program; symbols maps a kprobe's function to the
@@ -248,30 +212,24 @@ func deleteHookSymbol() string {
 	return ""
 }
 
-// MaxPath is where the global table limit is read; the kernel keeps it in a
-// variable BPF cannot name, so user space tells the programs.
-const MaxPath = "/proc/sys/net/netfilter/nf_conntrack_max"
-
 // ErrConntrackGone says that nf_conntrack was unloaded under the probes. A
 // kprobe on a function of an unloaded module is gone for good (the kernel
 // does not re-arm it when the module comes back) and tp_btf/kfree_skb has
 // nothing left to see, so the run cannot go on; fentry pins the module
 // (the kernel refuses to unload it while a trampoline calls into it).
-var ErrConntrackGone = errors.New("nf_conntrack was unloaded while cttrace ran, and the hooks went with it: run cttrace again once it is loaded")
+var ErrConntrackGone = errors.New("nf_conntrack was unloaded while cttrace ran, and the hooks went with it")
 
 // RefreshMax copies nf_conntrack_max into the programs, for the max field of
-// the events. Called at attach and then periodically by the reader.
+// the events: the kernel keeps the limit in a variable BPF cannot name, so
+// user space tells the programs. Called at attach and then periodically by
+// the session.
 func (p *Probe) RefreshMax() error {
-	b, err := os.ReadFile(MaxPath)
-	if errors.Is(err, os.ErrNotExist) {
+	max, err := host.ConntrackMax()
+	if errors.Is(err, host.ErrNoConntrack) {
 		return ErrConntrackGone
 	}
 	if err != nil {
 		return fmt.Errorf("read table max: %w", err)
-	}
-	max, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
-	if err != nil {
-		return fmt.Errorf("parse %s: %w", MaxPath, err)
 	}
 	if err := p.objs.CtMax.Set(uint32(max)); err != nil {
 		return fmt.Errorf("set table max: %w", err)
@@ -303,14 +261,14 @@ func (p *Probe) Lost() (uint64, error) {
 	return lost, nil
 }
 
-// Produced returns how many events of each kernel type the programs
-// produced, streamed or not, indexed by type.
-func (p *Probe) Produced() ([]uint64, error) {
-	counts := make([]uint64, cttraceCtEventTypeCT_EV_MAX)
+// Produced returns how many events of each reason the programs produced,
+// streamed or not.
+func (p *Probe) Produced() (event.Counts, error) {
+	var counts event.Counts
 	for t := range counts {
 		var perCPU []uint64
 		if err := p.objs.Produced.Lookup(uint32(t), &perCPU); err != nil {
-			return nil, fmt.Errorf("read event counters: %w", err)
+			return counts, fmt.Errorf("read event counters: %w", err)
 		}
 		counts[t] = sum(perCPU)
 	}

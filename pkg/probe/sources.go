@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -29,47 +30,6 @@ func (o SourceOptions) withDefaults() SourceOptions {
 		o.V6Bits = 128
 	}
 	return o
-}
-
-func (o SourceOptions) apply(specs *specObjects) error {
-	if !o.Enabled {
-		return nil
-	}
-	v4, v6 := o.V4Bits, o.V6Bits
-	if v4 > 32 || v6 > 128 {
-		return fmt.Errorf("invalid source grouping /%d, /%d", v4, v6)
-	}
-	for _, v := range []struct {
-		spec  *ebpf.VariableSpec
-		value uint32
-	}{{specs.AggregateSources, 1}, {specs.GroupV4Bits, uint32(v4)}, {specs.GroupV6Bits, uint32(v6)}} {
-		if err := v.spec.Set(v.value); err != nil {
-			return fmt.Errorf("set %s: %w", v.spec.Name, err)
-		}
-	}
-	if o.Max != 0 {
-		specs.Sources.MaxEntries = o.Max
-	}
-	return nil
-}
-
-// SourceTotals is what the kernel counted for one source (or prefix) in one
-// network namespace since the probes were attached.
-type SourceTotals struct {
-	Netns  uint32
-	Prefix netip.Prefix
-	// Events is indexed by the kernel's event type; use Count.
-	Events         [cttraceCtEventTypeCT_EV_MAX]uint64
-	LastDrop       time.Time
-	LastDropReason event.Reason
-}
-
-// Count returns the source's events of reason r.
-func (s *SourceTotals) Count(r event.Reason) uint64 {
-	if t := r.KernelType(); t != 0 && int(t) < len(s.Events) {
-		return s.Events[t]
-	}
-	return 0
 }
 
 // batchSize is how many entries one BPF_MAP_LOOKUP_BATCH call returns.
@@ -98,15 +58,15 @@ func eachEntry[K, V any](m *ebpf.Map, fn func(*K, *V) error) error {
 }
 
 // Sources calls fn for every source the kernel tracks now.
-func (p *Probe) Sources(clock *event.Clock, fn func(*SourceTotals) error) error {
-	var st SourceTotals
+func (p *Probe) Sources(clock *event.Clock, fn func(*event.SourceCounts) error) error {
+	var st event.SourceCounts
 	return eachEntry(p.objs.Sources, func(k *cttraceSrcKey, v *cttraceSrcStats) error {
 		p.decodeSource(k, v, clock, &st)
 		return fn(&st)
 	})
 }
 
-func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.Clock, st *SourceTotals) {
+func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.Clock, st *event.SourceCounts) {
 	var addr netip.Addr
 	bits := int(p.sources.V6Bits)
 	if k.Family == 2 {
@@ -115,7 +75,7 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 	} else {
 		addr = netip.AddrFrom16(k.Addr)
 	}
-	*st = SourceTotals{Netns: k.Netns, Events: v.Events}
+	*st = event.SourceCounts{Netns: k.Netns, Events: event.CountsFromKernel(v.Events)}
 	st.Prefix, _ = addr.Prefix(bits)
 	if v.LastDropNs != 0 {
 		st.LastDrop = clock.Wall(v.LastDropNs)
@@ -123,50 +83,31 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 	}
 }
 
-// NamespaceTotals returns, per network namespace, the events the kernel
-// counted since attach, by reason (with SourceOptions.Enabled).
-func (p *Probe) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
-	out := map[uint32]map[event.Reason]uint64{}
-	err := p.eachNamespaceCount(func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, _ *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
-		addEvents(out, netns, events)
-	})
-	return out, err
-}
-
-// NamespaceDetails returns, per network namespace, the events counted
-// since attach that carried a detail (which path evicted, why an insert
-// failed, what deleted), by detail. Each detail belongs to one reason
-// (event.Detail.Reason); a reason's events without one are its total less
-// its details.
-func (p *Probe) NamespaceDetails() (map[uint32]map[event.Detail]uint64, error) {
-	out := map[uint32]map[event.Detail]uint64{}
-	err := p.eachNamespaceCount(func(netns uint32, _ *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
+// NamespaceCounts returns, per network namespace, the events the kernel
+// counted since attach, by reason and by detail (with
+// SourceOptions.Enabled). It adds every CPU's counts of the per-CPU slots
+// (netns_slots, where most events count) and of the LRU map behind them
+// (netns_totals): each event counts in one of the two.
+func (p *Probe) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
+	out := map[uint32]event.NamespaceCounts{}
+	add := func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
+		c := out[netns]
+		c.Events = c.Events.Plus(event.CountsFromKernel(*events))
 		for d, n := range details {
-			if dt := event.DetailFromKernel(uint8(d)); dt != event.DetailNone && n > 0 {
-				if out[netns] == nil {
-					out[netns] = map[event.Detail]uint64{}
-				}
-				out[netns][dt] += n
-			}
+			c.Details[d] += n
 		}
-	})
-	return out, err
-}
-
-// eachNamespaceCount visits every CPU's counts of every namespace: the
-// per-CPU slots (netns_slots, where most events count) and the LRU map
-// behind them (netns_totals). Each event counts in one of the two.
-func (p *Probe) eachNamespaceCount(fn func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64)) error {
+		out[netns] = c
+	}
 	var netns uint32
 	var perCPU []cttraceNetnsStats
 	it := p.objs.NetnsTotals.Iterate()
 	for it.Next(&netns, &perCPU) {
 		for i := range perCPU {
-			fn(netns, &perCPU[i].Events, &perCPU[i].Details)
+			add(netns, &perCPU[i].Events, &perCPU[i].Details)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read namespace totals: %w", err)
+		return nil, fmt.Errorf("read namespace totals: %w", err)
 	}
 	var slot uint32
 	var slots []cttraceNetnsSlot
@@ -174,29 +115,14 @@ func (p *Probe) eachNamespaceCount(fn func(netns uint32, events *[cttraceCtEvent
 	for it.Next(&slot, &slots) {
 		for i := range slots {
 			if slots[i].Netns != 0 { // 0: not claimed on this CPU
-				fn(slots[i].Netns, &slots[i].Events, &slots[i].Details)
+				add(slots[i].Netns, &slots[i].Events, &slots[i].Details)
 			}
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read namespace slots: %w", err)
+		return nil, fmt.Errorf("read namespace slots: %w", err)
 	}
-	return nil
-}
-
-// addEvents adds one CPU's counts, indexed by the kernel's event type, to
-// netns's totals by reason.
-func addEvents(out map[uint32]map[event.Reason]uint64, netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64) {
-	m := out[netns]
-	if m == nil {
-		m = map[event.Reason]uint64{}
-		out[netns] = m
-	}
-	for t, n := range events {
-		if r := event.ReasonFromKernel(uint32(t)); r.Valid() {
-			m[r] += n
-		}
-	}
+	return out, nil
 }
 
 // Admission is how one of the kernel's bounded maps took in new keys:
@@ -253,11 +179,13 @@ func (p *Probe) setShift(at SampledMap, shift uint32) error {
 // rate demands, and lowers it one step per call, so that a pausing flood
 // does not make it flap.
 type Sampler struct {
-	p       *Probe
-	at      SampledMap
-	perSec  float64 // admissions a second the map can take
-	shift   uint32
-	sampled bool
+	p      *Probe
+	at     SampledMap
+	perSec float64 // admissions a second the map can take
+	// shift and sampled are read by the map's readers while Adjust, on
+	// the session's maintenance goroutine, changes them.
+	shift   atomic.Uint32
+	sampled atomic.Bool
 	last    Admission
 	lastAt  time.Time
 }
@@ -285,11 +213,11 @@ func (p *Probe) NewSampler(at SampledMap, readEvery time.Duration) (*Sampler, er
 }
 
 // Shift is the admission shift in force: new keys are admitted 1 in 2^Shift.
-func (s *Sampler) Shift() uint32 { return s.shift }
+func (s *Sampler) Shift() uint32 { return s.shift.Load() }
 
 // Sampled reports whether sampling was ever in force: some keys were then
 // counted only in the totals, and per-key counts are bounded.
-func (s *Sampler) Sampled() bool { return s.sampled }
+func (s *Sampler) Sampled() bool { return s.sampled.Load() }
 
 // Adjust reads the admission counters and sets the shift for the rate of
 // unheld keys since the last call. Call it often (every 100 ms): it is two
@@ -306,17 +234,20 @@ func (s *Sampler) Adjust(now time.Time) error {
 	missedPerSec := float64(a.Missed-s.last.Missed) / elapsed
 	s.last, s.lastAt = a, now
 	want := admitShiftFor(missedPerSec, s.perSec)
-	if want < s.shift {
-		want = s.shift - 1
+	shift := s.shift.Load()
+	if want < shift {
+		want = shift - 1
 	}
-	if want == s.shift {
+	if want == shift {
 		return nil
 	}
 	if err := s.p.setShift(s.at, want); err != nil {
 		return err
 	}
-	s.shift = want
-	s.sampled = s.sampled || want > 0
+	s.shift.Store(want)
+	if want > 0 {
+		s.sampled.Store(true)
+	}
 	return nil
 }
 

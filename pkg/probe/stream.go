@@ -31,26 +31,6 @@ func (o StreamOptions) perCPU() uint32 {
 	return (o.Limit + cpus - 1) / cpus
 }
 
-func (o StreamOptions) apply(specs *specObjects) error {
-	if o.Limit == 0 {
-		specs.Aggregated.MaxEntries = 1 // never written: no memory for it
-	}
-	if err := specs.StreamPerCpuPerS.Set(o.perCPU()); err != nil {
-		return fmt.Errorf("set stream limit: %w", err)
-	}
-	if len(o.Netns) > int(specs.StreamNetns.MaxEntries) {
-		return fmt.Errorf("at most %d namespaces can be selected, not %d", specs.StreamNetns.MaxEntries, len(o.Netns))
-	}
-	var filter uint32
-	if len(o.Netns) > 0 {
-		filter = 1
-	}
-	if err := specs.NetnsFilter.Set(filter); err != nil {
-		return fmt.Errorf("set namespace filter: %w", err)
-	}
-	return nil
-}
-
 // selectNamespaces fills the loaded program's namespace filter.
 func (p *Probe) selectNamespaces(netns []uint32) error {
 	for _, ns := range netns {
@@ -88,16 +68,14 @@ func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) 
 
 // AggregatedTotals returns, by reason, every event counted past the stream
 // limit since attach, whether or not the map could hold its source.
-func (p *Probe) AggregatedTotals() (map[event.Reason]uint64, error) {
-	out := map[event.Reason]uint64{}
-	for t := uint32(1); t < uint32(cttraceCtEventTypeCT_EV_MAX); t++ {
+func (p *Probe) AggregatedTotals() (event.Counts, error) {
+	var out event.Counts
+	for t := uint32(1); t < uint32(len(out)); t++ {
 		var perCPU []uint64
 		if err := p.objs.AggregatedTotal.Lookup(t, &perCPU); err != nil {
-			return nil, fmt.Errorf("read aggregated totals: %w", err)
+			return out, fmt.Errorf("read aggregated totals: %w", err)
 		}
-		if r := event.ReasonFromKernel(t); r.Valid() {
-			out[r] = sum(perCPU)
-		}
+		out[t] = sum(perCPU)
 	}
 	return out, nil
 }

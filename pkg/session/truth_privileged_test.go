@@ -88,9 +88,16 @@ func traceWith(t *testing.T, cfg Config, netns uint32) (*tally, *Session, func()
 	var lost uint64
 	go func() {
 		done <- s.Run(ctx, Handler{
-			Event: tl.add,
-			Idle:  func() error { return nil },
-			Tick:  func(n uint64) error { lost += n; return nil },
+			Record: func(r *event.Record) error {
+				switch {
+				case r.Event != nil:
+					return tl.add(r.Event)
+				case r.Lost != nil:
+					lost += r.Lost.Lost
+				}
+				return nil
+			},
+			Idle: func() error { return nil },
 		})
 	}()
 	var once sync.Once
@@ -535,9 +542,9 @@ func TestSourceTotalsMatchRefusalsPerSource(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			got, sum = map[netip.Prefix]int{}, 0
-			if err := s.Sources(func(st *probe.SourceTotals) error {
+			if err := s.Sources(func(st *event.SourceCounts) error {
 				if st.Netns == lab.Inode() {
-					n := int(st.Count(event.ReasonTableFull))
+					n := int(st.Events.Of(event.ReasonTableFull))
 					got[st.Prefix] += n
 					sum += n
 				}

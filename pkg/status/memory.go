@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // Memory is what the table costs in unswappable kernel memory, priced
@@ -92,7 +94,7 @@ func priceMemory(r *Report, opts Options) (Memory, error) {
 // entrySize returns the bytes an entry takes, the objects the cache has in
 // use (-1 if unknown), and where the size was read.
 func entrySize() (size, inUse int64, source string, err error) {
-	if size, err = readInt(slabDir + "/slab_size"); err == nil {
+	if size, err = host.ReadInt(slabDir + "/slab_size"); err == nil {
 		inUse = -1
 		if b, err := os.ReadFile(slabDir + "/objects"); err == nil {
 			// "160 N0=160": the total, then per NUMA node.

@@ -9,12 +9,12 @@ import (
 
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/table"
-	"github.com/cttrace/cttrace/pkg/topk"
+	"github.com/cttrace/cttrace/pkg/top"
 )
 
 // Prefix grouping for the advice: a /24 (IPv4) or /64 (IPv6) is what one
 // client network, or one attacker's range, usually is.
-var prefixGrouping = topk.Grouping{V4Bits: 24, V6Bits: 64}
+var prefixGrouping = top.Grouping{V4Bits: 24, V6Bits: 64}
 
 // dumpedFill is the fill past which status dumps a namespace's table to
 // find who fills it (a dump costs time in proportion to the table).
@@ -48,7 +48,7 @@ type service struct {
 // spoofed sources costs what one of a thousand does), and its unreplied
 // entries per service (at most one counter per protocol and port).
 func whoFills(ns table.Namespace) (Filler, error) {
-	tr, err := topk.NewTracker(1024, prefixGrouping)
+	tr, err := top.NewHistory(1024, prefixGrouping)
 	if err != nil {
 		return Filler{}, err
 	}
@@ -65,9 +65,9 @@ func whoFills(ns table.Namespace) (Filler, error) {
 	if err != nil && !errors.Is(err, table.ErrDumpInterrupted) {
 		return f, fmt.Errorf("dump %s: %w", ns, err)
 	}
-	for _, r := range tr.Snapshot().Rows {
-		if r.Held > f.Entries {
-			f.Prefix, f.Entries = r.Prefix, r.Held
+	for _, r := range tr.Read().Rows {
+		if r.Total.Held > f.Entries {
+			f.Prefix, f.Entries = r.Prefix, r.Total.Held
 		}
 	}
 	for s, n := range unreplied {

@@ -7,15 +7,12 @@
 package status
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/cttrace/cttrace/internal/caps"
+	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/table"
 )
 
@@ -67,22 +64,26 @@ type Options struct {
 	WhatIfMax, WhatIfBuckets int64
 }
 
-// The host's figures: global sysctls (readable in any namespace) and the
-// module's holders.
-var (
-	maxPath     = "/proc/sys/net/netfilter/nf_conntrack_max"
-	bucketsPath = "/proc/sys/net/netfilter/nf_conntrack_buckets"
-	holdersDir  = "/sys/module/nf_conntrack/holders"
-)
+// holdersDir lists the modules that hold nf_conntrack.
+const holdersDir = "/sys/module/nf_conntrack/holders"
 
-// Gather reads the host's state.
+// Gather reads the host's state. It needs root, or CAP_SYS_ADMIN (to enter
+// each network namespace) and CAP_NET_ADMIN (to read ctnetlink); without
+// them it fails at once, naming what is missing (host.ErrPrivileges),
+// rather than on the first namespace.
 func Gather(opts Options) (*Report, error) {
-	r := &Report{Time: time.Now(), Kernel: kernelRelease()}
-	var err error
-	if r.Max, err = readInt(maxPath); err != nil {
+	if err := host.RequireConntrack(); err != nil {
 		return nil, err
 	}
-	if r.Buckets, err = readInt(bucketsPath); err != nil {
+	if err := host.Require("reading every namespace's table", host.CapSysAdmin, host.CapNetAdmin); err != nil {
+		return nil, err
+	}
+	r := &Report{Time: time.Now(), Kernel: host.Release()}
+	var err error
+	if r.Max, err = host.ConntrackMax(); err != nil {
+		return nil, err
+	}
+	if r.Buckets, err = host.ConntrackBuckets(); err != nil {
 		return nil, err
 	}
 	inUse, err := table.InUse()
@@ -108,18 +109,6 @@ func Gather(opts Options) (*Report, error) {
 	return r, nil
 }
 
-func readInt(path string) (int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", path, err)
-	}
-	return n, nil
-}
-
 // holders lists the modules that hold nf_conntrack (none when it is built
 // in, or when nothing but the kernel uses it).
 func holders() []string {
@@ -132,29 +121,4 @@ func holders() []string {
 		out = append(out, filepath.Base(e.Name()))
 	}
 	return out
-}
-
-func kernelRelease() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// ErrPrivileges is returned when the process cannot enter other network
-// namespaces or read ctnetlink.
-var ErrPrivileges = errors.New("cttrace status needs root, or CAP_SYS_ADMIN (to enter each network namespace) and CAP_NET_ADMIN (to read ctnetlink)")
-
-// CheckPrivileges fails at once, naming what is missing, rather than on the
-// first namespace.
-func CheckPrivileges() error {
-	missing, err := caps.Missing(caps.SysAdmin, caps.NetAdmin)
-	if err != nil {
-		return err
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w (missing %s)", ErrPrivileges, strings.Join(missing, ", "))
-	}
-	return nil
 }

@@ -3,11 +3,11 @@ package top
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
-	"github.com/cttrace/cttrace/pkg/topk"
 )
 
 func refusal(netns uint32, src string, at time.Time) *event.Event {
@@ -21,10 +21,10 @@ func refusal(netns uint32, src string, at time.Time) *event.Event {
 // go while its counts stay in the history, so that it outranks a spoofed
 // flood of one-drop sources far larger than the map.
 func TestRecordingRanksAsTheKernelWould(t *testing.T) {
-	g := topk.Grouping{V4Bits: 24, V6Bits: 64}
+	g := Grouping{V4Bits: 24, V6Bits: 64}
 	rec := NewRecording(g, 100)
 	start := time.Unix(1_700_000_000, 0)
-	agg := newAggregator(t, Options{Sort: SortDrops, Limit: 2, Capacity: 100}, start)
+	agg := newRanking(t, Options{Sort: SortDrops, Limit: 2, Capacity: 100, Grouping: g}, start)
 	at := start
 	for range 500 {
 		rec.Event(refusal(7, "198.51.100.9", at)) // /24: one row with .10 below
@@ -51,16 +51,99 @@ func TestRecordingRanksAsTheKernelWould(t *testing.T) {
 	if len(rec.sources) > 100 {
 		t.Errorf("the recording holds %d sources, over its capacity 100", len(rec.sources))
 	}
-	if len(snap.Rows) != 2 || snap.Rows[0].Prefix.String() != "198.51.100.0/24" || snap.Rows[0].Total.Drops != 600 {
+	if len(snap.Rows) != 2 || snap.Rows[0].Prefix.String() != "198.51.100.0/24" || snap.Rows[0].Total.Drops() != 600 {
 		t.Fatalf("rows %+v: want 198.51.100.0/24 first with 600 drops", snap.Rows)
 	}
-	if total := snap.Rows[0].Total.Drops + snap.Rows[1].Total.Drops + snap.Other.Total.Drops; total != 10_640 {
+	if total := snap.Rows[0].Total.Drops() + snap.Rows[1].Total.Drops() + snap.Other.Total.Drops(); total != 10_640 {
 		t.Errorf("rows + other = %d, want every refusal recorded (10,640)", total)
 	}
-	if len(snap.Namespaces) != 1 || snap.Namespaces[0].Total.Drops != 10_600 {
+	if len(snap.Namespaces) != 1 || snap.Namespaces[0].Total.Drops() != 10_600 {
 		t.Errorf("namespaces %+v: want netns 7 with 10,600 (the other aggregate names none)", snap.Namespaces)
 	}
 	if !snap.Bounded {
 		t.Error("the map let sources go under the flood, yet the snapshot does not say it is bounded")
+	}
+}
+
+// The per-namespace counts of a replay are the kernel's: every reason,
+// and every detail apart (which path evicted, why an insert failed, what
+// deleted), each in its namespace. An aggregate has no detail: its events
+// count under the reason only. An "other" aggregate names no namespace and
+// counts in the totals only; an unknown reason counts nowhere.
+func TestRecordingCountsDetailsPerNamespace(t *testing.T) {
+	rec := NewRecording(DefaultGrouping, 10)
+	at := time.Unix(1_700_000_000, 0)
+	want := map[uint32]event.NamespaceCounts{}
+	var wantTotals event.Counts
+	record := func(netns uint32, src string, r event.Reason, d event.Detail, n int) {
+		for range n {
+			ev := refusal(netns, src, at)
+			ev.Reason, ev.Detail = r, d
+			rec.Event(ev)
+		}
+		ns := want[netns]
+		ns.Events.Add(r, uint64(n))
+		ns.Details.Add(d, uint64(n))
+		want[netns] = ns
+		wantTotals.Add(r, uint64(n))
+	}
+	record(1, "10.0.0.1", event.ReasonInsertFailed, event.DetailClash, 2)
+	record(1, "10.0.0.1", event.ReasonInsertFailed, event.DetailChainTooLong, 1)
+	record(1, "10.0.0.2", event.ReasonInsertFailed, event.DetailNone, 1)
+	record(1, "10.0.0.2", event.ReasonEarlyDrop, event.DetailEvictedForNewFlow, 3)
+	record(1, "10.0.0.3", event.ReasonDelete, event.DetailExpired, 4)
+	record(2, "10.0.0.1", event.ReasonGCEvict, event.DetailEvictedByGC, 5)
+	record(2, "10.0.0.1", event.ReasonDelete, event.DetailNetlink, 6)
+	record(2, "10.0.0.4", event.ReasonDelete, event.DetailOther, 1)
+	record(2, "10.0.0.4", event.ReasonInsertFailed, event.DetailDying, 2)
+	record(2, "10.0.0.4", event.ReasonTableFull, event.DetailNone, 7)
+
+	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonInsertFailed, Netns: 1,
+		Source: netip.MustParseAddr("10.0.0.1"), Count: 10, Last: at})
+	ns1 := want[1]
+	ns1.Events.Add(event.ReasonInsertFailed, 10)
+	want[1] = ns1
+	wantTotals.Add(event.ReasonInsertFailed, 10)
+	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonTableFull, Count: 40}) // other
+	wantTotals.Add(event.ReasonTableFull, 40)
+	bogus := refusal(1, "10.0.0.1", at)
+	bogus.Reason, bogus.Detail = "no_such_reason", event.DetailClash
+	rec.Event(bogus)
+
+	got, err := rec.NamespaceCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("namespaces:\n got %+v\nwant %+v", got, want)
+	}
+	// Spot checks of the figures above, so that the test does not only
+	// compare two results of DetailCounts.Add.
+	if d := got[1].Details; d.Of(event.DetailClash) != 2 || d.Of(event.DetailChainTooLong) != 1 || d.Of(event.DetailEvictedForNewFlow) != 3 ||
+		d.Of(event.DetailExpired) != 4 || d.Of(event.DetailEvictedByGC) != 0 || d.Of(event.DetailNetlink) != 0 {
+		t.Errorf("netns 1 details %+v", d)
+	}
+	if e := got[1].Events; e.Of(event.ReasonInsertFailed) != 14 || e.Of(event.ReasonEarlyDrop) != 3 || e.Of(event.ReasonDelete) != 4 {
+		t.Errorf("netns 1 events %+v: want 14 insert_failed (4 events, an aggregate of 10), 3 early_drop, 4 delete", e)
+	}
+	if d := got[2].Details; d.Of(event.DetailEvictedByGC) != 5 || d.Of(event.DetailNetlink) != 6 || d.Of(event.DetailOther) != 1 ||
+		d.Of(event.DetailDying) != 2 || d.Of(event.DetailClash) != 0 || d.Of(event.DetailExpired) != 0 {
+		t.Errorf("netns 2 details %+v", d)
+	}
+	if e := got[2].Events; e.Of(event.ReasonGCEvict) != 5 || e.Of(event.ReasonDelete) != 7 || e.Of(event.ReasonTableFull) != 7 {
+		t.Errorf("netns 2 events %+v", e)
+	}
+	totals, err := rec.Counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if totals != wantTotals || totals.Of(event.ReasonTableFull) != 47 {
+		t.Errorf("totals %+v, want %+v (the other aggregate's 40 table_full in them)", totals, wantTotals)
+	}
+	// The caller's copy is its own.
+	got[1] = event.NamespaceCounts{}
+	delete(got, 2)
+	if again, _ := rec.NamespaceCounts(); !reflect.DeepEqual(again, want) {
+		t.Errorf("changing the returned counts changed the recording's: %+v", again)
 	}
 }

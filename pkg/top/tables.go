@@ -7,22 +7,23 @@ import (
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/table"
-	"github.com/cttrace/cttrace/pkg/topk"
 )
 
-// SeedHeld counts the entries every namespace's table holds now, per
-// source grouped as g, so that "entries held" is right from the first
-// refresh; insert and delete events keep it current afterwards. The dump is
-// streamed through a Space-Saving counter of the aggregator's capacity: a
-// million-entry table from random sources costs that bound, not a key per
-// source, and a source holding many entries keeps its row even when it
-// shows up late in the dump. What no row holds is counted in Other.
-func (a *Aggregator) SeedHeld(namespaces []table.Namespace, g topk.Grouping) error {
-	capacity := a.opts.Capacity
-	if capacity <= 0 || capacity > topk.MaxCapacity {
-		capacity = topk.DefaultCapacity
+// seedHeld counts the entries every namespace's table holds now, per
+// source, so that "entries held" is right from the first refresh; insert
+// and delete events keep it current afterwards. The dump is streamed
+// through a History as large as the ranking's own (HistoryCapacity, or the
+// kernel map's capacity when smaller): a million-entry table from random
+// sources costs that bound, not a key per source, and a source holding
+// more than 1/HistoryCapacity of the table keeps its row even when it shows
+// up late in the dump. What no row holds is counted in Other.
+func (a *Ranking) seedHeld(namespaces []table.Namespace) error {
+	capacity := HistoryCapacity
+	if a.opts.Capacity > 0 {
+		capacity = min(capacity, a.opts.Capacity)
 	}
-	tr, err := topk.NewTracker(capacity, g)
+	g := a.opts.Grouping
+	tr, err := NewHistory(capacity, g)
 	if err != nil {
 		return err
 	}
@@ -39,22 +40,21 @@ func (a *Aggregator) SeedHeld(namespaces []table.Namespace, g topk.Grouping) err
 			errs = append(errs, fmt.Errorf("dump %s: %w", ns, err))
 		}
 	}
-	snap := tr.Snapshot()
-	for _, r := range snap.Rows {
-		a.Seed(Key{Netns: r.Netns, Prefix: r.Prefix}, r.Held)
+	held := tr.Read()
+	for _, r := range held.Rows {
+		a.seed(r.Key, r.Total.Held)
 	}
-	a.seeded += snap.Other.Held
+	a.seeded += held.Other.Total.Held
 	return errors.Join(errs...)
 }
 
-// TableWatch is what top-sources reads of the tables at each refresh:
-// which namespaces use conntrack now (containers come and go) and their
-// entries and max, from one statistics read per namespace; and, where the
-// backend sees no inserts or deletes (tracepoint), the entries each source
-// holds, from a fresh dump.
-type TableWatch struct {
-	agg        *Aggregator
-	grouping   topk.Grouping
+// Tables is what top-sources reads of the tables at each refresh: which
+// namespaces use conntrack now (containers come and go) and their entries
+// and max, from one statistics read per namespace; and, where the backend
+// sees no inserts or deletes (the tracepoint backend), the entries each
+// source holds, from a fresh dump.
+type Tables struct {
+	ranking    *Ranking
 	redump     bool
 	nextDump   time.Time
 	namespaces []table.Namespace
@@ -63,32 +63,32 @@ type TableWatch struct {
 }
 
 // Stats are the namespaces' statistics as the last refresh read them.
-func (w *TableWatch) Stats() []table.NamespaceStats { return w.stats }
+func (w *Tables) Stats() []table.NamespaceStats { return w.stats }
 
-// WatchTables lists the namespaces and seeds "entries held" from a dump of
+// watchTables lists the namespaces and seeds "entries held" from a dump of
 // their tables. Call it once the probes are attached: an entry confirmed
 // in between is counted by both the dump and its insert event, which errs
 // by the entries of a few milliseconds rather than missing them. redump
 // re-seeds at refreshes (for a backend that sees no inserts); warn hears
 // what could not be read, which leaves figures unknown but stops nothing.
-func (a *Aggregator) WatchTables(g topk.Grouping, redump bool, warn func(error)) *TableWatch {
-	w := &TableWatch{agg: a, grouping: g, redump: redump, warn: warn}
+func (a *Ranking) watchTables(redump bool, warn func(error)) *Tables {
+	w := &Tables{ranking: a, redump: redump, warn: warn}
 	w.rescan()
 	w.seed()
 	return w
 }
 
 // Refresh returns the namespaces' tables for a snapshot at now.
-func (w *TableWatch) Refresh(now time.Time) map[uint32]Namespace {
+func (w *Tables) Refresh(now time.Time) map[uint32]Namespace {
 	tables := w.rescan()
 	if w.redump && !now.Before(w.nextDump) {
-		w.agg.ResetHeld()
+		w.ranking.resetHeld()
 		w.seed()
 	}
 	return tables
 }
 
-func (w *TableWatch) rescan() map[uint32]Namespace {
+func (w *Tables) rescan() map[uint32]Namespace {
 	inUse, err := table.InUse()
 	if err != nil {
 		w.warn(fmt.Errorf("list network namespaces: %w", err))
@@ -109,9 +109,9 @@ func (w *TableWatch) rescan() map[uint32]Namespace {
 // seed dumps the tables; a dump of a huge table takes a while, so the next
 // one waits nine times as long: at most a tenth of the time is spent
 // dumping.
-func (w *TableWatch) seed() {
+func (w *Tables) seed() {
 	start := time.Now()
-	if err := w.agg.SeedHeld(w.namespaces, w.grouping); err != nil {
+	if err := w.ranking.seedHeld(w.namespaces); err != nil {
 		w.warn(fmt.Errorf("entries held are incomplete: %w", err))
 	}
 	w.nextDump = time.Now().Add(9 * time.Since(start))

@@ -1,4 +1,4 @@
-package topk
+package top
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"runtime"
 	"testing"
+	"time"
+	"unsafe"
 
 	"github.com/cttrace/cttrace/pkg/event"
 )
@@ -29,7 +31,7 @@ var benchReasons = [...]event.Reason{
 func BenchmarkAdd(b *testing.B) {
 	for _, distinct := range []int{1, 100, 10_000, 1_000_000} {
 		b.Run(fmt.Sprintf("sources=%d", distinct), func(b *testing.B) {
-			tr := newTracker(b, DefaultCapacity, Grouping{})
+			tr := newHistory(b, HistoryCapacity, Grouping{})
 			// The sources are drawn at random, so the index and the rows
 			// are visited as a flood visits them, not in order.
 			rng := rand.New(rand.NewPCG(1, uint64(distinct)))
@@ -52,10 +54,10 @@ func BenchmarkAdd(b *testing.B) {
 	}
 }
 
-// BenchmarkSnapshot measures one refresh of the view at the default
-// capacity, full, with 25 rows shown.
-func BenchmarkSnapshot(b *testing.B) {
-	tr := newTracker(b, DefaultCapacity, Grouping{})
+// BenchmarkRead measures one reading of the history at the default
+// capacity, full (every row returned, as Ranking reads it).
+func BenchmarkRead(b *testing.B) {
+	tr := newHistory(b, HistoryCapacity, Grouping{})
 	rng := rand.New(rand.NewPCG(2, 2))
 	ev := flowFrom(event.ReasonTableFull, testNetns, netip.MustParseAddr("10.0.0.1"))
 	for i := range 200_000 {
@@ -65,26 +67,29 @@ func BenchmarkSnapshot(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		tr.Snapshot()
+		tr.Read()
 	}
 }
 
-// TestMemoryBound measures the heap a full tracker holds after a flood
+// TestMemoryBound measures the heap a full history holds after a flood
 // that displaced many times its capacity, and checks it against
 // MemoryBound, the figure doc.go documents.
 func TestMemoryBound(t *testing.T) {
-	for _, capacity := range []int{DefaultCapacity, 100_000} {
+	t.Logf("a row %d bytes (key %d, counts now and at the last read %d, last drop %d), heap 4, index slot %d, History %d",
+		unsafe.Sizeof(tracked{}), unsafe.Sizeof(Key{}), 2*unsafe.Sizeof(Counts{}),
+		unsafe.Sizeof(event.Reason(""))+unsafe.Sizeof(time.Time{}), unsafe.Sizeof(slot{}), unsafe.Sizeof(History{}))
+	for _, capacity := range []int{HistoryCapacity, 100_000} {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		tr := newTracker(t, capacity, Grouping{})
+		tr := newHistory(t, capacity, Grouping{})
 		ev := flowFrom(event.ReasonTableFull, testNetns, netip.MustParseAddr("10.0.0.1"))
 		for i := range uint32(4 * capacity) {
 			ev.Flow.Src = floodSource(i)
 			ev.Reason = benchReasons[i%uint32(len(benchReasons))]
 			add(tr, ev)
 		}
-		tr.Snapshot() // the scratch at its largest; the rows are garbage
+		tr.Read() // the scratch at its largest; the rows are garbage
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		used := int64(after.HeapAlloc) - int64(before.HeapAlloc)

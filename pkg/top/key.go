@@ -1,4 +1,4 @@
-package topk
+package top
 
 import (
 	"fmt"

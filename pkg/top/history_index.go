@@ -1,4 +1,4 @@
-package topk
+package top
 
 import (
 	"encoding/binary"
@@ -50,14 +50,14 @@ func (x *index) hash(k Key) uint32 {
 }
 
 // find returns the row holding k.
-func (x *index) find(k Key, rows []row) (int32, bool) {
+func (x *index) find(k Key, rows []tracked) (int32, bool) {
 	_, ref := x.lookup(k, rows)
 	return ref - 1, ref != 0
 }
 
 // lookup returns k's slot and its ref, or the empty slot ending its probe
 // chain and 0.
-func (x *index) lookup(k Key, rows []row) (uint32, int32) {
+func (x *index) lookup(k Key, rows []tracked) (uint32, int32) {
 	h := x.hash(k)
 	for i := h & x.mask; ; i = (i + 1) & x.mask {
 		s := x.slots[i]
@@ -80,7 +80,7 @@ func (x *index) insert(k Key, r int32) {
 // remove forgets k. Entries after it in the probe chain are shifted back
 // into the hole (Knuth's algorithm R), so no tombstone is left to lengthen
 // later probes.
-func (x *index) remove(k Key, rows []row) {
+func (x *index) remove(k Key, rows []tracked) {
 	hole, ref := x.lookup(k, rows)
 	if ref == 0 {
 		return

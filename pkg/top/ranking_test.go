@@ -1,6 +1,7 @@
 package top
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -8,56 +9,45 @@ import (
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
-	"github.com/cttrace/cttrace/pkg/probe"
-	"github.com/cttrace/cttrace/pkg/topk"
 )
 
 // fakeKernel stands for the kernel's per-source map and its totals (Kernel).
 type fakeKernel struct {
-	sources map[Key]*probe.SourceTotals
-	totals  map[event.Reason]uint64
-	perNs   map[uint32]map[event.Reason]uint64
+	sources map[Key]*event.SourceCounts
+	totals  event.Counts
+	perNs   map[uint32]event.NamespaceCounts
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{sources: map[Key]*probe.SourceTotals{}, totals: map[event.Reason]uint64{}, perNs: map[uint32]map[event.Reason]uint64{}}
+	return &fakeKernel{sources: map[Key]*event.SourceCounts{}, perNs: map[uint32]event.NamespaceCounts{}}
 }
 
-func newAggregator(t testing.TB, opts Options, start time.Time) *Aggregator {
-	a, err := New(opts, topk.DefaultGrouping, start)
+func newRanking(t testing.TB, opts Options, start time.Time) *Ranking {
+	t.Helper()
+	a, err := NewRanking(opts, start)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
 }
 
-// index of reason r in SourceTotals.Events.
-func index(r event.Reason) int {
-	for t := 1; ; t++ {
-		if event.ReasonFromKernel(uint32(t)) == r {
-			return t
-		}
-	}
-}
-
 // add records n events of reason r from src; tracked=false models a source
 // the LRU map has pushed out (only the totals see it).
 func (k *fakeKernel) add(netns uint32, src string, r event.Reason, n uint64, tracked bool) {
-	k.totals[r] += n
-	if k.perNs[netns] == nil {
-		k.perNs[netns] = map[event.Reason]uint64{}
-	}
-	k.perNs[netns][r] += n
+	k.totals.Add(r, n)
+	ns := k.perNs[netns]
+	ns.Events.Add(r, n)
+	k.perNs[netns] = ns
 	if !tracked {
 		return
 	}
 	key := Key{Netns: netns, Prefix: netip.MustParsePrefix(src)}
 	st := k.sources[key]
 	if st == nil {
-		st = &probe.SourceTotals{Netns: netns, Prefix: key.Prefix}
+		st = &event.SourceCounts{Netns: netns, Prefix: key.Prefix}
 		k.sources[key] = st
 	}
-	st.Events[index(r)] += n
+	st.Events.Add(r, n)
 }
 
 // forget models the LRU map pushing src out.
@@ -65,7 +55,7 @@ func (k *fakeKernel) forget(netns uint32, src string) {
 	delete(k.sources, Key{Netns: netns, Prefix: netip.MustParsePrefix(src)})
 }
 
-func (k *fakeKernel) Sources(fn func(*Source) error) error {
+func (k *fakeKernel) Sources(fn func(*event.SourceCounts) error) error {
 	for _, st := range k.sources {
 		if err := fn(st); err != nil {
 			return err
@@ -74,16 +64,16 @@ func (k *fakeKernel) Sources(fn func(*Source) error) error {
 	return nil
 }
 
-func (k *fakeKernel) Totals() (map[event.Reason]uint64, error) { return k.totals, nil }
+func (k *fakeKernel) Counts() (event.Counts, error) { return k.totals, nil }
 
-func (k *fakeKernel) NamespaceTotals() (map[uint32]map[event.Reason]uint64, error) {
-	return k.perNs, nil
+func (k *fakeKernel) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
+	return maps.Clone(k.perNs), nil
 }
 
 func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(1000, 0)
-	a := newAggregator(t, Options{Sort: SortDrops, Limit: 2, Capacity: 10}, start)
+	a := newRanking(t, Options{Sort: SortDrops, Limit: 2, Capacity: 10}, start)
 	k.add(1, "10.0.0.1/32", event.ReasonTableFull, 50, true)
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 30, true)
 	k.add(1, "10.0.0.3/32", event.ReasonInsertFailed, 5, true)
@@ -96,19 +86,19 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	if len(s.Rows) != 2 || s.Rows[0].Prefix.String() != "10.0.0.1/32" || s.Rows[1].Prefix.String() != "10.0.0.2/32" {
 		t.Fatalf("rows %+v, want 10.0.0.1 then 10.0.0.2", s.Rows)
 	}
-	if PerSec(s.Rows[0].Rate.Drops, s.Interval) != 25 || s.Rows[0].Held != 9 {
-		t.Errorf("first row: %.1f drops/s, held %d; want 25 and 9", PerSec(s.Rows[0].Rate.Drops, s.Interval), s.Rows[0].Held)
+	if PerSec(s.Rows[0].Rate.Drops(), s.Interval) != 25 || s.Rows[0].Total.Held != 9 {
+		t.Errorf("first row: %.1f drops/s, held %d; want 25 and 9", PerSec(s.Rows[0].Rate.Drops(), s.Interval), s.Rows[0].Total.Held)
 	}
 	var drops, inserts uint64
 	for _, r := range s.Rows {
-		drops += r.Total.Drops
-		inserts += r.Total.Inserts
+		drops += r.Total.Drops()
+		inserts += r.Total.Inserts()
 	}
-	if drops+s.Other.Total.Drops != 92 || inserts+s.Other.Total.Inserts != 9 {
-		t.Errorf("rows + other: %d drops, %d inserts; kernel 92 and 9", drops+s.Other.Total.Drops, inserts+s.Other.Total.Inserts)
+	if drops+s.Other.Total.Drops() != 92 || inserts+s.Other.Total.Inserts() != 9 {
+		t.Errorf("rows + other: %d drops, %d inserts; kernel 92 and 9", drops+s.Other.Total.Drops(), inserts+s.Other.Total.Inserts())
 	}
-	if s.Other.Total.Drops != 12 {
-		t.Errorf("other has %d drops, want 12 (10.0.0.3 past the limit, 10.0.0.4 untracked)", s.Other.Total.Drops)
+	if s.Other.Total.Drops() != 12 {
+		t.Errorf("other has %d drops, want 12 (10.0.0.3 past the limit, 10.0.0.4 untracked)", s.Other.Total.Drops())
 	}
 
 	// Next interval: rates are this interval's; a source that vanished from
@@ -119,7 +109,7 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Rows[0].Prefix.String() != "10.0.0.2/32" || s.Rows[0].Rate.Drops != 100 || s.Rows[1].Rate.Drops != 0 {
+	if s.Rows[0].Prefix.String() != "10.0.0.2/32" || s.Rows[0].Rate.Drops() != 100 || s.Rows[1].Rate.Drops() != 0 {
 		t.Fatalf("second interval rows %+v", s.Rows)
 	}
 	if !s.Bounded {
@@ -132,19 +122,21 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := newAggregator(t, Options{Sort: SortDrops, Limit: 5}, start)
+	a := newRanking(t, Options{Sort: SortDrops, Limit: 5}, start)
 	k.add(1, "10.0.0.1/32", event.ReasonTableFull, 100, true)
 	if _, err := a.Snapshot(start.Add(time.Second), k, nil); err != nil {
 		t.Fatal(err)
 	}
-	k.sources[Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}].Events[index(event.ReasonTableFull)] = 3
-	k.totals[event.ReasonTableFull] += 3
+	st := k.sources[Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}]
+	st.Events = event.Counts{}
+	st.Events.Add(event.ReasonTableFull, 3)
+	k.totals.Add(event.ReasonTableFull, 3)
 	s, err := a.Snapshot(start.Add(2*time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Rows[0].Rate.Drops != 3 || s.Other.Rate.Drops > 100 {
-		t.Fatalf("rate after re-entry %d (other %d), want 3", s.Rows[0].Rate.Drops, s.Other.Rate.Drops)
+	if s.Rows[0].Rate.Drops() != 3 || s.Other.Rate.Drops() > 100 {
+		t.Fatalf("rate after re-entry %d (other %d), want 3", s.Rows[0].Rate.Drops(), s.Other.Rate.Drops())
 	}
 }
 
@@ -153,8 +145,8 @@ func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
 func TestPushedOffRowsKeepTheirCountsInOther(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := newAggregator(t, Options{Sort: SortHeld, Limit: 1}, start)
-	a.Seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
+	a := newRanking(t, Options{Sort: SortHeld, Limit: 1}, start)
+	a.seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
 	k.add(1, "10.0.0.2/32", event.ReasonInsert, 2, true)
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 5, true)
 	s, err := a.Snapshot(start.Add(time.Second), k, nil)
@@ -163,9 +155,9 @@ func TestPushedOffRowsKeepTheirCountsInOther(t *testing.T) {
 	}
 	var drops, inserts uint64
 	for _, r := range s.Rows {
-		drops, inserts = drops+r.Total.Drops, inserts+r.Total.Inserts
+		drops, inserts = drops+r.Total.Drops(), inserts+r.Total.Inserts()
 	}
-	if drops+s.Other.Total.Drops != 5 || inserts+s.Other.Total.Inserts != 2 {
+	if drops+s.Other.Total.Drops() != 5 || inserts+s.Other.Total.Inserts() != 2 {
 		t.Fatalf("rows %+v other %+v: counts lost", s.Rows, s.Other)
 	}
 }
@@ -186,14 +178,14 @@ func TestSortByInsertsAndHeldAndNetnsFilter(t *testing.T) {
 		{Options{Sort: SortHeld, Limit: 10, Netns: map[uint32]bool{1: true}}, "10.0.0.2/32", 2},
 		{Options{Sort: SortDrops, Limit: 10, Netns: map[uint32]bool{2: true}}, "10.0.0.3/32", 1},
 	} {
-		a := newAggregator(t, tc.opts, start)
-		a.Seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 5)
+		a := newRanking(t, tc.opts, start)
+		a.seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 5)
 		s, err := a.Snapshot(start.Add(time.Second), k, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(s.Rows) != tc.rows || s.Rows[0].Prefix.String() != tc.first {
-			t.Errorf("%+v: rows %+v, want %d rows starting with %s", tc.opts, s.Rows, tc.rows, tc.first)
+		if len(s.Rows) != tc.rows || s.Rows[0].Prefix.String() != tc.first || s.Sort != tc.opts.Sort {
+			t.Errorf("%+v: rows %+v sorted by %q, want %d rows starting with %s", tc.opts, s.Rows, s.Sort, tc.rows, tc.first)
 		}
 	}
 }
@@ -206,7 +198,7 @@ func TestSortByInsertsAndHeldAndNetnsFilter(t *testing.T) {
 func TestQuietHeavySourcesOutrankASpoofedFlood(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := newAggregator(t, Options{Sort: SortDrops, Limit: 10, Capacity: 65536}, start)
+	a := newRanking(t, Options{Sort: SortDrops, Limit: 10, Capacity: 65536}, start)
 	heavy := []string{"192.0.2.1/32", "192.0.2.2/32", "192.0.2.3/32", "192.0.2.4/32", "192.0.2.5/32"}
 	for _, h := range heavy {
 		k.add(1, h, event.ReasonTableFull, 600, true)
@@ -239,13 +231,13 @@ func TestQuietHeavySourcesOutrankASpoofedFlood(t *testing.T) {
 	s := snapAt(100)
 	var rowDrops uint64
 	for i, r := range s.Rows {
-		if i < len(heavy) && (!slices.Contains(heavy, r.Prefix.String()) || r.Total.Drops != 600 || r.Err != 0) {
-			t.Errorf("row %d: %s with %d drops (err %d), want a heavy source with exactly 600", i, r.Prefix, r.Total.Drops, r.Err)
+		if i < len(heavy) && (!slices.Contains(heavy, r.Prefix.String()) || r.Total.Drops() != 600 || r.Err != 0) {
+			t.Errorf("row %d: %s with %d drops (err %d), want a heavy source with exactly 600", i, r.Prefix, r.Total.Drops(), r.Err)
 		}
-		rowDrops += r.Total.Drops
+		rowDrops += r.Total.Drops()
 	}
-	if want := uint64(5*600 + spoofed*3 + 300); rowDrops+s.Other.Total.Drops != want {
-		t.Errorf("rows %d + other %d != kernel total %d", rowDrops, s.Other.Total.Drops, want)
+	if want := uint64(5*600 + spoofed*3 + 300); rowDrops+s.Other.Total.Drops() != want {
+		t.Errorf("rows %d + other %d != kernel total %d", rowDrops, s.Other.Total.Drops(), want)
 	}
 }
 
@@ -255,7 +247,7 @@ func TestQuietHeavySourcesOutrankASpoofedFlood(t *testing.T) {
 func TestNamespaceLineIsTheKernelsTotal(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
-	a := newAggregator(t, Options{Sort: SortDrops, Limit: 3, Capacity: 2}, start)
+	a := newRanking(t, Options{Sort: SortDrops, Limit: 3, Capacity: 2}, start)
 	k.add(7, "10.0.0.1/32", event.ReasonTableFull, 10, true)
 	k.add(7, "10.0.0.2/32", event.ReasonTableFull, 1000, false) // never held
 	k.add(8, "10.0.0.3/32", event.ReasonTableFull, 5, true)
@@ -272,11 +264,96 @@ func TestNamespaceLineIsTheKernelsTotal(t *testing.T) {
 	for _, ns := range s.Namespaces {
 		got[ns.Netns] = ns
 	}
-	if ns := got[7]; ns.Total.Drops != 1510 || PerSec(ns.Rate.Drops, s.Interval) != 250 || ns.Entries != 50 {
-		t.Errorf("netns 7: %d drops, %.0f/s, %d entries; want 1510, 250/s (500 in 2 s), 50", ns.Total.Drops, PerSec(ns.Rate.Drops, s.Interval), ns.Entries)
+	if ns := got[7]; ns.Total.Drops() != 1510 || PerSec(ns.Rate.Drops(), s.Interval) != 250 || ns.Entries != 50 {
+		t.Errorf("netns 7: %d drops, %.0f/s, %d entries; want 1510, 250/s (500 in 2 s), 50", ns.Total.Drops(), PerSec(ns.Rate.Drops(), s.Interval), ns.Entries)
 	}
-	if ns := got[8]; ns.Total.Drops != 5 || ns.Entries != -1 {
-		t.Errorf("netns 8 (no table read): %d drops, %d entries; want 5 and -1", ns.Total.Drops, ns.Entries)
+	if ns := got[8]; ns.Total.Drops() != 5 || ns.Entries != -1 {
+		t.Errorf("netns 8 (no table read): %d drops, %d entries; want 5 and -1", ns.Total.Drops(), ns.Entries)
+	}
+}
+
+// Rows and namespace lines count each reason apart: the kernel's
+// early_drop counter leaves the gc worker's evictions out, so a view
+// comparing with `conntrack -S` needs them apart, and Evicted sums them.
+// Entries held are inserts less deletes and evictions of both kinds.
+func TestEvictionsCountApartInRowsAndNamespaces(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(0, 0)
+	a := newRanking(t, Options{Sort: SortHeld, Limit: 5}, start)
+	k.add(3, "10.0.0.1/32", event.ReasonInsert, 10, true)
+	k.add(3, "10.0.0.1/32", event.ReasonEarlyDrop, 3, true)
+	k.add(3, "10.0.0.1/32", event.ReasonGCEvict, 2, true)
+	k.add(3, "10.0.0.1/32", event.ReasonDelete, 1, true)
+	k.add(3, "10.0.0.2/32", event.ReasonGCEvict, 4, false) // pushed out
+	s, err := a.Snapshot(start.Add(time.Second), k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Sort != SortHeld {
+		t.Errorf("snapshot sorted by %q, want the options' %q", s.Sort, SortHeld)
+	}
+	if len(s.Rows) != 1 {
+		t.Fatalf("rows %+v, want 10.0.0.1 only", s.Rows)
+	}
+	r := s.Rows[0]
+	if c := r.Total; c.EarlyDrops() != 3 || c.GCEvicted() != 2 || c.Evicted() != 5 || c.Deletes() != 1 || c.Inserts() != 10 || c.Held != 4 || c.Drops() != 0 {
+		t.Errorf("row: early drops %d, gc %d, evicted %d, deletes %d, inserts %d, held %d, drops %d; want 3, 2, 5, 1, 10, 4, 0",
+			c.EarlyDrops(), c.GCEvicted(), c.Evicted(), c.Deletes(), c.Inserts(), c.Held, c.Drops())
+	}
+	if c := r.Rate; c.EarlyDrops() != 3 || c.GCEvicted() != 2 {
+		t.Errorf("row rate: early drops %d, gc %d; want 3 and 2", c.EarlyDrops(), c.GCEvicted())
+	}
+	if o := s.Other.Total; o.GCEvicted() != 4 || o.EarlyDrops() != 0 || o.Held != -4 {
+		t.Errorf("other: gc %d, early drops %d, held %d; want 4, 0, -4 (10 in, 10 out, 4 held by the row)", o.GCEvicted(), o.EarlyDrops(), o.Held)
+	}
+	if len(s.Namespaces) != 1 {
+		t.Fatalf("namespaces %+v", s.Namespaces)
+	}
+	if ns := s.Namespaces[0]; ns.Total.EarlyDrops() != 3 || ns.Total.GCEvicted() != 6 || ns.Total.Evicted() != 9 || ns.Rate.GCEvicted() != 6 {
+		t.Errorf("netns 3: early drops %d, gc %d, evicted %d (gc rate %d); want 3, 6, 9 (6)",
+			ns.Total.EarlyDrops(), ns.Total.GCEvicted(), ns.Total.Evicted(), ns.Rate.GCEvicted())
+	}
+}
+
+func TestNewRankingRejectsAGroupingNoFamilyHas(t *testing.T) {
+	if _, err := NewRanking(Options{Grouping: Grouping{V4Bits: 33}}, time.Unix(0, 0)); err == nil {
+		t.Error("a /33 IPv4 grouping was accepted")
+	}
+	if _, err := NewRanking(DefaultOptions(), time.Unix(0, 0)); err != nil {
+		t.Errorf("the default options: %v", err)
+	}
+}
+
+func TestParseSortBy(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want SortBy
+		ok   bool
+	}{
+		{"drops", SortDrops, true},
+		{"inserts", SortInserts, true},
+		{"held", SortHeld, true},
+		{"", "", false},
+		{"drop", "", false},
+		{"evictions", "", false},
+		{" held", "", false},
+	} {
+		if got, ok := ParseSortBy(tc.in); got != tc.want || ok != tc.ok {
+			t.Errorf("ParseSortBy(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// DefaultOptions are top-sources' flags' defaults (and `status --watch`'s):
+// changing one changes what operators see.
+func TestDefaultOptions(t *testing.T) {
+	o := DefaultOptions()
+	if o.Sort != SortDrops || o.Limit != 20 || o.Capacity != 65536 || o.Grouping != DefaultGrouping ||
+		o.Interval != time.Second || o.Once || len(o.Netns) != 0 {
+		t.Errorf("DefaultOptions() = %+v", o)
+	}
+	if DefaultGrouping != (Grouping{V4Bits: 32, V6Bits: 128}) {
+		t.Errorf("DefaultGrouping = %+v, want one row per address", DefaultGrouping)
 	}
 }
 
@@ -290,7 +367,7 @@ func BenchmarkSnapshot(b *testing.B) {
 				a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 				k.add(1, netip.PrefixFrom(a, 32).String(), event.ReasonTableFull, uint64(1+i%7), true)
 			}
-			a := newAggregator(b, Options{Sort: SortDrops, Limit: 20, Capacity: n}, time.Unix(0, 0))
+			a := newRanking(b, Options{Sort: SortDrops, Limit: 20, Capacity: n}, time.Unix(0, 0))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

@@ -1,4 +1,4 @@
-package topk
+package top
 
 import "unsafe"
 
@@ -6,12 +6,12 @@ import "unsafe"
 // slots) takes whole pages, so each may cost up to one more.
 const pageSize = 8192
 
-// MemoryBound is the most heap a tracker of this capacity uses, in bytes,
+// MemoryBound is the most heap a history of this capacity uses, in bytes,
 // whatever the events: its rows, heap and index are allocated whole by
-// NewTracker. Not counted: the rows Snapshot returns (the caller's).
+// NewHistory. Not counted: the rows Read returns (the caller's).
 func MemoryBound(capacity int) int {
-	return int(unsafe.Sizeof(Tracker{})) +
-		inPages(capacity*int(unsafe.Sizeof(row{}))) +
+	return int(unsafe.Sizeof(History{})) +
+		inPages(capacity*int(unsafe.Sizeof(tracked{}))) +
 		inPages(capacity*int(unsafe.Sizeof(int32(0)))) + // heap
 		inPages(slotsFor(capacity)*int(unsafe.Sizeof(slot{})))
 }

@@ -1,4 +1,4 @@
-package topk
+package top
 
 import (
 	"cmp"
@@ -36,27 +36,30 @@ func from(r event.Reason, src string) *event.Event {
 	return flowFrom(r, testNetns, netip.MustParseAddr(src))
 }
 
-func newTracker(t testing.TB, capacity int, g Grouping) *Tracker {
+func newHistory(t testing.TB, capacity int, g Grouping) *History {
 	t.Helper()
-	tr, err := NewTracker(capacity, g)
+	h, err := NewHistory(capacity, g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tr
+	return h
 }
 
 func key(netns uint32, prefix string) Key {
 	return Key{Netns: netns, Prefix: netip.MustParsePrefix(prefix)}
 }
 
-// model is the truth the tracker approximates: exact counts for every key,
-// with no bound.
+// model is the truth the history approximates: exact counts for every
+// key, with no bound.
 type model struct {
 	keys   map[Key]*Counts
 	totals Counts
+	// active says a key has done something weighed (a refusal, an insert,
+	// entries held): from then on it has a row while rows are free.
+	active map[Key]bool
 }
 
-func newModel() *model { return &model{keys: map[Key]*Counts{}} }
+func newModel() *model { return &model{keys: map[Key]*Counts{}, active: map[Key]bool{}} }
 
 func (m *model) of(k Key) *Counts {
 	c := m.keys[k]
@@ -67,32 +70,39 @@ func (m *model) of(k Key) *Counts {
 	return c
 }
 
+// add counts one event of reason r, each reason apart (early_drop and
+// gc_evict too), and the entries it adds or removes.
 func (m *model) add(k Key, r event.Reason) {
 	for _, c := range []*Counts{m.of(k), &m.totals} {
+		c.Events.Add(r, 1)
 		switch r {
 		case event.ReasonInsert:
-			c.Inserts++
 			c.Held++
-		case event.ReasonDelete:
-			c.Deletes++
+		case event.ReasonDelete, event.ReasonEarlyDrop, event.ReasonGCEvict:
 			c.Held--
-		case event.ReasonEarlyDrop, event.ReasonGCEvict:
-			c.EarlyDropVictim++
-			c.Held--
-		default:
-			c.countRefusal(r)
 		}
+	}
+	if r.IsDrop() || r == event.ReasonInsert {
+		m.active[k] = true
 	}
 }
 
 func (m *model) addHeld(k Key, n int64) {
 	m.of(k).Held += n
 	m.totals.Held += n
+	if n > 0 {
+		m.active[k] = true
+	}
+}
+
+// removes reports whether an event of reason r takes an entry away.
+func removes(r event.Reason) bool {
+	return r == event.ReasonDelete || r == event.ReasonEarlyDrop || r == event.ReasonGCEvict
 }
 
 // checkStructure verifies the heap, the positions and the index against
 // the rows.
-func checkStructure(t *testing.T, tr *Tracker) {
+func checkStructure(t *testing.T, tr *History) {
 	t.Helper()
 	if len(tr.rows) > tr.capacity || len(tr.heap) != len(tr.rows) {
 		t.Fatalf("%d rows, %d in heap, capacity %d", len(tr.rows), len(tr.heap), tr.capacity)
@@ -123,56 +133,51 @@ func checkStructure(t *testing.T, tr *Tracker) {
 
 // checkSums verifies that the rows and "other" add up to the totals, in
 // every column, over all time and over the interval.
-func checkSums(t *testing.T, s Snapshot) {
+func checkSums(t *testing.T, s Tally) {
 	t.Helper()
 	var all, interval Counts
 	for _, r := range s.Rows {
-		all.add(r.Counts)
-		interval.add(r.Interval)
+		all.add(r.Total)
+		interval.add(r.Rate)
 	}
-	all.add(s.Other.Counts)
-	interval.add(s.Other.Interval)
-	if all != s.Totals.Counts {
-		t.Fatalf("rows + other = %+v, totals %+v", all, s.Totals.Counts)
+	all.add(s.Other.Total)
+	interval.add(s.Other.Rate)
+	if all != s.Totals.Total {
+		t.Fatalf("rows + other = %+v, totals %+v", all, s.Totals.Total)
 	}
-	if interval != s.Totals.Interval {
-		t.Fatalf("interval: rows + other = %+v, totals %+v", interval, s.Totals.Interval)
+	if interval != s.Totals.Rate {
+		t.Fatalf("interval: rows + other = %+v, totals %+v", interval, s.Totals.Rate)
 	}
 	if s.Tracked != len(s.Rows) {
 		t.Fatalf("tracked %d, %d rows", s.Tracked, len(s.Rows))
 	}
 }
 
-// checkBounds verifies each row against the truth: weighed columns within
-// Err, the others lower bounds, everything exact when Err is 0.
-func checkBounds(t *testing.T, s Snapshot, m *model) (bounded int) {
+// checkBounds verifies each row against the truth: weighed reasons
+// (refusals, inserts) within Err, the others (evictions, each kind apart,
+// deletes, clashes resolved) lower bounds, everything exact when Err is 0.
+func checkBounds(t *testing.T, s Tally, m *model) (bounded int) {
 	t.Helper()
 	for _, r := range s.Rows {
 		truth := *m.keys[r.Key]
 		if r.Err == 0 {
-			if r.Counts != truth {
-				t.Fatalf("%v: Err 0 but %+v, truth %+v", r.Key, r.Counts, truth)
+			if r.Total != truth {
+				t.Fatalf("%v: Err 0 but %+v, truth %+v", r.Key, r.Total, truth)
 			}
 			continue
 		}
-		for _, c := range []struct {
-			name       string
-			got, truth uint64
-		}{
-			{"table_full", r.TableFull, truth.TableFull},
-			{"alloc_failed", r.AllocFailed, truth.AllocFailed},
-			{"insert_failed", r.InsertFailed, truth.InsertFailed},
-			{"inserts", r.Inserts, truth.Inserts},
-		} {
-			if c.got > c.truth || c.truth > c.got+r.Err {
-				t.Fatalf("%v: %s %d, truth %d, err %d", r.Key, c.name, c.got, c.truth, r.Err)
+		for _, reason := range event.Reasons() {
+			got, want := r.Total.Events.Of(reason), truth.Events.Of(reason)
+			if reason.IsDrop() || reason == event.ReasonInsert {
+				if got > want || want > got+r.Err {
+					t.Fatalf("%v: %s %d, truth %d, err %d", r.Key, reason, got, want, r.Err)
+				}
+			} else if got > want {
+				t.Fatalf("%v: %s %d over the truth %d", r.Key, reason, got, want)
 			}
 		}
-		if r.EarlyDropVictim > truth.EarlyDropVictim {
-			t.Fatalf("%v: early drops %d over the truth %d", r.Key, r.EarlyDropVictim, truth.EarlyDropVictim)
-		}
-		if r.Held < 0 || r.Held > truth.Held {
-			t.Fatalf("%v: held %d, truth %d", r.Key, r.Held, truth.Held)
+		if r.Total.Held < 0 || r.Total.Held > truth.Held {
+			t.Fatalf("%v: held %d, truth %d", r.Key, r.Total.Held, truth.Held)
 		}
 		bounded++
 	}
@@ -180,7 +185,7 @@ func checkBounds(t *testing.T, s Snapshot, m *model) (bounded int) {
 }
 
 func TestExactWhileSourcesFit(t *testing.T) {
-	tr := newTracker(t, 64, Grouping{})
+	tr := newHistory(t, 64, Grouping{})
 	m := newModel()
 	rng := rand.New(rand.NewPCG(1, 2))
 	reasons := event.Reasons()
@@ -188,32 +193,40 @@ func TestExactWhileSourcesFit(t *testing.T) {
 		src := netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(64))})
 		ev := flowFrom(reasons[rng.IntN(len(reasons))], testNetns, src)
 		k := DefaultGrouping.KeyOf(ev)
-		if (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held == 0 {
+		if removes(ev.Reason) && m.of(k).Held == 0 {
 			continue // an entry must exist to go
 		}
-		add(tr, ev)
-		if ev.Reason != event.ReasonClashResolved {
-			m.add(k, ev.Reason)
+		if ev.Reason == event.ReasonClashResolved && !m.active[k] {
+			continue // a clash comes after the source did something
 		}
+		add(tr, ev)
+		m.add(k, ev.Reason)
 	}
 	checkStructure(t, tr)
-	s := tr.Snapshot()
+	s := tr.Read()
 	checkSums(t, s)
-	if s.Tracked != 64 || s.Evictions != 0 || s.Bounded() || s.Other.Counts != (Counts{}) {
-		t.Errorf("tracked %d, evictions %d, other %+v", s.Tracked, s.Evictions, s.Other.Counts)
+	if s.Tracked != 64 || s.Evictions != 0 || s.Bounded() || s.Other.Total != (Counts{}) {
+		t.Errorf("tracked %d, evictions %d, other %+v", s.Tracked, s.Evictions, s.Other.Total)
 	}
 	for _, r := range s.Rows {
-		if r.Err != 0 || r.Counts != *m.keys[r.Key] {
-			t.Errorf("%v: %+v err %d, want %+v exactly", r.Key, r.Counts, r.Err, *m.keys[r.Key])
+		if r.Err != 0 || r.Total != *m.keys[r.Key] {
+			t.Errorf("%v: %+v err %d, want %+v exactly", r.Key, r.Total, r.Err, *m.keys[r.Key])
 		}
 	}
-	if s.Totals.Counts != m.totals {
-		t.Errorf("totals %+v, want %+v", s.Totals.Counts, m.totals)
+	if s.Totals.Total != m.totals {
+		t.Errorf("totals %+v, want %+v", s.Totals.Total, m.totals)
+	}
+	// Every reason was drawn, so every column was compared above: early
+	// drops and the gc's evictions apart.
+	for _, r := range reasons {
+		if m.totals.Events.Of(r) == 0 {
+			t.Errorf("no %s event in the stream: its column went unchecked", r)
+		}
 	}
 }
 
 // TestOtherMakesTotalsAddUp runs random streams with many more sources
-// than rows and checks, at every snapshot, that nothing was lost or counted
+// than rows and checks, at every reading, that nothing was lost or counted
 // twice and that every row is within its bounds.
 func TestOtherMakesTotalsAddUp(t *testing.T) {
 	bounded := 0
@@ -227,7 +240,7 @@ func TestOtherMakesTotalsAddUp(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 99))
 			capacity := 1 + rng.IntN(40)
 			sources := capacity + 1 + rng.IntN(400)
-			tr := newTracker(t, capacity, Grouping{})
+			tr := newHistory(t, capacity, Grouping{})
 			m := newModel()
 			reasons := event.Reasons()
 			for step := range 5000 {
@@ -246,24 +259,23 @@ func TestOtherMakesTotalsAddUp(t *testing.T) {
 					h := int64(1 + rng.IntN(5))
 					tr.AddHeld(k, h)
 					m.addHeld(k, h)
-				case (ev.Reason == event.ReasonDelete || ev.Reason == event.ReasonEarlyDrop || ev.Reason == event.ReasonGCEvict) && m.of(k).Held <= 0:
-				case ev.Reason == event.ReasonClashResolved:
-					add(tr, ev)
+				case removes(ev.Reason) && m.of(k).Held <= 0:
+				case ev.Reason == event.ReasonClashResolved && !m.active[k]:
 				default:
 					add(tr, ev)
 					m.add(k, ev.Reason)
 				}
 				if step%500 == 499 {
 					checkStructure(t, tr)
-					s := tr.Snapshot()
+					s := tr.Read()
 					checkSums(t, s)
 					bounded += checkBounds(t, s, m)
-					if s.Totals.Counts != m.totals {
-						t.Fatalf("totals %+v, want %+v", s.Totals.Counts, m.totals)
+					if s.Totals.Total != m.totals {
+						t.Fatalf("totals %+v, want %+v", s.Totals.Total, m.totals)
 					}
 				}
 			}
-			if s := tr.Snapshot(); !s.Bounded() || s.Tracked != capacity {
+			if s := tr.Read(); !s.Bounded() || s.Tracked != capacity {
 				t.Errorf("tracked %d of %d with %d evictions: the bound never bit", s.Tracked, capacity, s.Evictions)
 			}
 		})
@@ -286,7 +298,7 @@ func TestHeavySourcesRankFirstInFlood(t *testing.T) {
 // heavyInFlood sends flood single events from random sources, the first
 // head of them alone, the rest mixed evenly with five heavy sources.
 func heavyInFlood(t *testing.T, flood, head int) {
-	tr := newTracker(t, 1000, Grouping{})
+	tr := newHistory(t, 1000, Grouping{})
 	heavy := []netip.Addr{}
 	truth := map[Key]uint64{}
 	for i := range 5 {
@@ -307,35 +319,36 @@ func heavyInFlood(t *testing.T, flood, head int) {
 		add(tr, ev)
 	}
 	checkStructure(t, tr)
-	s := tr.Snapshot()
+	s := tr.Read()
 	s.Rows = topRows(s.Rows, Counts.Drops, 5)
 	if !s.Bounded() || s.Tracked != 1000 {
 		t.Errorf("tracked %d, evictions %d: the flood should have filled the rows", s.Tracked, s.Evictions)
 	}
-	bound := s.Totals.Drops() / uint64(s.Capacity)
+	bound := s.Totals.Total.Drops() / uint64(s.Capacity)
 	for _, r := range s.Rows {
+		drops := r.Total.Drops()
 		want, ok := truth[r.Key]
 		if !ok {
-			t.Errorf("%v ranked in the top 5 with %d drops, err %d: not a heavy source", r.Key, r.Drops(), r.Err)
+			t.Errorf("%v ranked in the top 5 with %d drops, err %d: not a heavy source", r.Key, drops, r.Err)
 			continue
 		}
-		if r.Drops() > want || want > r.Drops()+r.Err || r.Err > bound {
-			t.Errorf("%v: %d drops (err %d, at most %d), truth %d", r.Key, r.Drops(), r.Err, bound, want)
+		if drops > want || want > drops+r.Err || r.Err > bound {
+			t.Errorf("%v: %d drops (err %d, at most %d), truth %d", r.Key, drops, r.Err, bound, want)
 		}
 		if head > 0 && r.Err == 0 {
 			t.Errorf("%v: err 0 although every row was taken before it came", r.Key)
 		}
-		t.Logf("%v: counted %d of %d drops, err %d (N/k = %d)", r.Prefix, r.Drops(), want, r.Err, bound)
+		t.Logf("%v: counted %d of %d drops, err %d (N/k = %d)", r.Prefix, drops, want, r.Err, bound)
 	}
 	if len(s.Rows) != 5 {
 		t.Errorf("%d rows, want 5", len(s.Rows))
 	}
 	var rest uint64
-	for _, r := range tr.Snapshot().Rows {
-		rest += r.Drops()
+	for _, r := range tr.Read().Rows {
+		rest += r.Total.Drops()
 	}
-	if rest+s.Other.Drops() != s.Totals.Drops() || s.Totals.Drops() != uint64(flood)+truthSum(truth) {
-		t.Errorf("rows %d + other %d, totals %d, sent %d", rest, s.Other.Drops(), s.Totals.Drops(), uint64(flood)+truthSum(truth))
+	if rest+s.Other.Total.Drops() != s.Totals.Total.Drops() || s.Totals.Total.Drops() != uint64(flood)+truthSum(truth) {
+		t.Errorf("rows %d + other %d, totals %d, sent %d", rest, s.Other.Total.Drops(), s.Totals.Total.Drops(), uint64(flood)+truthSum(truth))
 	}
 }
 
@@ -378,15 +391,15 @@ func TestGroupingByPrefix(t *testing.T) {
 		t.Errorf("event without a flow: %v, want an invalid key", got)
 	}
 
-	tr := newTracker(t, 10, g)
+	tr := newHistory(t, 10, g)
 	for _, tt := range tests {
 		add(tr, flowFrom(event.ReasonTableFull, tt.netns, netip.MustParseAddr(tt.src)))
 	}
 	add(tr, &event.Event{Netns: 1, Reason: event.ReasonTableFull})
-	s := tr.Snapshot()
+	s := tr.Read()
 	got := map[Key]uint64{}
 	for _, r := range s.Rows {
-		got[r.Key] = r.TableFull
+		got[r.Key] = r.Total.Events.Of(event.ReasonTableFull)
 	}
 	want := map[Key]uint64{
 		key(1, "10.1.2.0/24"): 3, key(2, "10.1.2.0/24"): 1, key(1, "10.1.3.0/24"): 1,
@@ -395,8 +408,9 @@ func TestGroupingByPrefix(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("rows %v, want %v", got, want)
 	}
-	if s.Other.TableFull != 1 || s.Totals.TableFull != 10 {
-		t.Errorf("other %d, totals %d; want 1 and 10", s.Other.TableFull, s.Totals.TableFull)
+	other, totals := s.Other.Total.Events.Of(event.ReasonTableFull), s.Totals.Total.Events.Of(event.ReasonTableFull)
+	if other != 1 || totals != 10 {
+		t.Errorf("other %d, totals %d; want 1 and 10", other, totals)
 	}
 }
 
@@ -407,24 +421,25 @@ func TestGroupingValidate(t *testing.T) {
 		}
 	}
 	for _, g := range []Grouping{{V4Bits: 33}, {V6Bits: 129}, {V4Bits: -1}} {
-		if _, err := NewTracker(10, g); err == nil {
+		if _, err := NewHistory(10, g); err == nil {
 			t.Errorf("%+v accepted", g)
 		}
 	}
-	for _, c := range []int{0, -1, MaxCapacity + 1} {
-		if _, err := NewTracker(c, Grouping{}); err == nil || !strings.Contains(err.Error(), "max sources") {
+	for _, c := range []int{0, -1, MaxHistoryCapacity + 1} {
+		if _, err := NewHistory(c, Grouping{}); err == nil || !strings.Contains(err.Error(), "max sources") {
 			t.Errorf("capacity %d: %v", c, err)
 		}
 	}
 }
 
 func TestIntervalCounts(t *testing.T) {
-	tr := newTracker(t, 2, Grouping{})
+	tableFull := func(c Counts) uint64 { return c.Events.Of(event.ReasonTableFull) }
+	tr := newHistory(t, 2, Grouping{})
 	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
 	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
 	add(tr, from(event.ReasonInsert, "10.0.0.2"))
-	first := tr.Snapshot()
-	if first.Rows[0].Interval.TableFull != 2 || first.Rows[1].Interval.Inserts != 1 || first.Interval <= 0 {
+	first := tr.Read()
+	if tableFull(first.Rows[0].Rate) != 2 || first.Rows[1].Rate.Inserts() != 1 || first.Interval <= 0 {
 		t.Fatalf("first interval: %+v", first.Rows)
 	}
 	add(tr, from(event.ReasonTableFull, "10.0.0.1"))
@@ -432,30 +447,30 @@ func TestIntervalCounts(t *testing.T) {
 	// A third source displaces .2 (the lighter): its interval goes to
 	// "other" with it, its earlier counts too, and the interval still adds up.
 	add(tr, from(event.ReasonTableFull, "10.0.0.3"))
-	s := tr.Snapshot()
+	s := tr.Read()
 	checkSums(t, s)
 	r := s.Rows[0]
-	if r.Prefix.Addr().String() != "10.0.0.1" || r.TableFull != 3 || r.Interval.TableFull != 1 {
+	if r.Prefix.Addr().String() != "10.0.0.1" || tableFull(r.Total) != 3 || tableFull(r.Rate) != 1 {
 		t.Errorf("10.0.0.1: %+v", r)
 	}
-	if s.Other.Inserts != 1 || s.Other.Interval.Inserts != 0 || s.Other.Interval.Held != -1 || s.Other.Held != 0 {
-		t.Errorf("other: %+v interval %+v", s.Other.Counts, s.Other.Interval)
+	if s.Other.Total.Inserts() != 1 || s.Other.Rate.Inserts() != 0 || s.Other.Rate.Held != -1 || s.Other.Total.Held != 0 {
+		t.Errorf("other: %+v interval %+v", s.Other.Total, s.Other.Rate)
 	}
-	if s.Totals.Interval.TableFull != 2 || s.Totals.Interval.Held != -1 {
-		t.Errorf("totals interval: %+v", s.Totals.Interval)
+	if tableFull(s.Totals.Rate) != 2 || s.Totals.Rate.Held != -1 {
+		t.Errorf("totals interval: %+v", s.Totals.Rate)
 	}
 	if s.Rows[1].Err != 1 || s.Evictions != 1 {
 		t.Errorf("10.0.0.3: err %d, evictions %d; want 1 and 1", s.Rows[1].Err, s.Evictions)
 	}
-	if third := tr.Snapshot(); third.Totals.Interval != (Counts{}) {
-		t.Errorf("nothing happened, interval %+v", third.Totals.Interval)
+	if third := tr.Read(); third.Totals.Rate != (Counts{}) {
+		t.Errorf("nothing happened, interval %+v", third.Totals.Rate)
 	}
 }
 
 // TestHeldNeverBelowZero: a source that lost its row and came back does
 // not know how many entries it held; deletes of those come out of "other".
 func TestHeldNeverBelowZero(t *testing.T) {
-	tr := newTracker(t, 1, Grouping{})
+	tr := newHistory(t, 1, Grouping{})
 	for range 3 {
 		add(tr, from(event.ReasonInsert, "10.0.0.1"))
 	}
@@ -471,51 +486,86 @@ func TestHeldNeverBelowZero(t *testing.T) {
 	for range 6 {
 		add(tr, from(event.ReasonDelete, "10.0.0.1"))
 	}
-	s := tr.Snapshot()
+	s := tr.Read()
 	checkSums(t, s)
 	r := s.Rows[0]
-	if r.Held != 0 || s.Other.Held != 2 || s.Totals.Held != 2 {
-		t.Errorf("held: row %d, other %d, totals %d; want 0, 2, 2", r.Held, s.Other.Held, s.Totals.Held)
+	if r.Total.Held != 0 || s.Other.Total.Held != 2 || s.Totals.Total.Held != 2 {
+		t.Errorf("held: row %d, other %d, totals %d; want 0, 2, 2", r.Total.Held, s.Other.Total.Held, s.Totals.Total.Held)
 	}
 	add(tr, from(event.ReasonEarlyDrop, "10.0.0.1"))
 	add(tr, from(event.ReasonEarlyDrop, "10.0.0.9"))
-	s = tr.Snapshot()
+	s = tr.Read()
 	checkSums(t, s)
-	if s.Rows[0].EarlyDropVictim != 1 || s.Other.EarlyDropVictim != 1 || s.Other.Held != 0 || s.Rows[0].Last != event.ReasonEarlyDrop {
-		t.Errorf("early drops: row %+v, other %+v", s.Rows[0], s.Other.Counts)
+	if s.Rows[0].Total.EarlyDrops() != 1 || s.Other.Total.EarlyDrops() != 1 || s.Other.Total.Held != 0 || s.Rows[0].LastReason != event.ReasonEarlyDrop {
+		t.Errorf("early drops: row %+v, other %+v", s.Rows[0], s.Other.Total)
 	}
 	if s.Tracked != 1 || s.Evictions != 2 {
 		t.Errorf("an eviction victim must not take a row: tracked %d, evictions %d", s.Tracked, s.Evictions)
 	}
 }
 
+// TestEarlyDropAndGCEvictCountApart: the two kinds of eviction are
+// separate reasons (the kernel's early_drop counter leaves the gc's out),
+// each taking an entry, neither a drop nor activity; Evicted is their sum.
+func TestEarlyDropAndGCEvictCountApart(t *testing.T) {
+	tr := newHistory(t, 10, Grouping{})
+	for range 5 {
+		add(tr, from(event.ReasonInsert, "10.0.0.1"))
+	}
+	add(tr, from(event.ReasonEarlyDrop, "10.0.0.1"))
+	gc := from(event.ReasonGCEvict, "10.0.0.1")
+	gc.Time = gc.Time.Add(time.Second)
+	add(tr, gc)
+	add(tr, gc)
+	add(tr, from(event.ReasonGCEvict, "10.0.0.9")) // no row: "other"
+	s := tr.Read()
+	checkSums(t, s)
+	if s.Tracked != 1 {
+		t.Fatalf("tracked %d: an eviction victim must not take a row", s.Tracked)
+	}
+	r := s.Rows[0].Total
+	if r.EarlyDrops() != 1 || r.GCEvicted() != 2 || r.Evicted() != 3 || r.Drops() != 0 || r.Held != 2 || r.Inserts() != 5 {
+		t.Errorf("row: early drops %d, gc %d, evicted %d, drops %d, held %d, inserts %d; want 1, 2, 3, 0, 2, 5",
+			r.EarlyDrops(), r.GCEvicted(), r.Evicted(), r.Drops(), r.Held, r.Inserts())
+	}
+	if s.Rows[0].LastReason != event.ReasonGCEvict || !s.Rows[0].LastDrop.Equal(gc.Time) {
+		t.Errorf("last %s at %v, want gc_evict at %v", s.Rows[0].LastReason, s.Rows[0].LastDrop, gc.Time)
+	}
+	if o := s.Other.Total; o.GCEvicted() != 1 || o.EarlyDrops() != 0 || o.Held != -1 {
+		t.Errorf("other: gc %d, early drops %d, held %d; want 1, 0, -1", o.GCEvicted(), o.EarlyDrops(), o.Held)
+	}
+	if s.Rows[0].Err != 0 {
+		t.Errorf("err %d, want 0: the source has had its row since its first event", s.Rows[0].Err)
+	}
+}
+
 // TestSeedingRespectsBound: the table dump at start is counted under the
 // same bound, and a large holder keeps its row against many small ones.
 func TestSeedingRespectsBound(t *testing.T) {
-	tr := newTracker(t, 10, Grouping{})
+	tr := newHistory(t, 10, Grouping{})
 	big := key(testNetns, "198.51.100.7/32")
 	tr.AddHeld(big, 50)
 	for i := range 100 {
 		tr.AddHeld(DefaultGrouping.KeyFor(testNetns, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})), 1)
 	}
-	s := tr.Snapshot()
+	s := tr.Read()
 	checkSums(t, s)
 	s.Rows = topRows(s.Rows, func(c Counts) uint64 { return uint64(max(c.Held, 0)) }, 3)
-	if s.Tracked != 10 || s.Totals.Held != 150 || s.Rows[0].Key != big || s.Rows[0].Held != 50 || s.Rows[0].Err != 0 {
-		t.Errorf("tracked %d, totals held %d, first row %+v", s.Tracked, s.Totals.Held, s.Rows[0])
+	if s.Tracked != 10 || s.Totals.Total.Held != 150 || s.Rows[0].Key != big || s.Rows[0].Total.Held != 50 || s.Rows[0].Err != 0 {
+		t.Errorf("tracked %d, totals held %d, first row %+v", s.Tracked, s.Totals.Total.Held, s.Rows[0])
 	}
-	if s.Other.Held < 90 {
-		t.Errorf("other holds %d, want the small holders' 90 or more", s.Other.Held)
+	if s.Other.Total.Held < 90 {
+		t.Errorf("other holds %d, want the small holders' 90 or more", s.Other.Total.Held)
 	}
 	tr.AddHeld(big, -45)
-	if s = tr.Snapshot(); s.Totals.Held != 105 {
-		t.Errorf("after AddHeld(-45): totals %d", s.Totals.Held)
+	if s = tr.Read(); s.Totals.Total.Held != 105 {
+		t.Errorf("after AddHeld(-45): totals %d", s.Totals.Total.Held)
 	}
 	checkSums(t, s)
 }
 
 func TestLastDrop(t *testing.T) {
-	tr := newTracker(t, 10, Grouping{})
+	tr := newHistory(t, 10, Grouping{})
 	ev := from(event.ReasonTableFull, "10.0.0.1")
 	add(tr, ev)
 	ev.Reason, ev.Time = event.ReasonInsertFailed, ev.Time.Add(time.Second)
@@ -524,17 +574,17 @@ func TestLastDrop(t *testing.T) {
 	add(tr, ev)
 	late := from(event.ReasonAllocFailed, "10.0.0.1") // read late from another CPU
 	add(tr, late)
-	s := tr.Snapshot()
-	if r := s.Rows[0]; r.Last != event.ReasonInsertFailed || !r.LastDrop.Equal(ev.Time) {
-		t.Errorf("last %s at %v, want insert_failed at %v", r.Last, r.LastDrop, ev.Time)
+	s := tr.Read()
+	if r := s.Rows[0]; r.LastReason != event.ReasonInsertFailed || !r.LastDrop.Equal(ev.Time) {
+		t.Errorf("last %s at %v, want insert_failed at %v", r.LastReason, r.LastDrop, ev.Time)
 	}
-	if s.Totals.Last != event.ReasonInsertFailed {
-		t.Errorf("totals last %s", s.Totals.Last)
+	if s.Totals.LastReason != event.ReasonInsertFailed {
+		t.Errorf("totals last %s", s.Totals.LastReason)
 	}
 }
 
 func TestAddDoesNotAllocate(t *testing.T) {
-	tr := newTracker(t, 100, Grouping{})
+	tr := newHistory(t, 100, Grouping{})
 	ev := from(event.ReasonTableFull, "10.0.0.1")
 	var n uint32
 	reasons := []event.Reason{event.ReasonTableFull, event.ReasonInsert, event.ReasonDelete, event.ReasonEarlyDrop, event.ReasonInsertFailed}
@@ -546,7 +596,7 @@ func TestAddDoesNotAllocate(t *testing.T) {
 		add(tr, ev)
 	})
 	if allocs != 0 {
-		t.Errorf("Add allocates %v times per event", allocs)
+		t.Errorf("AddCounts allocates %v times per event", allocs)
 	}
 	if tr.evictions == 0 {
 		t.Error("the bound never bit: the test measured the easy path only")
@@ -554,44 +604,31 @@ func TestAddDoesNotAllocate(t *testing.T) {
 }
 
 // add counts one event as the kernel's map would report it to AddCounts:
-// a refusal or an insert (activity), or a delete or an eviction (an entry
-// gone).
-func add(tr *Tracker, ev *event.Event) {
+// a refusal or an insert (activity), a delete or an eviction (an entry
+// gone), or a clash resolved (neither).
+func add(tr *History, ev *event.Event) {
+	if !ev.Reason.Valid() {
+		return
+	}
 	var c Counts
+	c.Events.Add(ev.Reason, 1)
 	last := event.Reason("")
-	switch ev.Reason {
-	case event.ReasonTableFull, event.ReasonAllocFailed, event.ReasonInsertFailed:
-		c.countRefusal(ev.Reason)
+	if ev.Reason.IsDrop() || ev.Reason.IsEviction() {
 		last = ev.Reason
-	case event.ReasonInsert:
-		c.Inserts, c.Held = 1, 1
-	case event.ReasonEarlyDrop, event.ReasonGCEvict:
-		c.EarlyDropVictim, c.Held = 1, -1
-		last = ev.Reason
-	case event.ReasonDelete:
-		c.Deletes, c.Held = 1, -1
-	default:
-		return // clash_resolved neither refuses, adds nor removes an entry
+	}
+	switch {
+	case ev.Reason == event.ReasonInsert:
+		c.Held = 1
+	case removes(ev.Reason):
+		c.Held = -1
 	}
 	tr.AddCounts(tr.grouping.KeyOf(ev), c, last, ev.Time)
 }
 
 // topRows is the n rows with the most of by, most first.
 func topRows(rows []Row, by func(Counts) uint64, n int) []Row {
-	slices.SortFunc(rows, func(a, b Row) int { return cmp.Compare(by(b.Counts), by(a.Counts)) })
+	slices.SortFunc(rows, func(a, b Row) int { return cmp.Compare(by(b.Total), by(a.Total)) })
 	return rows[:min(n, len(rows))]
-}
-
-// countRefusal counts one refused packet of reason r.
-func (c *Counts) countRefusal(r event.Reason) {
-	switch r {
-	case event.ReasonTableFull:
-		c.TableFull++
-	case event.ReasonAllocFailed:
-		c.AllocFailed++
-	case event.ReasonInsertFailed:
-		c.InsertFailed++
-	}
 }
 
 // KeyOf groups the event's source: the originator of the flow refused, or

@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * Accounting: what the kernel side counts, whoever reads the events. Every
+ * event produced, by type; every event lost; per network namespace, by type
+ * and by detail; and, with per-source counting on (top-sources, serve), per
+ * source, admitted by sample and hold. Counters only grow: user space reads
+ * differences and never resets them.
+ */
+#ifndef ACCOUNTING_BPF_H
+#define ACCOUNTING_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "config.bpf.h"
+#include "conn.bpf.h"
+#include "cttrace.h"
+#include "maps.bpf.h"
+
+/* Events the ring buffer had no room for: the kernel side never waits. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Every event produced, streamed or not, by type: the exact totals. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CT_EV_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} produced SEC(".maps");
+
+/* Per-source totals, by event type. LRU and sized by user space
+ * (--max-sources), so a flood from spoofed sources cannot grow it: the
+ * least recently active sources are dropped, and user space accounts what
+ * they had as "other" (kernel totals minus the rows). Not per-CPU: with
+ * per-CPU values the map would cost max_entries * nr_cpus values. */
+struct src_key {
+	__u32 netns;
+	__u8 family;
+	__u8 _pad[3];
+	__u8 addr[16];
+};
+
+struct src_stats {
+	__u64 events[CT_EV_MAX];
+	__u64 last_drop_ns;
+	__u32 last_drop_type;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct src_key);
+	__type(value, struct src_stats);
+} sources SEC(".maps");
+
+/* Totals by event type per network namespace: the header's drops and
+ * rates, and what makes a view filtered to some namespaces add up. Per-CPU,
+ * so that every CPU refusing a flood's packets into one namespace adds to
+ * its own cache line instead of contending for one; bounded like every map
+ * here (a Kubernetes node runs a few hundred pod namespaces). */
+struct netns_stats {
+	__u64 events[CT_EV_MAX];
+	__u64 details[CT_DETAIL_MAX]; /* each detail belongs to one type */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct netns_stats);
+} netns_totals SEC(".maps");
+
+/*
+ * In front of netns_totals, for the namespaces that refuse a flood or
+ * create a NAT gateway's flows: a direct-mapped per-CPU array indexed by the
+ * low bits of the namespace's inode number (the kernel hands these out in
+ * sequence, so a host's namespaces spread over the slots). A slot belongs
+ * to the first namespace that counts in it on this CPU, for the life of the
+ * probe; a namespace whose slot is taken counts in netns_totals. An array
+ * slot is an address computation where the hash costs a hash, a bucket
+ * walk and LRU bookkeeping: about 100 ns of every event (bench's
+ * BenchmarkBPFHelper). Counters only grow and each event counts in one
+ * place, so user space adds both maps without double counting.
+ */
+#define NETNS_SLOTS 256
+
+struct netns_slot {
+	__u32 netns;
+	__u32 pad;
+	__u64 events[CT_EV_MAX];
+	__u64 details[CT_DETAIL_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NETNS_SLOTS);
+	__type(key, __u32);
+	__type(value, struct netns_slot);
+} netns_slots SEC(".maps");
+
+/* Admission counters of the sources and aggregated maps: events for a key
+ * the map did not hold (missed), and keys admitted. */
+enum src_stat { SRC_MISSED, SRC_ADMITTED, AGG_MISSED, AGG_ADMITTED, SRC_STAT_MAX };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SRC_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} source_stats SEC(".maps");
+
+/*
+ * A drop, here as in user space (event.Reason.IsDrop, which a test holds
+ * this to), is a packet conntrack refused: what the kernel counts as `drop`
+ * and `insert_failed`. An eviction loses an entry, not a packet.
+ */
+static __always_inline bool is_drop(__u32 type)
+{
+	return type == CT_EV_TABLE_FULL || type == CT_EV_ALLOC_FAILED || type == CT_EV_INSERT_FAILED;
+}
+
+static __always_inline void count_event(__u32 type)
+{
+	counter_inc(&produced, type);
+}
+
+static __always_inline void count_lost(void)
+{
+	counter_inc(&lost, 0);
+}
+
+/* Keeps the first bits of addr (network order), zeroes the rest. */
+static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (bits >= 8) {
+			bits -= 8;
+		} else {
+			addr[i] &= (__u8)(0xff00 >> bits);
+			bits = 0;
+		}
+	}
+}
+
+/* Counts the event in its namespace, by type and by detail. Reads the
+ * event's netns, type and detail, which every event has written
+ * (stream.bpf.h, event_begin). */
+static __always_inline void account_netns(const struct ct_event *e)
+{
+	__u32 netns = e->netns, type = e->type, detail = e->detail;
+	struct netns_stats *st;
+	struct netns_slot *slot;
+	__u32 i = netns % NETNS_SLOTS;
+
+	if (type >= CT_EV_MAX)
+		return;
+	/* Refusals (table_full, the flood's path) carry no detail: one compare. */
+	if (detail >= CT_DETAIL_MAX)
+		detail = CT_DETAIL_NONE;
+	bounded_index(type);
+	bounded_index(detail);
+	slot = bpf_map_lookup_elem(&netns_slots, &i);
+	if (slot && netns) {
+		if (!slot->netns)
+			slot->netns = netns; /* this CPU's copy: no other writer */
+		if (slot->netns == netns) {
+			slot->events[type]++;
+			if (detail)
+				slot->details[detail]++;
+			return;
+		}
+	}
+	st = bpf_map_lookup_elem(&netns_totals, &netns);
+	if (!st) {
+		/* Zeroed only here: 144 bytes of stores the slots' path skips. */
+		struct netns_stats zero = {};
+
+		st = map_try_init(&netns_totals, &netns, &zero);
+		if (!st)
+			return;
+	}
+	st->events[type]++; /* this CPU's copy: no other writer */
+	if (detail)
+		st->details[detail]++;
+}
+
+/*
+ * Sample and hold (Estan and Varghese, "New directions in traffic
+ * measurement and accounting", SIGCOMM 2002) for the sources map. A spoofed
+ * flood brings a new source with nearly every packet; admitting each one
+ * into the LRU map would push a real heavy source out within a fraction of
+ * a second of its last packet, before user space reads it, and each insert
+ * is the most expensive thing the hot path does. So, once user space sees
+ * the map churning, a source not in the map is admitted with probability
+ * 2^-admit_shift (config.bpf.h, a run-time knob); once in, every one of its
+ * events is counted exactly. A source with m events is then missed with
+ * probability (1 - 2^-shift)^m, and loses on average 2^shift - 1 events
+ * before it is admitted: these are counted in the namespace totals, so in
+ * "other". The aggregated map (stream.bpf.h) is sampled the same way.
+ */
+
+/* Whether a key a map does not hold gets an entry now; missed is the map's
+ * SRC_MISSED or AGG_MISSED, and the admitted counter follows it. */
+static __always_inline bool admit(__u32 shift, __u32 missed)
+{
+	counter_inc(&source_stats, missed);
+	if (shift && (bpf_get_prandom_u32() & ((1U << (shift & 31)) - 1)))
+		return false;
+	counter_inc(&source_stats, missed + 1);
+	return true;
+}
+
+/* key's entry in an LRU map, or a new zeroed one if the key is admitted
+ * now; NULL when it is not (its event then counts only in the totals). */
+static __always_inline void *lookup_or_admit(void *map, const void *key, const void *zero, __u32 shift, __u32 missed)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v || !admit(shift, missed))
+		return v;
+	return map_try_init(map, key, zero);
+}
+
+/* Counts the event in its namespace and under its source. Reads, besides
+ * what account_netns reads, the tuple's family and source address (zeroed
+ * or written for every event) and, for a drop, its time. */
+static __always_inline void account_source(const struct ct_event *e)
+{
+	struct src_stats zero = {}, *st;
+	struct src_key k = {};
+	__u32 type = e->type;
+
+	account_netns(e);
+	if (!e->tuple.family || type >= CT_EV_MAX)
+		return; /* no source: user space counts it as "other" */
+	bounded_index(type);
+	k.netns = e->netns;
+	k.family = e->tuple.family;
+	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
+	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? cfg.group_v4_bits : cfg.group_v6_bits);
+	st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
+	if (!st)
+		return;
+	__sync_fetch_and_add(&st->events[type], 1);
+	if (is_drop(type)) {
+		st->last_drop_ns = e->ts_boot_ns;
+		st->last_drop_type = type;
+	}
+}
+
+#endif

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/output"
+	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
+)
+
+// The flags several commands share, their parsing, and how a command that
+// traces starts its session.
+
+// traceFlags are the flags of every command that attaches probes.
+func traceFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "use `BACKEND`: auto, fentry, kprobe or tracepoint (see cttrace features)"},
+		&cli.DurationFlag{Name: "duration", Usage: "exit after `DURATION` (for example 30s; 0: until Ctrl-C)"},
+		&cli.StringFlag{Name: "ready-file", Usage: "write `PATH` once the probes are attached (for scripts)"},
+	}
+}
+
+// traceOptions are the validated traceFlags.
+type traceOptions struct {
+	backend   probe.Backend
+	duration  time.Duration
+	readyFile string
+	ringBytes uint32
+}
+
+func parseTraceOptions(c *cli.Context) (traceOptions, error) {
+	var o traceOptions
+	var err error
+	if o.backend, err = probe.ParseBackend(c.String("backend")); err != nil {
+		return o, invalidFlag("backend", c.String("backend"), "auto, fentry, kprobe or tracepoint")
+	}
+	if o.duration = c.Duration("duration"); o.duration < 0 {
+		return o, invalidFlag("duration", o.duration.String(), "0 or more")
+	}
+	if o.readyFile = c.String("ready-file"); o.readyFile != "" {
+		// Found out now, not after the probes are attached.
+		if _, err := os.Stat(filepath.Dir(o.readyFile)); err != nil {
+			return o, flagValueError("ready-file", err)
+		}
+	}
+	return o, nil
+}
+
+// startTrace attaches the probes as cfg and the trace flags say, tells
+// scripts waiting on --ready-file, and returns the context the run lasts
+// for: until Ctrl-C or SIGTERM, or for --duration counted from the moment
+// the probes are attached (loading takes seconds on a slow machine, and
+// that time is not traced). SIGPIPE is turned into EPIPE errors, so that
+// `cttrace drops | head` ends cleanly.
+func startTrace(parent context.Context, o traceOptions, cfg session.Config) (context.Context, context.CancelFunc, *session.Session, error) {
+	ignoreSIGPIPE()
+	ctx, stop := signalContext(parent)
+	// Once stopping, a second Ctrl-C kills at once, as with any tool.
+	context.AfterFunc(ctx, stop)
+	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
+	s, err := session.Start(cfg)
+	if err == nil {
+		err = writeReady(o.readyFile, s.Backend())
+		if err != nil {
+			s.Close()
+		}
+	}
+	if err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	if o.duration <= 0 {
+		return ctx, stop, s, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.duration)
+	return ctx, func() { cancel(); stop() }, s, nil
+}
+
+// writeReady tells scripts waiting on --ready-file that every event from
+// now on will be seen.
+func writeReady(path string, backend string) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(backend+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write ready file: %w", err)
+	}
+	return nil
+}
+
+// outputFlag is shared by every command that prints results.
+func outputFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "output `FORMAT`: text or json"}
+}
+
+func outputFormat(c *cli.Context) (output.Format, error) {
+	f, err := output.ParseFormat(c.String("output"))
+	if err != nil {
+		return "", invalidFlag("output", c.String("output"), "text or json")
+	}
+	return f, nil
+}
+
+// parseSize reads 4M, 64K, 1G or 262144 (bytes).
+func parseSize(arg string) (int64, bool) {
+	s, mult := arg, int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "k"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"), strings.HasSuffix(s, "m"):
+		mult, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"), strings.HasSuffix(s, "g"):
+		mult, s = 1<<30, s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 32)
+	return n * mult, err == nil
+}
+
+// parseRingSize reads 4M, 64K, 1G or 262144 and checks what the kernel
+// demands of a ring buffer: a power of two, at least one page.
+func parseRingSize(arg string) (uint32, error) {
+	size, ok := parseSize(arg)
+	if !ok || size > 1<<30 || size < int64(os.Getpagesize()) || size&(size-1) != 0 {
+		return 0, invalidFlag("ring-size", arg, fmt.Sprintf("a power of two from %dK to 1G", os.Getpagesize()>>10))
+	}
+	return uint32(size), nil
+}
+
+// netnsFlag is --netns, shared by the commands that filter by namespace.
+func netnsFlag() cli.Flag {
+	return &cli.StringSliceFlag{Name: "netns", Usage: "only the network namespace `NETNS`: an inode number or a path like /run/netns/NAME (repeatable)"}
+}
+
+// parseNetnsFlag returns the namespaces --netns names, or nil for all.
+func parseNetnsFlag(c *cli.Context) (map[uint32]bool, error) {
+	var set map[uint32]bool
+	for _, s := range splitList(c.StringSlice("netns")) {
+		ino, err := parseNetns(s)
+		if err != nil {
+			return nil, flagValueError("netns", err)
+		}
+		if set == nil {
+			set = map[uint32]bool{}
+		}
+		set[ino] = true
+	}
+	return set, nil
+}
+
+// parseNetns accepts an inode number or a path to a namespace file
+// (/run/netns/NAME, /proc/PID/ns/net): a path to any other file has an
+// inode number too, which would silently match nothing.
+func parseNetns(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(s, &st); err != nil {
+		return 0, fmt.Errorf("%s: %w (want an inode number or a path like /run/netns/NAME)", s, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(s, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("%s is not a namespace file (want an inode number or a path like /run/netns/NAME)", s)
+	}
+	return uint32(st.Ino), nil
+}
+
+func parseCIDRs(flag string, values []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range splitList(values) {
+		p, err := event.ParseCIDR(s)
+		if err != nil {
+			return nil, flagValueError(flag, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// parseProtos reads --proto: nil for every protocol.
+func parseProtos(values []string) (map[uint8]bool, error) {
+	var set map[uint8]bool
+	for _, s := range splitList(values) {
+		p, err := event.ParseProto(s)
+		if err != nil {
+			return nil, flagValueError("proto", err)
+		}
+		if set == nil {
+			set = map[uint8]bool{}
+		}
+		set[p] = true
+	}
+	return set, nil
+}
+
+// splitList flattens repeated and comma-separated flag values.
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}

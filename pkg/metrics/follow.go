@@ -1,0 +1,66 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/host"
+	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/top"
+)
+
+// Kernel is what the exporter reads: a live session.
+type Kernel = top.LiveKernel
+
+// Follow refreshes the exporter from k every interval until ctx ends: the
+// per-namespace counts, the tables and the top sources (top-sources' own
+// reading, with every source ranked: the exporter picks its topN a
+// namespace). A failed read is counted (cttrace_read_errors_total), told
+// to warn, and the next one tried: a scrape shows it. Only the end of
+// nf_conntrack (probe.ErrConntrackGone) ends it with an error: a run that
+// lost the kernel side must not look healthy.
+func (e *Exporter) Follow(ctx context.Context, k Kernel, interval time.Duration, warn func(what string, err error)) error {
+	failed := func(what string, err error) {
+		e.Failed(what)
+		warn(what, err)
+	}
+	o := top.DefaultOptions()
+	o.Limit, o.Interval = top.HistoryCapacity, interval
+	live, err := top.NewLive(k, o, failed)
+	if err != nil {
+		return err
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-ticker.C:
+			r, err := read(now, k, live)
+			if errors.Is(err, probe.ErrConntrackGone) {
+				return err
+			}
+			if err != nil {
+				failed("sources", err)
+				continue
+			}
+			e.Update(r)
+		}
+	}
+}
+
+// read is one Reading of k at now.
+func read(now time.Time, k Kernel, live *top.Live) (*Reading, error) {
+	snap, err := live.Snapshot(now)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reading{Time: now, Snapshot: &snap, Tables: live.Tables(), Lost: snap.Lost}
+	if r.Namespaces, err = k.NamespaceCounts(); err != nil {
+		return nil, err
+	}
+	r.Buckets, _ = host.ConntrackBuckets()
+	return r, nil
+}

@@ -1,0 +1,84 @@
+package probe
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// configure decides everything that is fixed at load: the kernel side's
+// configuration (struct ct_config in bpf/config.bpf.h, which bpf2go
+// generates as cttraceCtConfig), built whole from opts and the kernel's
+// features and set with one call, and the sizes and kinds of the maps it
+// implies. The configuration is read-only to the programs and frozen at
+// load, so the verifier knows each field and skips the code it rules out;
+// what user space changes while the programs run (ct_max, the admission
+// shifts) are separate variables. clone says that the delete hook is a
+// compiler-split clone of nf_ct_delete (deleteHookSymbol).
+func configure(specs *specObjects, f *Features, opts Options, clone bool) error {
+	cfg := cttraceCtConfig{StreamMask: opts.StreamMask}
+	if opts.RingBytes != 0 {
+		specs.Events.MaxEntries = opts.RingBytes
+	}
+	// Woken at an eighth full, the reader has seven eighths left to catch up
+	// before anything is lost; below that it reads on its 100 ms timer.
+	cfg.WakeupBytes = specs.Events.MaxEntries / 8
+	if err := opts.Sources.apply(&cfg, specs); err != nil {
+		return err
+	}
+	if err := opts.Stream.apply(&cfg, specs); err != nil {
+		return err
+	}
+	keepAllocStatePerTask(&cfg, specs, f)
+	if clone {
+		cfg.DeleteHookIsClone = 1
+	}
+	if err := specs.Cfg.Set(cfg); err != nil {
+		return fmt.Errorf("set the programs' configuration: %w", err)
+	}
+	return nil
+}
+
+func (o SourceOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
+	if !o.Enabled {
+		return nil
+	}
+	v4, v6 := o.V4Bits, o.V6Bits
+	if v4 > 32 || v6 > 128 {
+		return fmt.Errorf("invalid source grouping /%d, /%d", v4, v6)
+	}
+	cfg.CountSources, cfg.GroupV4Bits, cfg.GroupV6Bits = 1, uint32(v4), uint32(v6)
+	if o.Max != 0 {
+		specs.Sources.MaxEntries = o.Max
+	}
+	return nil
+}
+
+func (o StreamOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
+	if o.Limit == 0 {
+		specs.Aggregated.MaxEntries = 1 // never written: no memory for it
+	}
+	cfg.StreamPerCpuPerS = o.perCPU()
+	if len(o.Netns) > int(specs.StreamNetns.MaxEntries) {
+		return fmt.Errorf("at most %d namespaces can be selected, not %d", specs.StreamNetns.MaxEntries, len(o.Netns))
+	}
+	if len(o.Netns) > 0 {
+		cfg.NetnsFilter = 1
+	}
+	return nil
+}
+
+// keepAllocStatePerTask keeps the allocation hooks' state with the task
+// where the kernel allows it (FeatTaskStorage; alloc_scratch in
+// bpf/cttrace.bpf.c says why). Elsewhere the task storage map, which older
+// kernels cannot even create, becomes a one-slot array that the programs
+// never reach: alloc_state_per_task stays 0, and the verifier skips the
+// branch that would use it.
+func keepAllocStatePerTask(cfg *cttraceCtConfig, specs *specObjects, f *Features) {
+	if x, ok := f.Get(FeatTaskStorage); ok && x.Usable {
+		cfg.AllocStatePerTask = 1
+		return
+	}
+	m := specs.AllocTaskState
+	m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
+}

@@ -1,0 +1,370 @@
+package top
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// Row is one source's line of the view; the History's rows have the same
+// shape (Share is the view's alone).
+type Row struct {
+	Key
+	Total Counts // since start; Total.Held: the entries it holds now
+	Rate  Counts // in the last interval
+	// Share is Total.Held / the namespace's entries, 0..1.
+	Share      float64
+	LastReason event.Reason // the latest drop or eviction; "" if none
+	LastDrop   time.Time
+	// Err bounds what the source did before the history gave it a row (see
+	// doc.go): 0 means its counts are exact since start.
+	Err uint64
+}
+
+// PerSec is n events over an interval, per second (0 for no interval).
+func PerSec(n uint64, interval time.Duration) float64 {
+	if interval <= 0 {
+		return 0
+	}
+	return float64(n) / interval.Seconds()
+}
+
+// Namespace is a network namespace's line in the header.
+type Namespace struct {
+	Netns   uint32
+	Entries int64  // entries now (from the table), -1 when unknown
+	Max     uint32 // nf_conntrack_max
+	Total   Counts
+	Rate    Counts
+}
+
+// Fill is Entries/Max, 0..1, or -1 when unknown.
+func (n *Namespace) Fill() float64 {
+	if n.Entries < 0 || n.Max == 0 {
+		return -1
+	}
+	return float64(n.Entries) / float64(n.Max)
+}
+
+// Snapshot is one refresh of the view.
+type Snapshot struct {
+	Backend    string // the probes' (or "replay", or the recording's)
+	Sort       SortBy // how Rows are ranked
+	Time       time.Time
+	Interval   time.Duration
+	Namespaces []Namespace
+	Rows       []Row // sorted, at most the limit
+	// Other holds what is not in Rows: sources past the limit, sources the
+	// kernel map no longer tracks, events with no source. Rows + Other add
+	// up to the kernel's totals, column by column.
+	Other    Row
+	Tracked  int // sources the kernel tracks now
+	Capacity int // the most it can track (--max-sources)
+	// Bounded says the bound was reached: some sources were pushed out and
+	// are accounted in Other only.
+	Bounded bool
+	Lost    uint64 // events the kernel could not deliver, since start
+	// SampleShift is the kernel's admission of new sources into its map:
+	// 1 in 2^SampleShift (0: every source, exact; see probe.Sampler).
+	SampleShift uint32
+}
+
+// SortBy names a column to rank rows by.
+type SortBy string
+
+const (
+	SortDrops   SortBy = "drops"
+	SortInserts SortBy = "inserts"
+	SortHeld    SortBy = "held"
+)
+
+// ParseSortBy reads a column name as an operator types it.
+func ParseSortBy(s string) (SortBy, bool) {
+	switch by := SortBy(s); by {
+	case SortDrops, SortInserts, SortHeld:
+		return by, true
+	}
+	return "", false
+}
+
+// Options shape the view.
+type Options struct {
+	Sort  SortBy
+	Limit int             // rows shown
+	Netns map[uint32]bool // only these namespaces (empty: all)
+	// Capacity is how many sources the kernel's map holds (--max-sources).
+	Capacity int
+	Grouping Grouping
+	// Interval is how often the view refreshes; Once stops after one.
+	Interval time.Duration
+	Once     bool
+}
+
+// DefaultOptions are top-sources' defaults, which `status --watch` shows
+// too.
+func DefaultOptions() Options {
+	return Options{Sort: SortDrops, Limit: 20, Capacity: 65536, Grouping: DefaultGrouping, Interval: time.Second}
+}
+
+// Kernel is what a snapshot reads: a live session (session.Session), or a
+// recording read back (Recording).
+type Kernel interface {
+	// Sources visits every source the kernel's bounded map holds now.
+	Sources(fn func(*event.SourceCounts) error) error
+	// Counts are every event counted, by reason: exact, whatever the bound.
+	Counts() (event.Counts, error)
+	// NamespaceCounts are the same per network namespace.
+	NamespaceCounts() (map[uint32]event.NamespaceCounts, error)
+}
+
+// Ranking keeps what each source did across snapshots. The kernel's map
+// only holds the sources active lately: under a spoofed flood it pushes a
+// heavy source out seconds after its last packet. So every read's
+// difference is fed to a bounded History (Space-Saving), and the rows are
+// ranked from that history, not from the map alone: a source that was
+// refused 600 times and went quiet still outranks a million spoofed sources
+// refused once each (doc.go: a source with more than total/HistoryCapacity
+// events keeps its row).
+type Ranking struct {
+	opts      Options
+	hist      *History
+	deltas    *event.Deltas[Key]
+	held      map[Key]int64 // seeded from the table at start
+	seeded    int64         // entries held at start, in all
+	prevTotal event.Counts
+	prevNs    map[uint32]event.Counts
+	last      time.Time
+	evicted   bool // a source was pushed out of the kernel's map
+}
+
+// NewRanking starts a ranking; start is when the probes were attached.
+func NewRanking(opts Options, start time.Time) (*Ranking, error) {
+	hist, err := NewHistory(HistoryCapacity, opts.Grouping)
+	if err != nil {
+		return nil, err
+	}
+	return &Ranking{opts: opts, hist: hist, deltas: event.NewDeltas[Key](opts.Capacity), held: map[Key]int64{},
+		prevNs: map[uint32]event.Counts{}, last: start}, nil
+}
+
+// resetHeld forgets the seeded entries, before seeding anew from a fresh
+// dump (Tables, for a backend that sees no inserts or deletes).
+func (a *Ranking) resetHeld() {
+	clear(a.held)
+	a.seeded = 0
+}
+
+// seed records the entries a source held when cttrace attached.
+func (a *Ranking) seed(k Key, entries int64) {
+	a.held[k] += entries
+	a.seeded += entries
+}
+
+// Snapshot reads the kernel's per-source map into the history, then builds
+// the view: rows ranked from the history, the header from the kernel's
+// per-namespace totals, and "other" as the kernel's totals less the rows.
+// The totals are read after the map, so that they are never behind it.
+func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace) (Snapshot, error) {
+	snap := Snapshot{Sort: a.opts.Sort, Time: now, Interval: now.Sub(a.last), Capacity: a.opts.Capacity}
+	a.last = now
+	if err := a.readSources(k, &snap); err != nil {
+		return snap, err
+	}
+	perNs, err := k.NamespaceCounts()
+	if err != nil {
+		return snap, err
+	}
+	total, err := a.totals(k, perNs)
+	if err != nil {
+		return snap, err
+	}
+	nsIndex := a.namespaces(tables, perNs)
+	best, shown, hidden, historyBounded := a.rank()
+	snap.Bounded = a.evicted || historyBounded || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
+	for _, ns := range nsIndex {
+		snap.Namespaces = append(snap.Namespaces, *ns)
+	}
+	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns, y.Netns) })
+	snap.Rows = best.rows
+	for i := range snap.Rows {
+		if ns := nsIndex[snap.Rows[i].Netns]; ns != nil && ns.Entries > 0 {
+			snap.Rows[i].Share = float64(snap.Rows[i].Total.Held) / float64(ns.Entries)
+		}
+	}
+	// Other: everything the kernel counted (in the namespaces shown) that no
+	// shown row holds.
+	inRows := shown.Total.minus(hidden.Total)
+	rate := total.Since(a.prevTotal)
+	snap.Other = Row{Total: Counts{Events: total.Minus(inRows.Events)},
+		Rate: Counts{Events: rate.Minus(shown.Rate.minus(hidden.Rate).Events)}}
+	// Held reconciles like the counts: what the table held at start plus
+	// what came minus what went, less what the shown rows hold.
+	snap.Other.Total.Held = a.seeded + heldChange(total) - inRows.Held
+	a.prevTotal = total
+	return snap, nil
+}
+
+// rank offers every source of the history, and every source seeded as
+// holding entries that has had no event since, to the shortlist of rows
+// shown. shown sums every row offered, hidden those the list left out.
+func (a *Ranking) rank() (best shortlist, shown, hidden Row, bounded bool) {
+	best = shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+	offer := func(r Row) {
+		shown.add(&r)
+		if out, pushed := best.offer(r); pushed {
+			hidden.add(&out)
+		}
+	}
+	hs := a.hist.Read()
+	inHistory := make(map[Key]bool, len(hs.Rows))
+	for _, r := range hs.Rows {
+		r.Total.Held = a.heldNow(r.Key, r.Total)
+		inHistory[r.Key] = true
+		offer(r)
+	}
+	for key, n := range a.held {
+		if !inHistory[key] && a.shows(key.Netns) {
+			offer(Row{Key: key, Total: Counts{Held: n}})
+		}
+	}
+	return best, shown, hidden, hs.Bounded()
+}
+
+// readSources feeds what each source in the kernel's map did since the
+// last read to the history.
+func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
+	a.deltas.Begin()
+	err := k.Sources(func(st *event.SourceCounts) error {
+		key := Key{Netns: st.Netns, Prefix: st.Prefix}
+		snap.Tracked++
+		if !a.shows(key.Netns) {
+			return nil
+		}
+		if d := a.deltas.Since(key, st.Events); !d.IsZero() {
+			a.hist.AddCounts(key, Counts{Events: d, Held: heldChange(d)}, st.LastDropReason, st.LastDrop)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// A source read before but not now was pushed out of the LRU map.
+	if a.deltas.End() > 0 {
+		a.evicted = true
+	}
+	return nil
+}
+
+// shows says whether the view includes netns.
+func (a *Ranking) shows(netns uint32) bool {
+	return len(a.opts.Netns) == 0 || a.opts.Netns[netns]
+}
+
+// totals is what the kernel counted in the namespaces shown: the global
+// totals, exact, or the sum of the selected namespaces'.
+func (a *Ranking) totals(k Kernel, perNs map[uint32]event.NamespaceCounts) (event.Counts, error) {
+	if len(a.opts.Netns) == 0 {
+		return k.Counts()
+	}
+	var c event.Counts
+	for netns, n := range perNs {
+		if a.shows(netns) {
+			c = c.Plus(n.Events)
+		}
+	}
+	return c, nil
+}
+
+// namespaces builds the header: every namespace the table reader found
+// and every one the kernel counted events in (filtered), with the kernel's
+// own totals for the namespace, so that drops and drops/s are the
+// namespace's, whatever the per-source map could hold.
+func (a *Ranking) namespaces(tables map[uint32]Namespace, perNs map[uint32]event.NamespaceCounts) map[uint32]*Namespace {
+	idx := map[uint32]*Namespace{}
+	for id, t := range tables {
+		if a.shows(id) {
+			ns := Namespace{Netns: id, Entries: t.Entries, Max: t.Max}
+			idx[id] = &ns
+		}
+	}
+	for id, n := range perNs {
+		if !a.shows(id) {
+			continue
+		}
+		ns, ok := idx[id]
+		if !ok {
+			ns = &Namespace{Netns: id, Entries: -1}
+			idx[id] = ns
+		}
+		ns.Total = Counts{Events: n.Events}
+		ns.Rate = Counts{Events: n.Events.Since(a.prevNs[id])}
+		a.prevNs[id] = n.Events
+	}
+	return idx
+}
+
+// shortlist keeps the best limit rows seen so far, in rank order: the view
+// shows a few rows of possibly a million sources, so the rest is never
+// sorted or kept.
+type shortlist struct {
+	limit int
+	by    SortBy
+	rows  []Row
+}
+
+// offer adds r if it ranks among the best; it returns the row that left
+// the list (r itself when r does not make it) and whether one did.
+func (s *shortlist) offer(r Row) (Row, bool) {
+	if s.limit <= 0 {
+		s.rows = append(s.rows, r)
+		return Row{}, false
+	}
+	if len(s.rows) == s.limit && compareRows(r, s.rows[len(s.rows)-1], s.by) >= 0 {
+		return r, true
+	}
+	i, _ := slices.BinarySearchFunc(s.rows, r, func(x, y Row) int { return compareRows(x, y, s.by) })
+	s.rows = slices.Insert(s.rows, i, r)
+	if len(s.rows) > s.limit {
+		out := s.rows[len(s.rows)-1]
+		s.rows = s.rows[:s.limit]
+		return out, true
+	}
+	return Row{}, false
+}
+
+// add sums r's counts, rates and held entries into s.
+func (s *Row) add(r *Row) {
+	s.Total.add(r.Total)
+	s.Rate.add(r.Rate)
+}
+
+// heldNow is what source k holds: its entries at start plus what it got
+// confirmed, less what it lost. Never below zero: a source pushed out of
+// the kernel's map loses the inserts its later deletes balance.
+func (a *Ranking) heldNow(k Key, c Counts) int64 {
+	return max(0, a.held[k]+heldChange(c.Events))
+}
+
+// compareRows orders rows by the chosen column: the total since start
+// first, then the interval's rate, then netns and prefix so the order is
+// stable between refreshes. Totals first, unlike top(1)'s CPU column: in an
+// attack the real offenders pause and come back, and a source refused 600
+// times a minute ago must outrank thousands of spoofed sources refused
+// once this second.
+func compareRows(a, b Row, by SortBy) int {
+	var c int
+	switch by {
+	case SortInserts:
+		c = cmp.Or(cmp.Compare(b.Total.Inserts(), a.Total.Inserts()), cmp.Compare(b.Rate.Inserts(), a.Rate.Inserts()))
+	case SortHeld:
+		c = cmp.Or(cmp.Compare(b.Total.Held, a.Total.Held), cmp.Compare(b.Rate.Inserts(), a.Rate.Inserts()))
+	default:
+		c = cmp.Or(cmp.Compare(b.Total.Drops(), a.Total.Drops()), cmp.Compare(b.Rate.Drops(), a.Rate.Drops()))
+	}
+	if c != 0 {
+		return c
+	}
+	return cmp.Or(cmp.Compare(a.Netns, b.Netns), a.Prefix.Addr().Compare(b.Prefix.Addr()))
+}
