@@ -110,10 +110,14 @@ test-host:
 # arm64 builds of VM_ARM64_PACKAGES: the feature trials, every backend's load
 # and attach, and the truth tests against the kernel's counters. The rest need
 # tools its small Debian root does not have (go, python3, tmux, bpftool).
+# VM_PACKAGES picks the packages whose privileged tests are built for the
+# amd64 guests (default: every one); with VM_TEST_RUN (a -test.run pattern)
+# one test runs in one kernel: see CONTRIBUTING.md.
 VM_ARM64_PACKAGES := ./pkg/probe ./pkg/session
+VM_PACKAGES ?= ./...
 test-vm:
 	@rm -rf $(VMBIN); mkdir -p $(LOGS) $(VMBIN)/arm64; echo "=== tier vm: kernels $${KERNELS:-5.10 6.1 6.12 sid arm64} ==="
-	@for dir in $$($(GO) list -tags privileged -f '{{if .TestGoFiles}}{{.Dir}}{{end}}' ./...); do \
+	@for dir in $$($(GO) list -tags privileged -f '{{if .TestGoFiles}}{{.Dir}}{{end}}' $(VM_PACKAGES)); do \
 		grep -qs '^//go:build privileged' "$$dir"/*_test.go || continue; \
 		bin=$(CURDIR)/$(VMBIN)/$$(realpath --relative-to=$(CURDIR) "$$dir" | tr / _).test; \
 		$(GO) test -c -tags privileged -o "$$bin" "$$dir"; \

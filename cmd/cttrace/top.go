@@ -112,8 +112,8 @@ func sourceOptions(o top.Options) probe.SourceOptions {
 // sources (top-sources, status --watch, serve). Their live data is bounded
 // (the kernel map's last read, the history, a snapshot) but the collector
 // lets garbage grow to twice that before it runs; under a flood that is the
-// difference between fitting the 64 MiB the README promises and not. Past
-// the limit the collector runs more often instead.
+// difference between fitting the 64 MiB docs/performance.md promises and
+// not. Past the limit the collector runs more often instead.
 const topMemoryLimit = 40 << 20
 
 func runTop(c *cli.Context) error {

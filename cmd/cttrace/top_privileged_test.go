@@ -227,8 +227,8 @@ func containsAddr(as []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// mapBound is the documented bound on cttrace's BPF map memory (README,
-// top-sources): the sources map's entries at most 256 bytes each, plus the
+// mapBound is the documented bound on cttrace's BPF map memory
+// (docs/performance.md): the sources map's entries at most 256 bytes each, plus the
 // 4 MiB ring buffer and 1 MiB for the small maps.
 func mapBound(maxSources int) uint64 { return uint64(maxSources)*256 + 5<<20 }
 
@@ -543,7 +543,7 @@ func TestTopSourcesHeavyHittersSurviveASpoofedFlood(t *testing.T) {
 }
 
 // checkMemoryBound fails if cttrace's resident memory passed the 64 MiB
-// the README promises.
+// docs/performance.md promises.
 func checkMemoryBound(t *testing.T, what string, bytes uint64) {
 	t.Helper()
 	if bytes > 64<<20 {

@@ -8,7 +8,7 @@ import (
 	"os/exec"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // Tier names, set by the Makefile (host) and by test/vm/run.sh (vm) in
@@ -82,11 +82,9 @@ func Tool(t testing.TB, name, pkg string) string {
 // later: for the few expectations that follow a kernel version (what the
 // kernel charges BPF memory to, which attachments are BPF links).
 func KernelAtLeast(major, minor int) bool {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
+	var ma, mi int
+	if _, err := fmt.Sscanf(host.Release(), "%d.%d", &ma, &mi); err != nil {
 		return true
 	}
-	var ma, mi int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi)
 	return ma > major || ma == major && mi >= minor
 }

@@ -1,8 +1,13 @@
-// Package event is cttrace's model of one conntrack event: why the kernel
-// refused, evicted or recorded an entry, the flow concerned, and the state of
-// the table at that moment. It knows the kernel ABI only through the numeric
-// values of bpf/cttrace.h's enums; the loader in pkg/probe decodes the
-// generated struct and builds an Event with the constructors here.
+// Package event is the model every step on the path of one event speaks:
+// the Event itself (why the kernel refused, evicted or recorded an entry,
+// the flow concerned, the state of the table at that moment), its Reason,
+// Detail and Confidence, the counts made of events (Counts, by reason;
+// Reason.IsDrop and IsEviction say once what a drop and an eviction are),
+// and the records of a stream (Record: an event, an aggregate past the
+// stream limit, a loss, the summary). It knows the kernel ABI only through
+// the numeric values of bpf/cttrace.h's enums; the loader in pkg/probe
+// decodes the generated struct and builds an Event with the constructors
+// here.
 package event
 
 import (

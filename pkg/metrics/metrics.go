@@ -1,8 +1,11 @@
-// Package metrics is `cttrace serve`'s Prometheus view of what the probes
-// and the tables say. It keeps the latest reading (Update, from one
-// goroutine) and turns it into metrics when scraped (Collect), so every
-// scrape shows exactly the current set of series: a source that left the
-// top is gone at the next scrape, never left stale.
+// Package metrics is where the path of one event ends for `cttrace serve`:
+// the Prometheus view of what the session counted (per namespace, by
+// reason and detail), of top-sources' ranking and of the tables. Follow
+// reads them every interval (follow.go), Handler serves them (http.go);
+// the exporter keeps the latest reading (Update, from one goroutine) and
+// turns it into metrics when scraped (Collect), so every scrape shows
+// exactly the current set of series: a source that left the top is gone at
+// the next scrape, never left stale.
 //
 // Names follow Prometheus' conventions (base units, _total for counters)
 // and sit beside node_exporter's node_nf_conntrack_*: the table figures are

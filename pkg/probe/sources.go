@@ -161,7 +161,7 @@ func (p *Probe) admission(at SampledMap) (Admission, error) {
 }
 
 // setShift makes the kernel admit a key the map does not hold with
-// probability 2^-shift (sample and hold, bpf/cttrace.bpf.c).
+// probability 2^-shift (sample and hold, bpf/accounting.bpf.h).
 func (p *Probe) setShift(at SampledMap, shift uint32) error {
 	_, v := at.of(&p.objs)
 	if err := v.Set(shift); err != nil {

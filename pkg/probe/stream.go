@@ -9,7 +9,7 @@ import (
 	"github.com/cttrace/cttrace/pkg/event"
 )
 
-// StreamOptions bound what crosses the ring buffer (bpf/cttrace.bpf.c,
+// StreamOptions bound what crosses the ring buffer (bpf/stream.bpf.h,
 // "the bounded stream").
 type StreamOptions struct {
 	// Limit is how many events a second are streamed one by one, shared

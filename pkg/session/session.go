@@ -48,6 +48,7 @@ type Session struct {
 
 	stop     chan struct{}
 	stopped  sync.WaitGroup
+	closed   sync.Once
 	mu       sync.Mutex
 	maintErr error // what ended the maintenance: nf_conntrack gone, or a read failed
 }
@@ -235,10 +236,15 @@ func (s *Session) Summary() (event.Summary, error) {
 func (s *Session) Programs() []string { return s.probe.Programs() }
 
 // Close detaches everything; nothing is left in the kernel afterwards.
+// Closing again does nothing.
 func (s *Session) Close() error {
-	close(s.stop)
-	s.stopped.Wait()
-	return s.closeProbe()
+	var err error
+	s.closed.Do(func() {
+		close(s.stop)
+		s.stopped.Wait()
+		err = s.closeProbe()
+	})
+	return err
 }
 
 func (s *Session) closeProbe() error {

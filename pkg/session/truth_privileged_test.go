@@ -360,7 +360,7 @@ func checkSkippedRunsAreCounted(t *testing.T, tl *tally, drops int, exact bool) 
 func TestEvictionEventsMatchKernelEarlyDrops(t *testing.T) {
 	usableBackends(t, func(t *testing.T, b probe.Backend) {
 		if b == probe.BackendTracepoint {
-			t.Skip("the tracepoint backend sees only freed packets; an eviction frees none (see README, Backends)")
+			t.Skip("the tracepoint backend sees only freed packets; an eviction frees none (docs/backends.md)")
 		}
 		const max = 256
 		lab := ctlab.New(t)
@@ -469,7 +469,7 @@ func (t *tally) String() string { return fmt.Sprint(t.n) }
 func TestInsertAndDeleteEventsFollowTheTable(t *testing.T) {
 	usableBackends(t, func(t *testing.T, b probe.Backend) {
 		if b == probe.BackendTracepoint {
-			t.Skip("the tracepoint backend sees only freed packets; inserts and deletes free none (see README, Backends)")
+			t.Skip("the tracepoint backend sees only freed packets; inserts and deletes free none (docs/backends.md)")
 		}
 		lab := ctlab.New(t)
 		tl, _, stop := trace(t, b, lab.Inode(), event.ReasonInsert, event.ReasonDelete)

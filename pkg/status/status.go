@@ -1,4 +1,6 @@
-// Package status is `cttrace status`'s model: every network namespace with
+// Package status is `cttrace status`'s model, read beside the path of
+// events from the tables themselves (pkg/table, nftables): every network
+// namespace with
 // conntrack in use, its table's fill and the kernel's counters; what the
 // table costs in kernel memory now, at its max and at a max the operator
 // is weighing, from the running kernel's slab; which modules hold
