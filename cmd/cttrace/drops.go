@@ -92,7 +92,7 @@ func parseDropsOptions(c *cli.Context) (dropsOptions, error) {
 	if o.stream.Filter.Dst, err = parseCIDRs("dst", c.StringSlice("dst")); err != nil {
 		return o, err
 	}
-	o.stream.Filter.Protos, err = parseProtos(c.StringSlice("proto"))
+	o.stream.Filter.Protos, err = parseSet("proto", c.StringSlice("proto"), event.ParseProto)
 	return o, err
 }
 
@@ -153,6 +153,9 @@ func runDrops(c *cli.Context) error {
 	}
 	defer cancel()
 	defer s.Close()
+	if err := writeReady(o.trace.readyFile, s.Backend()); err != nil {
+		return err
+	}
 	if err := stream.Run(ctx, s, w, o.stream); !closedPipe(err) {
 		return err
 	}

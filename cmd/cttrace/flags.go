@@ -57,12 +57,12 @@ func parseTraceOptions(c *cli.Context) (traceOptions, error) {
 	return o, nil
 }
 
-// startTrace attaches the probes as cfg and the trace flags say, tells
-// scripts waiting on --ready-file, and returns the context the run lasts
-// for: until Ctrl-C or SIGTERM, or for --duration counted from the moment
-// the probes are attached (loading takes seconds on a slow machine, and
-// that time is not traced). SIGPIPE is turned into EPIPE errors, so that
-// `cttrace drops | head` ends cleanly.
+// startTrace attaches the probes as cfg and the trace flags say, and
+// returns the context the run lasts for: until Ctrl-C or SIGTERM, or for
+// --duration counted from the moment the probes are attached (loading
+// takes seconds on a slow machine, and that time is not traced). SIGPIPE
+// is turned into EPIPE errors, so that `cttrace drops | head` ends cleanly.
+// The caller writes --ready-file (writeReady) once what it shows is set up.
 func startTrace(parent context.Context, o traceOptions, cfg session.Config) (context.Context, context.CancelFunc, *session.Session, error) {
 	ignoreSIGPIPE()
 	ctx, stop := signalContext(parent)
@@ -70,12 +70,6 @@ func startTrace(parent context.Context, o traceOptions, cfg session.Config) (con
 	context.AfterFunc(ctx, stop)
 	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
 	s, err := session.Start(cfg)
-	if err == nil {
-		err = writeReady(o.readyFile, s.Backend())
-		if err != nil {
-			s.Close()
-		}
-	}
 	if err != nil {
 		stop()
 		return nil, nil, nil, err
@@ -88,7 +82,7 @@ func startTrace(parent context.Context, o traceOptions, cfg session.Config) (con
 }
 
 // writeReady tells scripts waiting on --ready-file that every event from
-// now on will be seen.
+// now on will be seen, and counted from what the tables held then.
 func writeReady(path string, backend string) error {
 	if path == "" {
 		return nil
@@ -144,16 +138,22 @@ func netnsFlag() cli.Flag {
 
 // parseNetnsFlag returns the namespaces --netns names, or nil for all.
 func parseNetnsFlag(c *cli.Context) (map[uint32]bool, error) {
-	var set map[uint32]bool
-	for _, s := range splitList(c.StringSlice("netns")) {
-		ino, err := parseNetns(s)
+	return parseSet("netns", c.StringSlice("netns"), parseNetns)
+}
+
+// parseSet reads a repeatable, comma-separated flag into a set, each value
+// by parse; nil when the flag is not given (everything is selected).
+func parseSet[T comparable](flag string, values []string, parse func(string) (T, error)) (map[T]bool, error) {
+	var set map[T]bool
+	for _, s := range splitList(values) {
+		v, err := parse(s)
 		if err != nil {
-			return nil, flagValueError("netns", err)
+			return nil, flagValueError(flag, err)
 		}
 		if set == nil {
-			set = map[uint32]bool{}
+			set = map[T]bool{}
 		}
-		set[ino] = true
+		set[v] = true
 	}
 	return set, nil
 }
@@ -186,22 +186,6 @@ func parseCIDRs(flag string, values []string) ([]netip.Prefix, error) {
 		out = append(out, p)
 	}
 	return out, nil
-}
-
-// parseProtos reads --proto: nil for every protocol.
-func parseProtos(values []string) (map[uint8]bool, error) {
-	var set map[uint8]bool
-	for _, s := range splitList(values) {
-		p, err := event.ParseProto(s)
-		if err != nil {
-			return nil, flagValueError("proto", err)
-		}
-		if set == nil {
-			set = map[uint8]bool{}
-		}
-		set[p] = true
-	}
-	return set, nil
 }
 
 // splitList flattens repeated and comma-separated flag values.

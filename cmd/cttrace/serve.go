@@ -78,16 +78,13 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := session.Config{Sources: probe.SourceOptions{Enabled: true}}
+	cfg := session.Config{Sources: probe.SourceOptions{Enabled: true, ReadEvery: interval}}
 	if file != nil {
 		defer file.Close()
 		cfg.Reasons = event.RefusalsAndEvictions()
 		cfg.Stream = probe.StreamOptions{Limit: uint32(min(c.Uint("stream-limit"), 1<<31))}
 	}
 	debug.SetMemoryLimit(topMemoryLimit)
-	// Ready once serving, below.
-	ready := o.readyFile
-	o.readyFile = ""
 	ctx, cancel, s, err := startTrace(c.Context, o, cfg)
 	if err != nil {
 		return err
@@ -107,7 +104,7 @@ func runServe(c *cli.Context) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(os.Stderr, "cttrace: serving http://%s/metrics\n", ln.Addr())
-	if err := writeReady(ready, s.Backend()); err != nil {
+	if err := writeReady(o.readyFile, s.Backend()); err != nil {
 		return err
 	}
 

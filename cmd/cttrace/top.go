@@ -105,7 +105,8 @@ func parsePrefixLen(flag, s string, max int) (int, error) {
 
 // sourceOptions is what the kernel counts per source for the view.
 func sourceOptions(o top.Options) probe.SourceOptions {
-	return probe.SourceOptions{Enabled: true, Max: uint32(o.Capacity), V4Bits: uint8(o.Grouping.V4Bits), V6Bits: uint8(o.Grouping.V6Bits)}
+	return probe.SourceOptions{Enabled: true, Max: uint32(o.Capacity), V4Bits: uint8(o.Grouping.V4Bits), V6Bits: uint8(o.Grouping.V6Bits),
+		ReadEvery: o.Interval}
 }
 
 // topMemoryLimit is the Go heap's soft limit for the commands that rank
@@ -146,6 +147,15 @@ func watchTop(parent context.Context, o topOptions) error {
 	}
 	defer cancel()
 	defer s.Close()
+	warn := func(_ string, err error) { fmt.Fprintf(os.Stderr, "cttrace: warning: %v\n", err) }
+	live, err := top.NewLive(s, o.view, warn)
+	if err != nil {
+		return err
+	}
+	// Ready once the tables are read: what they held is counted from here.
+	if err := writeReady(o.trace.readyFile, s.Backend()); err != nil {
+		return err
+	}
 	w := output.NewTop(os.Stdout, o.format)
 	var redraw <-chan struct{}
 	// On a terminal the view is redrawn in place (not with --once, whose
@@ -155,8 +165,7 @@ func watchTop(parent context.Context, o topOptions) error {
 		defer term.close()
 		w, redraw = output.NewTopFrame(os.Stdout, term.size), term.resized
 	}
-	warn := func(_ string, err error) { fmt.Fprintf(os.Stderr, "cttrace: warning: %v\n", err) }
-	err = top.Watch(ctx, s, o.view, flushed(w), redraw, warn)
+	err = top.Watch(ctx, live, flushed(w), redraw)
 	if closedPipe(err) {
 		return nil
 	}

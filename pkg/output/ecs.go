@@ -79,16 +79,26 @@ var eventShape = map[event.Reason]struct {
 	event.ReasonClashResolved: {[]string{"connection", "info"}, "success", "conntrack insert clash resolved"},
 }
 
+// networkEvent is the document of a reason's events, categorised as
+// eventShape says.
+func networkEvent(host string, at time.Time, r event.Reason) (doc, error) {
+	shape, ok := eventShape[r]
+	if !ok {
+		return nil, fmt.Errorf("unknown reason %q", r)
+	}
+	d := base(host, at, "event", string(r), []string{"network"}, shape.types, shape.outcome)
+	d["event"].(doc)["reason"] = shape.why
+	return d, nil
+}
+
 // event writes one event. For an eviction the flow it made room for (the
 // trigger) is the event's source and destination; the evicted entry is
 // cttrace.victim.
 func (e *ecsWriter) event(host string, ev *event.Event) error {
-	shape, ok := eventShape[ev.Reason]
-	if !ok {
-		return fmt.Errorf("write ecs event: unknown reason %q", ev.Reason)
+	d, err := networkEvent(host, ev.Time, ev.Reason)
+	if err != nil {
+		return fmt.Errorf("write ecs event: %w", err)
 	}
-	d := base(host, ev.Time, "event", string(ev.Reason), []string{"network"}, shape.types, shape.outcome)
-	d["event"].(doc)["reason"] = shape.why
 	ct := doc{"schema": SchemaVersion, "reason": ev.Reason, "detail": ev.Detail, "confidence": ev.Confidence, "cpu": ev.CPU,
 		"netns": ev.Netns, "zone": ev.Zone, "count": ev.Count, "max": ev.Max, "status": statusNames(ev.Status)}
 	flow := &ev.Flow
@@ -115,12 +125,10 @@ func (e *ecsWriter) event(host string, ev *event.Event) error {
 
 // aggregate writes a count of events past the stream limit.
 func (e *ecsWriter) aggregate(host string, a *event.Aggregate) error {
-	shape, ok := eventShape[a.Reason]
-	if !ok {
-		return fmt.Errorf("write ecs aggregate: unknown reason %q", a.Reason)
+	d, err := networkEvent(host, a.Last, a.Reason)
+	if err != nil {
+		return fmt.Errorf("write ecs aggregate: %w", err)
 	}
-	d := base(host, a.Last, "event", string(a.Reason), []string{"network"}, shape.types, shape.outcome)
-	d["event"].(doc)["reason"] = shape.why
 	ct := doc{"schema": SchemaVersion, "reason": a.Reason, "aggregate": doc{"count": a.Count, "interval_s": a.Interval.Seconds(),
 		"sampling": a.Sampling}, "netns": a.Netns}
 	if a.Source.IsValid() {

@@ -65,20 +65,11 @@ func (t *textWriter) Write(r *event.Record) error {
 // the flow is the evicted entry and the detail names the flow it made room
 // for ("for udp 10.0.0.1:5000 → 10.0.0.2:53").
 func (t *textWriter) event(e *event.Event) error {
-	if err := t.writeHeader(); err != nil {
+	b, err := t.beginLine(e.Time, e.Reason, e.Confidence == event.ConfidenceInferred)
+	if err != nil {
 		return err
 	}
-	b := t.appendTime(t.buf[:0], e.Time)
-	b = append(b, ' ')
-
 	start := len(b)
-	b = append(b, e.Reason...)
-	if e.Confidence == event.ConfidenceInferred {
-		b = append(b, inferredMark)
-	}
-	b = pad(b, start, widthReason)
-
-	start = len(b)
 	if e.Flow.Valid() {
 		b = append(b, e.Flow.ProtoName()...)
 	} else {
@@ -107,6 +98,22 @@ func (t *textWriter) event(e *event.Event) error {
 	return t.writeLine(b)
 }
 
+// beginLine starts a record's line, after the header if it is the first:
+// its time, then its reason ("table_full?" when inferred), padded.
+func (t *textWriter) beginLine(at time.Time, r event.Reason, inferred bool) ([]byte, error) {
+	if err := t.writeHeader(); err != nil {
+		return nil, err
+	}
+	b := t.appendTime(t.buf[:0], at)
+	b = append(b, ' ')
+	start := len(b)
+	b = append(b, r...)
+	if inferred {
+		b = append(b, inferredMark)
+	}
+	return pad(b, start, widthReason), nil
+}
+
 // lost writes a line saying how many events the kernel could not deliver.
 func (t *textWriter) lost(l *event.Lost) error {
 	if err := t.writeHeader(); err != nil {
@@ -131,14 +138,10 @@ func (t *textWriter) lost(l *event.Lost) error {
 //
 //	00:18:53.000001 table_full      ×4021 from 127.9.0.3 in netns 4026532176 in the last 1s (past --stream-limit)
 func (t *textWriter) aggregate(a *event.Aggregate) error {
-	if err := t.writeHeader(); err != nil {
+	b, err := t.beginLine(a.Time, a.Reason, false)
+	if err != nil {
 		return err
 	}
-	b := t.appendTime(t.buf[:0], a.Time)
-	b = append(b, ' ')
-	start := len(b)
-	b = append(b, a.Reason...)
-	b = pad(b, start, 15)
 	b = append(b, "×"...)
 	b = strconv.AppendUint(b, a.Count, 10)
 	if a.IsOther() {

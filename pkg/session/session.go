@@ -99,9 +99,11 @@ func (s *Session) open(cfg Config) error {
 		return err
 	}
 	if cfg.Sources.Enabled {
-		// Read every second by the views; the sampler keeps a key in the
-		// map for four reads after its last event (probe.Sampler).
-		if s.sources, err = s.probe.NewSampler(probe.SourcesMap, time.Second); err != nil {
+		readEvery := cfg.Sources.ReadEvery
+		if readEvery <= 0 {
+			readEvery = time.Second
+		}
+		if s.sources, err = s.probe.NewSampler(probe.SourcesMap, readEvery); err != nil {
 			return err
 		}
 	}

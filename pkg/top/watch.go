@@ -63,15 +63,11 @@ func (l *Live) Snapshot(now time.Time) (Snapshot, error) {
 // Tables are the namespaces' tables as the last snapshot read them.
 func (l *Live) Tables() []table.NamespaceStats { return l.tables.Stats() }
 
-// Watch shows a snapshot of k every o.Interval (one only, with o.Once)
-// until ctx ends or show fails. redraw asks for the last snapshot to be
-// shown again (a terminal was resized); it may be nil.
-func Watch(ctx context.Context, k LiveKernel, o Options, show func(*Snapshot) error, redraw <-chan struct{},
-	warn func(what string, err error)) error {
-	live, err := NewLive(k, o, warn)
-	if err != nil {
-		return err
-	}
+// Watch shows a snapshot of live every interval of its options (one only,
+// with Once) until ctx ends or show fails. redraw asks for the last
+// snapshot to be shown again (a terminal was resized); it may be nil.
+func Watch(ctx context.Context, live *Live, show func(*Snapshot) error, redraw <-chan struct{}) error {
+	o := live.opts
 	ticker := time.NewTicker(o.Interval)
 	defer ticker.Stop()
 	var last *Snapshot
