@@ -181,3 +181,28 @@ func TestEveryProgramBelongsToABackend(t *testing.T) {
 		t.Errorf("fentry hooks %v and kprobe hooks %v differ", fe, kp)
 	}
 }
+
+// The allocation's state is kept per task only where a kernel that may
+// preempt kernel code lets tracing programs keep task storage; a kernel
+// that does not preempt finishes each allocation on the CPU it began on.
+func TestAllocStatePerTaskOnlyWherePreempted(t *testing.T) {
+	for _, tc := range []struct {
+		storage bool
+		model   string
+		want    bool
+	}{
+		{true, "full", true}, {true, "lazy", true}, {true, "rt", true},
+		{true, "", true}, // unknown: taken as preemptible
+		{true, "voluntary", false}, {true, "none", false},
+		{false, "lazy", false}, {false, "", false},
+	} {
+		f := features()
+		if tc.storage {
+			f = features(FeatTaskStorage)
+		}
+		f.Preemption = tc.model
+		if got := allocStatePerTask(f); got != tc.want {
+			t.Errorf("task storage %v, preemption %q: per task %v, want %v", tc.storage, tc.model, got, tc.want)
+		}
+	}
+}

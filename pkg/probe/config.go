@@ -69,16 +69,33 @@ func (o StreamOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
 }
 
 // keepAllocStatePerTask keeps the allocation hooks' state with the task
-// where the kernel allows it (FeatTaskStorage; alloc_scratch in
-// bpf/cttrace.bpf.c says why). Elsewhere the task storage map, which older
-// kernels cannot even create, becomes a one-slot array that the programs
-// never reach: alloc_state_per_task stays 0, and the verifier skips the
-// branch that would use it.
+// where it must and can be: on a kernel that preempts kernel code, an
+// allocation can be preempted between its entry and its exit and finish on
+// another CPU (alloc_scratch in bpf/cttrace.bpf.c says why), and tracing
+// programs may keep state per task since 5.12 (FeatTaskStorage). A kernel
+// that does not preempt kernel code (voluntary or none, Debian's 5.10 to
+// 6.12) finishes the allocation on the CPU it began on, so the per-CPU slot
+// is exact there and spares every new flow a task-storage lookup; a kernel
+// whose model could not be read is taken as preemptible. Where the state
+// is kept per CPU, the task storage map, which older kernels cannot even
+// create, becomes a one-slot array that the programs never reach:
+// alloc_state_per_task stays 0, and the verifier skips the branch that
+// would use it.
 func keepAllocStatePerTask(cfg *cttraceCtConfig, specs *specObjects, f *Features) {
-	if x, ok := f.Get(FeatTaskStorage); ok && x.Usable {
+	if allocStatePerTask(f) {
 		cfg.AllocStatePerTask = 1
 		return
 	}
 	m := specs.AllocTaskState
 	m.Type, m.Flags, m.MaxEntries = ebpf.Array, 0, 1
+}
+
+// allocStatePerTask says whether the allocation's state is kept per task
+// (keepAllocStatePerTask).
+func allocStatePerTask(f *Features) bool {
+	x, ok := f.Get(FeatTaskStorage)
+	if !ok || !x.Usable {
+		return false
+	}
+	return f.Preemption == "" || f.Preemptible()
 }
