@@ -38,9 +38,9 @@ struct {
  * they had as "other" (kernel totals minus the rows). Not per-CPU: with
  * per-CPU values the map would cost max_entries * nr_cpus values. */
 struct src_key {
-	__u32 netns;
+	__u64 netns_id; /* the namespace's identity (net_id) */
 	__u8 family;
-	__u8 _pad[3];
+	__u8 _pad[7];
 	__u8 addr[16];
 };
 
@@ -48,7 +48,7 @@ struct src_stats {
 	__u64 events[CT_EV_MAX];
 	__u64 last_drop_ns;
 	__u32 last_drop_type;
-	__u32 _pad;
+	__u32 inum; /* the namespace's inode number, the name it is shown by */
 };
 
 struct {
@@ -64,37 +64,54 @@ struct {
  * its own cache line instead of contending for one; bounded like every map
  * here (a Kubernetes node runs a few hundred pod namespaces). */
 struct netns_stats {
+	__u32 inum; /* the namespace's inode number, the name it is shown by */
+	__u32 _pad;
 	__u64 events[CT_EV_MAX];
 	__u64 details[CT_DETAIL_MAX]; /* each detail belongs to one type */
 };
 
+/* Keyed by the namespace's identity (net_id), not its inode number: the
+ * kernel gives a dead namespace's inode to the next one at once. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u32);
+	__type(key, __u64);
 	__type(value, struct netns_stats);
 } netns_totals SEC(".maps");
 
 /*
  * In front of netns_totals, for the namespaces that refuse a flood or
  * create a NAT gateway's flows: a direct-mapped per-CPU array indexed by the
- * low bits of the namespace's inode number (the kernel hands these out in
- * sequence, so a host's namespaces spread over the slots). A slot belongs
- * to the first namespace that counts in it on this CPU, for the life of the
- * probe; a namespace whose slot is taken counts in netns_totals. An array
- * slot is an address computation where the hash costs a hash, a bucket
- * walk and LRU bookkeeping: about 100 ns of every event (bench's
- * BenchmarkBPFHelper). Counters only grow and each event counts in one
- * place, so user space adds both maps without double counting.
+ * low bits of the namespace's identity (cookies, and inode numbers where
+ * they stand in, are handed out in sequence, so a host's namespaces spread
+ * over the slots). A slot belongs to the first namespace that counts in it
+ * on this CPU, until user space says that namespace died (dead_netns): the
+ * next namespace to count there takes it over. A namespace whose slot is
+ * held by another counts in netns_totals. An array slot is an address
+ * computation where the hash costs a hash, a bucket walk and LRU
+ * bookkeeping: about 100 ns of every event (bench's BenchmarkBPFHelper).
+ * Counters only grow and each event counts in one place, so user space adds
+ * both maps without double counting.
  */
 #define NETNS_SLOTS 256
 
 struct netns_slot {
-	__u32 netns;
-	__u32 pad;
+	__u64 netns_id; /* 0: not claimed on this CPU */
+	__u32 inum;
+	__u32 _pad;
 	__u64 events[CT_EV_MAX];
 	__u64 details[CT_DETAIL_MAX];
 };
+
+/* Namespaces user space saw die, by identity: their slots go to the next
+ * namespace that counts there. User space forgets the dead namespaces' counts
+ * when it writes them here; an LRU bounds what is kept of the dead. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} dead_netns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -151,12 +168,29 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
 /* Counts the event in its namespace, by type and by detail. Reads the
  * event's netns, type and detail, which every event has written
  * (stream.bpf.h, event_begin). */
+/* Whether this CPU's slot may go to namespace id: it is free, or held by a
+ * namespace user space saw die. Taken over, it starts from zero (the dead
+ * namespace's counts are forgotten by then). Only a slot held by another
+ * namespace asks the dead map: rare, where the slot is the namespace's own
+ * on nearly every event. */
+static __always_inline bool claim_slot(struct netns_slot *slot, __u64 id, __u32 inum)
+{
+	if (slot->netns_id && !bpf_map_lookup_elem(&dead_netns, &slot->netns_id))
+		return false;
+	__builtin_memset(slot->events, 0, sizeof(slot->events));
+	__builtin_memset(slot->details, 0, sizeof(slot->details));
+	slot->inum = inum;
+	slot->netns_id = id; /* this CPU's copy: no other writer */
+	return true;
+}
+
 static __always_inline void account_netns(const struct ct_event *e)
 {
-	__u32 netns = e->netns, type = e->type, detail = e->detail;
+	__u32 type = e->type, detail = e->detail, inum = e->netns;
+	__u64 id = e->netns_id;
 	struct netns_stats *st;
 	struct netns_slot *slot;
-	__u32 i = netns % NETNS_SLOTS;
+	__u32 i = id % NETNS_SLOTS;
 
 	if (type >= CT_EV_MAX)
 		return;
@@ -166,26 +200,25 @@ static __always_inline void account_netns(const struct ct_event *e)
 	bounded_index(type);
 	bounded_index(detail);
 	slot = bpf_map_lookup_elem(&netns_slots, &i);
-	if (slot && netns) {
-		if (!slot->netns)
-			slot->netns = netns; /* this CPU's copy: no other writer */
-		if (slot->netns == netns) {
-			slot->events[type]++;
-			if (detail)
-				slot->details[detail]++;
-			return;
-		}
+	if (slot && id && (slot->netns_id == id || claim_slot(slot, id, inum))) {
+		slot->events[type]++;
+		if (detail)
+			slot->details[detail]++;
+		return;
 	}
-	st = bpf_map_lookup_elem(&netns_totals, &netns);
+	st = bpf_map_lookup_elem(&netns_totals, &id);
 	if (!st) {
 		/* Zeroed only here: 144 bytes of stores the slots' path skips. */
-		struct netns_stats zero = {};
+		struct netns_stats zero = {.inum = inum};
 
-		st = map_try_init(&netns_totals, &netns, &zero);
+		st = map_try_init(&netns_totals, &id, &zero);
 		if (!st)
 			return;
 	}
-	st->events[type]++; /* this CPU's copy: no other writer */
+	/* This CPU's copy: no other writer. A copy another CPU made the entry
+	 * for starts zeroed, so each names its namespace itself. */
+	st->inum = inum;
+	st->events[type]++;
 	if (detail)
 		st->details[detail]++;
 }
@@ -240,7 +273,7 @@ static __always_inline void account_source(const struct ct_event *e)
 	if (!e->tuple.family || type >= CT_EV_MAX)
 		return; /* no source: user space counts it as "other" */
 	bounded_index(type);
-	k.netns = e->netns;
+	k.netns_id = e->netns_id;
 	k.family = e->tuple.family;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
 	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? cfg.group_v4_bits : cfg.group_v6_bits);
@@ -248,6 +281,7 @@ static __always_inline void account_source(const struct ct_event *e)
 	if (!st)
 		return;
 	__sync_fetch_and_add(&st->events[type], 1);
+	st->inum = e->netns;
 	if (is_drop(type)) {
 		st->last_drop_ns = e->ts_boot_ns;
 		st->last_drop_type = type;

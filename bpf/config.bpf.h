@@ -46,6 +46,9 @@ struct ct_config {
 	/* Whether the delete hook is attached to a compiler-split clone of
 	 * nf_ct_delete (core_fixes.bpf.h, delete_clone). */
 	__u32 delete_hook_is_clone;
+	/* Whether namespaces are keyed by their netns cookie rather than their
+	 * inode number (conn.bpf.h, net_id). */
+	__u32 netns_cookie;
 };
 
 /* Defaults for a load that sets nothing (tests): everything streamed. */

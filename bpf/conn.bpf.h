@@ -69,13 +69,43 @@ static __always_inline void event_tuple(const struct ct_event *e, struct ct_tupl
 		source_from_ct(t, ct, direct);
 }
 
+/*
+ * A network namespace's identity. Its inode number (ns.inum) is what
+ * operators know it by, but the kernel hands a freed one to the next
+ * namespace at once, so on a host where containers come and go one inode
+ * names many namespaces in turn, and counts keyed by it would merge the
+ * dead into the living. The netns cookie (core_fixes.bpf.h, net_cookie) is
+ * never reused; user space says whether to key by it (cfg.netns_cookie: it
+ * must read the same cookie of each namespace it lists, SO_NETNS_COOKIE,
+ * 5.14+). Otherwise the inode number stands in, marked with the top bit
+ * (NETNS_ID_INODE) so that it is never taken for a cookie.
+ */
+#define NETNS_ID_INODE (1ULL << 63)
+
+static __always_inline __u64 net_id(const struct net *net, const bool direct)
+{
+	__u64 cookie = cfg.netns_cookie ? net_cookie(net, direct) : 0;
+
+	if (cookie)
+		return cookie;
+	return NETNS_ID_INODE | KREAD(direct, net, ns.inum);
+}
+
+/* The event's namespace: its identity (net_id) and its inode number, the
+ * name it is shown by. */
+static __always_inline void event_netns(struct ct_event *e, const struct net *net, const bool direct)
+{
+	e->netns = KREAD(direct, net, ns.inum);
+	e->netns_id = net_id(net, direct);
+}
+
 /* Fills what an event says about an existing entry: its original tuple,
  * namespace, zone, status, timeout and TCP state; only the source and
  * namespace when the event is not streamed. */
 static __always_inline void describe_conn(struct ct_event *e, const struct nf_conn *ct, const bool direct)
 {
 	event_tuple(e, &e->tuple, &ct->tuplehash[IP_CT_DIR_ORIGINAL].tuple, direct);
-	e->netns = KREAD(direct, ct, ct_net.net, ns.inum);
+	event_netns(e, KREAD(direct, ct, ct_net.net), direct);
 	if (!streamed(e->type))
 		return;
 	e->zone = conn_zone(ct, direct);
@@ -85,19 +115,20 @@ static __always_inline void describe_conn(struct ct_event *e, const struct nf_co
 		e->proto_state = KREAD(direct, ct, proto.tcp.state);
 }
 
-/* tp_btf's skb is BTF-typed: the skb's own fields are plain loads (KREAD);
- * only the packet's bytes need bpf_probe_read_kernel(). */
-static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+/* The namespace of a packet, through its device or its socket; NULL when
+ * it has neither. tp_btf's skb is BTF-typed: the skb's own fields are plain
+ * loads (KREAD); only the packet's bytes need bpf_probe_read_kernel(). */
+static __always_inline struct net *skb_net(const struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
 	struct sock *sk;
 
 	if (dev)
-		return dev->nd_net.net->ns.inum;
+		return dev->nd_net.net;
 	sk = skb->sk; /* an RCU pointer: the verifier wants it checked */
 	if (sk)
-		return sk->__sk_common.skc_net.net->ns.inum;
-	return 0;
+		return sk->__sk_common.skc_net.net;
+	return NULL;
 }
 
 /* Fills t from the packet's IP header, and its ports when asked (a streamed

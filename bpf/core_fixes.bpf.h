@@ -52,6 +52,20 @@ static __always_inline __s32 conn_timeout_left(const struct nf_conn *ct, const b
 	return (__s32)(KREAD(direct, ct, timeout) - (__u32)bpf_jiffies64());
 }
 
+/*
+ * net->net_cookie names one network namespace for good: a u64 from a global
+ * counter, set at setup since 5.12 (commit 3d368ab87cf6, "net: initialize
+ * net->net_cookie at netns setup"). Before, it was an atomic64_t made only
+ * when someone asked for it (5.7, commit f318903c0bf4), 0 until then, and
+ * CO-RE finds no u64 field by that name there: 0.
+ */
+static __always_inline __u64 net_cookie(const struct net *net, const bool direct)
+{
+	if (!bpf_core_field_exists(net->net_cookie))
+		return 0;
+	return KREAD(direct, net, net_cookie);
+}
+
 /* ct->zone exists only with CONFIG_NF_CONNTRACK_ZONES. */
 static __always_inline __u16 conn_zone(const struct nf_conn *ct, const bool direct)
 {

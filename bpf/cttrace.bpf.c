@@ -195,7 +195,7 @@ static __always_inline void alloc_done(const void *ret, struct net *net, const s
 	full = !s || (s->early_drop_called && !s->early_drop_evicted);
 	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, s ? CT_CONF_EXACT : CT_CONF_INFERRED))
 		return;
-	e->netns = KREAD(direct, net, ns.inum);
+	event_netns(e, net, direct);
 	if (zone)
 		e->zone = KREAD(direct, zone, id);
 	event_tuple(e, &e->tuple, orig, direct);
@@ -383,6 +383,7 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 	__u32 nf_drop = netfilter_drop_reason();
 	struct nf_conn *ct;
 	struct ct_event ev, *e = &ev;
+	struct net *net;
 	__u32 status;
 	__u64 nfct;
 
@@ -395,7 +396,9 @@ static __always_inline void skb_freed(const struct sk_buff *skb, __u32 reason)
 	if (!ct) {
 		if (!event_begin(e, CT_EV_TABLE_FULL, CT_CONF_INFERRED))
 			return;
-		e->netns = skb_netns(skb);
+		net = skb_net(skb);
+		if (net)
+			event_netns(e, net, true);
 		/* A packet that cannot be parsed still counts: published with no
 		 * tuple rather than lost between the counters. Count stays 0: a
 		 * rule before conntrack drops the same way in a table far from full. */

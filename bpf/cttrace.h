@@ -49,9 +49,10 @@ struct ct_tuple {
 
 struct ct_event {
 	__u64 ts_boot_ns;   /* bpf_ktime_get_boot_ns() */
+	__u64 netns_id;	    /* the namespace's identity, never reused (core_fixes.bpf.h, net_id) */
 	__u32 type;	    /* enum ct_event_type */
 	__u32 cpu;	    /* the CPU it happened on */
-	__u32 netns;	    /* network namespace inode number */
+	__u32 netns;	    /* network namespace inode number: its name, which the kernel reuses */
 	__u32 count;	    /* entries in the netns's table, when known (else 0) */
 	__u32 max;	    /* nf_conntrack_max, as last told by user space */
 	__u32 status;	    /* the entry's IPS_* bits (the victim's for early_drop) */

@@ -46,16 +46,18 @@ struct {
 } stream_budget SEC(".maps");
 
 struct agg_key {
-	__u32 netns;
+	__u64 netns_id; /* the namespace's identity (net_id) */
 	__u8 family;
 	__u8 type;
-	__u8 _pad[2];
+	__u8 _pad[6];
 	__u8 addr[16];
 };
 
 struct agg_value {
 	__u64 count;
 	__u64 last_ns;
+	__u32 inum; /* the namespace's inode number, the name it is shown by */
+	__u32 _pad;
 };
 
 /* Sampled like the sources map (accounting.bpf.h, sample and hold), with
@@ -124,6 +126,7 @@ static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 con
 		/* Counted per source: the tuple's family and source address. */
 		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
 		e->netns = 0;
+		e->netns_id = 0;
 		/* Its time is kept only as a source's last drop: a busy NAT
 		 * gateway's inserts and deletes save the clock read (~40 ns). */
 		e->ts_boot_ns = is_drop(type) ? bpf_ktime_get_boot_ns() : 0;
@@ -190,7 +193,7 @@ static __always_inline void aggregate_by_source(const struct ct_event *e)
 
 	if (!e->tuple.family)
 		return;
-	k.netns = e->netns;
+	k.netns_id = e->netns_id;
 	k.family = e->tuple.family;
 	k.type = e->type;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
@@ -199,6 +202,7 @@ static __always_inline void aggregate_by_source(const struct ct_event *e)
 		return;
 	__sync_fetch_and_add(&v->count, 1);
 	v->last_ns = e->ts_boot_ns;
+	v->inum = e->netns;
 }
 
 /* Counts an event past the budget: per source first, then in the total

@@ -469,7 +469,7 @@ func recordedStream(t *testing.T) (string, string) {
 	at := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
 	for i, src := range []string{"10.0.0.5", "10.0.0.6", "10.0.0.5"} {
 		w.Write(&event.Record{Host: host, Event: &event.Event{Time: at.Add(time.Duration(i) * time.Second), Reason: event.ReasonTableFull,
-			Confidence: event.ConfidenceExact, Netns: 4026531840, Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
+			Confidence: event.ConfidenceExact, Netns: event.NetnsOf(4026531840), Max: 64, Flow: event.Tuple{Family: event.FamilyIPv4, Proto: event.ProtoUDP,
 				Src: netip.MustParseAddrPort(src + ":4000"), Dst: netip.MustParseAddrPort("10.0.0.1:53")}}})
 	}
 	var counts event.Counts

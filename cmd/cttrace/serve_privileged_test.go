@@ -238,7 +238,7 @@ func TestServeEventsFile(t *testing.T) {
 		records++
 		last = "other"
 		switch {
-		case rec.Event != nil && rec.Event.Netns == lab.Inode() && rec.Event.Reason == event.ReasonTableFull:
+		case rec.Event != nil && rec.Event.Netns.Inode == lab.Inode() && rec.Event.Reason == event.ReasonTableFull:
 			streamed++
 		case rec.Aggregate != nil && rec.Aggregate.Reason == event.ReasonTableFull:
 			aggregated += int(rec.Aggregate.Count)

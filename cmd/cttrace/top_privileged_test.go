@@ -58,6 +58,7 @@ type topRecord struct {
 	Other struct {
 		Drops uint64 `json:"drops"`
 	} `json:"other"`
+	raw []byte // the whole record, for what a test reads beyond these fields
 }
 
 // startTop starts `cttrace top-sources args...` and waits for its probes.
@@ -89,8 +90,8 @@ func waitSnapshot(t *testing.T, r *process, what string, done func(topRecord) bo
 		if len(lines) == 0 {
 			return false
 		}
-		rec = topRecord{}
-		return json.Unmarshal([]byte(lines[len(lines)-1]), &rec) == nil && rec.Type == "top" && done(rec)
+		rec = topRecord{raw: []byte(lines[len(lines)-1])}
+		return json.Unmarshal(rec.raw, &rec) == nil && rec.Type == "top" && done(rec)
 	})
 	return rec
 }

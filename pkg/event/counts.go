@@ -124,7 +124,7 @@ type NamespaceCounts struct {
 // SourceCounts is what the kernel counted for one source (or prefix) in one
 // network namespace since the probes were attached.
 type SourceCounts struct {
-	Netns          uint32
+	Netns          Netns
 	Prefix         netip.Prefix
 	Events         Counts
 	LastDrop       time.Time
@@ -166,6 +166,17 @@ func (d *Deltas[K]) Since(k K, now Counts) Counts {
 		return now // new, or gone from the map for a read and back
 	}
 	return now.Since(prev.counts)
+}
+
+// Forget drops the keys match says, whose counts the map no longer holds
+// for another reason than being pushed out (their namespace died): the
+// next read does not count them as gone.
+func (d *Deltas[K]) Forget(match func(K) bool) {
+	for k := range d.last {
+		if match(k) {
+			delete(d.last, k)
+		}
+	}
 }
 
 // End finishes a read and returns how many keys of the previous read were

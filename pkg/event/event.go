@@ -12,7 +12,7 @@ type Event struct {
 	Detail     Detail
 	Confidence Confidence
 	CPU        uint32
-	Netns      uint32 // network namespace inode number, as in /proc/PID/ns/net
+	Netns      Netns  // the network namespace
 	Zone       uint16 // conntrack zone
 	Count      uint32 // entries in the netns's table at the time; 0 = unknown
 	Max        uint32 // nf_conntrack_max; 0 = unknown
@@ -118,4 +118,37 @@ func ParseTCPState(name string) (uint8, bool) {
 	}
 	n, err := strconv.ParseUint(name, 10, 8)
 	return uint8(n), err == nil
+}
+
+// Netns is a network namespace: its identity, which the kernel never
+// gives to another, and its inode number, the name operators know it by
+// (ip netns identify, /proc/PID/ns/net, --netns), which the kernel hands
+// to the next namespace as soon as one dies. Counts are kept by identity,
+// so that a dead namespace's never pass to the one that got its inode.
+type Netns struct {
+	// ID is the kernel's netns cookie where user space can read it too
+	// (SO_NETNS_COOKIE, 5.14+), or InodeID(Inode) elsewhere
+	// (bpf/conn.bpf.h, net_id). 0: no namespace.
+	ID    uint64
+	Inode uint32
+}
+
+// inodeIDBit marks an identity that is an inode number standing in for a
+// cookie (NETNS_ID_INODE in bpf/core_fixes.bpf.h).
+const inodeIDBit = 1 << 63
+
+// InodeID is the identity of a namespace known only by its inode number:
+// on a kernel without netns cookies, and in recordings made before records
+// carried netns_id.
+func InodeID(inode uint32) uint64 { return inodeIDBit | uint64(inode) }
+
+// NetnsOf names a namespace known only by its inode number (InodeID).
+func NetnsOf(inode uint32) Netns { return Netns{ID: InodeID(inode), Inode: inode} }
+
+// Cookie is the kernel's netns cookie of n, or 0 where the kernel had none.
+func (n Netns) Cookie() uint64 {
+	if n.ID&inodeIDBit != 0 {
+		return 0
+	}
+	return n.ID
 }

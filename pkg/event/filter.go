@@ -10,7 +10,8 @@ import (
 // set are all required (AND), values within one field are alternatives (OR).
 type Filter struct {
 	Reasons map[Reason]bool
-	Netns   map[uint32]bool
+	// Netns selects namespaces by inode number, as operators name them.
+	Netns map[uint32]bool
 	// Src and Dst match the flow's (original direction) addresses, not an
 	// early_drop's trigger.
 	Src, Dst []netip.Prefix
@@ -22,7 +23,7 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.Reasons) > 0 && !f.Reasons[e.Reason] {
 		return false
 	}
-	if len(f.Netns) > 0 && !f.Netns[e.Netns] {
+	if len(f.Netns) > 0 && !f.Netns[e.Netns.Inode] {
 		return false
 	}
 	if len(f.Protos) > 0 && (!e.Flow.Valid() || !f.Protos[e.Flow.Proto]) {
@@ -86,7 +87,7 @@ func ParseCIDR(s string) (netip.Prefix, error) {
 // aggregate, which names no source, passes a source filter too: it may
 // hold events of matching sources the kernel's bounded map could not name.
 func (f *Filter) MatchAggregate(a *Aggregate) bool {
-	if len(f.Netns) > 0 && a.Netns != 0 && !f.Netns[a.Netns] {
+	if len(f.Netns) > 0 && a.Netns.ID != 0 && !f.Netns[a.Netns.Inode] {
 		return false
 	}
 	if len(f.Reasons) > 0 && !f.Reasons[a.Reason] {

@@ -12,7 +12,7 @@ func flowEvent(reason Reason, netns uint32, proto uint8, src, dst string) *Event
 	if s.Addr().Is6() {
 		fam = FamilyIPv6
 	}
-	return &Event{Reason: reason, Netns: netns, Flow: Tuple{Family: fam, Proto: proto, Src: s, Dst: d}}
+	return &Event{Reason: reason, Netns: NetnsOf(netns), Flow: Tuple{Family: fam, Proto: proto, Src: s, Dst: d}}
 }
 
 func prefixes(ss ...string) []netip.Prefix {
@@ -32,7 +32,7 @@ func TestFilterMatch(t *testing.T) {
 	v6 := flowEvent(ReasonInsertFailed, 4026532500, ProtoTCP, "[2001:db8::5]:443", "[2001:db8:1::1]:80")
 	mapped := flowEvent(ReasonEarlyDrop, 4026531840, ProtoTCP, "[::ffff:10.9.9.9]:1000", "[::ffff:172.16.0.1]:22")
 	gre := flowEvent(ReasonTableFull, 1, ProtoGRE, "10.0.0.1:0", "10.0.0.2:0")
-	noFlow := &Event{Reason: ReasonAllocFailed, Netns: 4026531840}
+	noFlow := &Event{Reason: ReasonAllocFailed, Netns: NetnsOf(4026531840)}
 
 	tests := []struct {
 		name string

@@ -20,7 +20,7 @@ type Aggregate struct {
 	Time     time.Time // end of the interval
 	Interval time.Duration
 	Reason   Reason
-	Netns    uint32 // 0 for "other": any namespace shown
+	Netns    Netns // zero for "other": any namespace shown
 	Source   netip.Addr
 	Count    uint64
 	Last     time.Time // the source's latest event; zero for "other"

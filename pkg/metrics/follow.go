@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/probe"
 	"github.com/cttrace/cttrace/pkg/top"
@@ -58,8 +59,17 @@ func read(now time.Time, k Kernel, live *top.Live) (*Reading, error) {
 		return nil, err
 	}
 	r := &Reading{Time: now, Snapshot: &snap, Tables: live.Tables(), Lost: snap.Lost}
-	if r.Namespaces, err = k.NamespaceCounts(); err != nil {
+	counted, err := k.NamespaceCounts()
+	if err != nil {
 		return nil, err
+	}
+	// The living namespaces only, those the snapshot shows: a dead one's
+	// inode may already name the next, and its series must go with it.
+	r.Namespaces = make(map[event.Netns]event.NamespaceCounts, len(snap.Namespaces))
+	for _, ns := range snap.Namespaces {
+		if c, ok := counted[ns.Netns]; ok {
+			r.Namespaces[ns.Netns] = c
+		}
 	}
 	r.Buckets, _ = host.ConntrackBuckets()
 	return r, nil

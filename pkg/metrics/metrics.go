@@ -33,7 +33,7 @@ type Reading struct {
 	Time time.Time
 	// Namespaces are the kernel's counts since attach, per namespace, by
 	// reason and detail (exact: the per-namespace totals of the BPF side).
-	Namespaces map[uint32]event.NamespaceCounts
+	Namespaces map[event.Netns]event.NamespaceCounts
 	// Snapshot ranks the sources (top-sources' ranking).
 	Snapshot *top.Snapshot
 	Tables   []table.NamespaceStats
@@ -181,7 +181,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(r.Lost))
 	ch <- prometheus.MustNewConstMetric(bucketsDesc, prometheus.GaugeValue, float64(r.Buckets))
 	for netns, c := range r.Namespaces {
-		e.collectEvents(ch, netns, &c)
+		e.collectEvents(ch, netns.Inode, &c)
 	}
 	for i := range r.Tables {
 		t := &r.Tables[i]
@@ -227,8 +227,8 @@ func (e *Exporter) collectEvents(ch chan<- prometheus.Metric, netns uint32, c *e
 // and its "other": the namespace's drops that no series shown holds. The
 // series are at most (topN + 1) × namespaces, whatever the sources.
 func (e *Exporter) collectSources(ch chan<- prometheus.Metric, s *top.Snapshot) {
-	shown := map[uint32]int{}
-	inRows := map[uint32]uint64{}
+	shown := map[event.Netns]int{}
+	inRows := map[event.Netns]uint64{}
 	rows := slices.Clone(s.Rows)
 	slices.SortStableFunc(rows, func(a, b top.Row) int { return cmp.Compare(b.Total.Drops(), a.Total.Drops()) })
 	for _, r := range rows {
@@ -237,14 +237,14 @@ func (e *Exporter) collectSources(ch chan<- prometheus.Metric, s *top.Snapshot) 
 		}
 		shown[r.Netns]++
 		inRows[r.Netns] += r.Total.Drops()
-		n, src := label(r.Netns), r.Prefix.String()
+		n, src := label(r.Netns.Inode), r.Prefix.String()
 		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(r.Total.Drops()), n, src)
 		ch <- prometheus.MustNewConstMetric(sourceEntriesDesc, prometheus.GaugeValue, float64(max(r.Total.Held, 0)), n, src)
 	}
 	for _, nsp := range s.Namespaces {
 		drops := nsp.Total.Drops()
 		other := drops - min(drops, inRows[nsp.Netns])
-		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(other), label(nsp.Netns), "other")
+		ch <- prometheus.MustNewConstMetric(sourceDropsDesc, prometheus.CounterValue, float64(other), label(nsp.Netns.Inode), "other")
 	}
 }
 

@@ -81,12 +81,12 @@ func gather(t *testing.T, e *Exporter, name string, labels ...string) map[string
 // detail="" series in every namespace, at 0 too: a series that stays.
 func TestEventsByReasonAndDetail(t *testing.T) {
 	e := New("fentry", 3)
-	e.Update(&Reading{Namespaces: map[uint32]event.NamespaceCounts{
-		7: nsCounts(map[event.Reason]uint64{event.ReasonInsertFailed: 5, event.ReasonTableFull: 3},
+	e.Update(&Reading{Namespaces: map[event.Netns]event.NamespaceCounts{
+		{ID: 4097, Inode: 7}: nsCounts(map[event.Reason]uint64{event.ReasonInsertFailed: 5, event.ReasonTableFull: 3},
 			map[event.Detail]uint64{event.DetailClash: 2, event.DetailChainTooLong: 1}),
 		// More detail than events (counters read a moment apart): the
 		// rest is 0, never below.
-		9: nsCounts(map[event.Reason]uint64{event.ReasonDelete: 1},
+		event.NetnsOf(9): nsCounts(map[event.Reason]uint64{event.ReasonDelete: 1},
 			map[event.Detail]uint64{event.DetailNetlink: 3}),
 	}})
 	got := gather(t, e, "cttrace_events_total", "netns", "reason", "detail", "confidence")
@@ -113,8 +113,8 @@ func TestEventsByReasonAndDetail(t *testing.T) {
 // The tracepoint backend's reasons are inferred.
 func TestEventsConfidence(t *testing.T) {
 	e := New("tracepoint", 3)
-	e.Update(&Reading{Namespaces: map[uint32]event.NamespaceCounts{
-		1: nsCounts(map[event.Reason]uint64{event.ReasonTableFull: 4}, nil)}})
+	e.Update(&Reading{Namespaces: map[event.Netns]event.NamespaceCounts{
+		event.NetnsOf(1): nsCounts(map[event.Reason]uint64{event.ReasonTableFull: 4}, nil)}})
 	got := gather(t, e, "cttrace_events_total", "netns", "reason", "detail", "confidence")
 	if got["1 table_full  inferred"] != 4 || len(got) != len(event.Reasons()) {
 		t.Errorf("cttrace_events_total: %v", got)
@@ -131,16 +131,17 @@ func TestSourcesTopNAndOther(t *testing.T) {
 		c.Held = held
 		return c
 	}
-	row := func(netns uint32, src string, n uint64, held int64) top.Row {
+	row := func(netns event.Netns, src string, n uint64, held int64) top.Row {
 		return top.Row{Key: top.Key{Netns: netns, Prefix: netip.MustParsePrefix(src)}, Total: drops(n, held)}
 	}
+	seven, eight := event.Netns{ID: 4097, Inode: 7}, event.NetnsOf(8)
 	snap := &top.Snapshot{
-		Namespaces: []top.Namespace{{Netns: 7, Total: drops(20, 0)}, {Netns: 8, Total: drops(0, 0)}},
+		Namespaces: []top.Namespace{{Netns: seven, Total: drops(20, 0)}, {Netns: eight, Total: drops(0, 0)}},
 		Rows: []top.Row{
-			row(7, "10.0.0.3/32", 1, 9), // sorted by drops in the exporter, not here
-			row(7, "10.0.0.1/32", 10, 4),
-			row(7, "10.0.0.2/32", 6, -2),
-			row(8, "10.0.0.4/32", 0, 50), // no drops: not shown
+			row(seven, "10.0.0.3/32", 1, 9), // sorted by drops in the exporter, not here
+			row(seven, "10.0.0.1/32", 10, 4),
+			row(seven, "10.0.0.2/32", 6, -2),
+			row(eight, "10.0.0.4/32", 0, 50), // no drops: not shown
 		},
 	}
 	e := New("fentry", 2)

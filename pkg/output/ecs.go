@@ -100,7 +100,8 @@ func (e *ecsWriter) event(host string, ev *event.Event) error {
 		return fmt.Errorf("write ecs event: %w", err)
 	}
 	ct := doc{"schema": SchemaVersion, "reason": ev.Reason, "detail": ev.Detail, "confidence": ev.Confidence, "cpu": ev.CPU,
-		"netns": ev.Netns, "zone": ev.Zone, "count": ev.Count, "max": ev.Max, "status": statusNames(ev.Status)}
+		"netns": ev.Netns.Inode, "zone": ev.Zone, "count": ev.Count, "max": ev.Max, "status": statusNames(ev.Status)}
+	addNetnsID(ct, ev.Netns)
 	flow := &ev.Flow
 	if ev.Reason.IsEviction() {
 		ct["victim"] = flowFields(&ev.Flow)
@@ -130,7 +131,8 @@ func (e *ecsWriter) aggregate(host string, a *event.Aggregate) error {
 		return fmt.Errorf("write ecs aggregate: %w", err)
 	}
 	ct := doc{"schema": SchemaVersion, "reason": a.Reason, "aggregate": doc{"count": a.Count, "interval_s": a.Interval.Seconds(),
-		"sampling": a.Sampling}, "netns": a.Netns}
+		"sampling": a.Sampling}, "netns": a.Netns.Inode}
+	addNetnsID(ct, a.Netns)
 	if a.Source.IsValid() {
 		d["source"] = doc{"ip": a.Source.String()}
 		d["related"] = doc{"ip": []string{a.Source.String()}}
@@ -254,4 +256,13 @@ func addrBytes(a netip.Addr) []byte {
 	}
 	b := a.As16()
 	return b[:]
+}
+
+// addNetnsID adds the namespace's netns cookie as cttrace.netns_id, where
+// the kernel gave one: the identity that stands in for it elsewhere
+// (2^63 + the inode number) does not fit Elasticsearch's long.
+func addNetnsID(ct doc, n event.Netns) {
+	if c := n.Cookie(); c != 0 {
+		ct["netns_id"] = c
+	}
 }

@@ -166,3 +166,42 @@ func ecsTypeCheck(typ string, v any) string {
 	}
 	return ""
 }
+
+// cttrace.netns_id is the namespace's netns cookie beside cttrace.netns,
+// its inode number, in events and aggregates alike, as an exact JSON
+// number; it is left out where the kernel gave no cookie (the identity
+// that stands in is past 2^63, which Elasticsearch's long cannot hold),
+// and for "other", which names no namespace.
+func TestECSNetnsID(t *testing.T) {
+	ev := ipv4TableFull()
+	ev.Netns = inodeNetns
+	agg := aggregate()
+	agg.Netns = inodeNetns
+	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 1, Sampling: 1}
+	recs := []*event.Record{evRec(ipv4TableFull()), evRec(ev), aggRec(aggregate()), aggRec(agg), aggRec(other)}
+	want := []struct{ netns, id string }{ // id "": no netns_id
+		{"4026532500", "4097"}, {"4026532500", ""},
+		{"4026531840", "1"}, {"4026532500", ""}, {"0", ""},
+	}
+	var buf bytes.Buffer
+	writeRecords(t, NewStream(&buf, JSON, StreamOptions{ECS: true}), recs...)
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != len(recs) {
+		t.Fatalf("%d records written as %d lines", len(recs), len(lines))
+	}
+	for i, l := range lines {
+		dec := json.NewDecoder(strings.NewReader(l))
+		dec.UseNumber()
+		var d struct {
+			Cttrace map[string]any `json:"cttrace"`
+		}
+		if err := dec.Decode(&d); err != nil {
+			t.Fatal(err)
+		}
+		netns, _ := d.Cttrace["netns"].(json.Number)
+		id, ok := d.Cttrace["netns_id"].(json.Number)
+		if ok != (want[i].id != "") || netns.String() != want[i].netns || id.String() != want[i].id {
+			t.Errorf("record %d: cttrace.netns %v, cttrace.netns_id %v, want %s and %s:\n%s", i, d.Cttrace["netns"], d.Cttrace["netns_id"], want[i].netns, want[i].id, l)
+		}
+	}
+}

@@ -24,6 +24,16 @@ var (
 
 var t0 = time.Date(2025, 3, 14, 23, 41, 7, 123456789, time.UTC)
 
+// The namespaces of the fixtures, as a kernel with netns cookies (5.14+)
+// names them: the initial namespace, whose cookie is the first the kernel
+// gives, and a pod's; and the pod's as a kernel without cookies names it,
+// by its inode number (netns_id 2^63 + 4026532500).
+var (
+	hostNetns  = event.Netns{ID: 1, Inode: 4026531840}
+	podNetns   = event.Netns{ID: 4097, Inode: 4026532500}
+	inodeNetns = event.NetnsOf(4026532500)
+)
+
 // testHost is the host the tests' JSON records name (Record.Host), in
 // place of the machine's.
 const testHost = "cttrace-test"
@@ -68,7 +78,7 @@ func counts(m map[event.Reason]uint64) event.Counts {
 func ipv4TableFull() *event.Event {
 	return &event.Event{
 		Time: t0, Reason: event.ReasonTableFull, Confidence: event.ConfidenceExact,
-		CPU: 3, Netns: 4026532500, Count: 1024, Max: 1024,
+		CPU: 3, Netns: podNetns, Count: 1024, Max: 1024,
 		Flow: tuple(event.ProtoUDP, "127.1.0.1:40000", "127.0.0.1:9"),
 	}
 }
@@ -77,7 +87,7 @@ func ipv6InsertFailed() *event.Event {
 	return &event.Event{
 		Time: t0.Add(1500 * time.Microsecond), Reason: event.ReasonInsertFailed,
 		Detail: event.DetailChainTooLong, Confidence: event.ConfidenceExact,
-		CPU: 0, Netns: 4026531840, Zone: 7, Count: 65000, Max: 65536,
+		CPU: 0, Netns: hostNetns, Zone: 7, Count: 65000, Max: 65536,
 		Status: 1<<1 | 1<<3, TCPState: 1, TimeoutLeft: 120 * time.Second,
 		Flow: tuple(event.ProtoTCP, "[2001:db8::1]:51000", "[2001:db8:ffff::2]:443"),
 	}
@@ -88,7 +98,7 @@ func earlyDrop() *event.Event {
 	return &event.Event{
 		Time: t0.Add(2 * time.Millisecond), Reason: event.ReasonEarlyDrop,
 		Detail: event.DetailEvictedForNewFlow, Confidence: event.ConfidenceExact,
-		CPU: 1, Netns: 4026531840, Count: 262144, Max: 262144,
+		CPU: 1, Netns: hostNetns, Count: 262144, Max: 262144,
 		Status: 1 << 3, TCPState: 1, TimeoutLeft: 87*time.Second + 250*time.Millisecond,
 		Flow:    tuple(event.ProtoTCP, "10.0.0.5:33000", "10.0.0.9:80"),
 		Trigger: &trig,
@@ -98,7 +108,7 @@ func earlyDrop() *event.Event {
 func inferredTableFull() *event.Event {
 	return &event.Event{
 		Time: t0.Add(3 * time.Millisecond), Reason: event.ReasonTableFull,
-		Confidence: event.ConfidenceInferred, CPU: 2, Netns: 4026531840, Max: 65536,
+		Confidence: event.ConfidenceInferred, CPU: 2, Netns: hostNetns, Max: 65536,
 		Flow: tuple(event.ProtoICMP, "192.0.2.1:0", "198.51.100.255:0"),
 	}
 }
@@ -107,7 +117,7 @@ func gcEviction() *event.Event {
 	return &event.Event{
 		Time: t0.Add(4 * time.Millisecond), Reason: event.ReasonEarlyDrop,
 		Detail: event.DetailEvictedByGC, Confidence: event.ConfidenceExact,
-		CPU: 5, Netns: 4026531840, Count: 262100, Max: 262144,
+		CPU: 5, Netns: hostNetns, Count: 262100, Max: 262144,
 		Status: 1<<1 | 1<<3, TimeoutLeft: -40 * time.Millisecond,
 		Flow: tuple(event.ProtoSCTP, "[::ffff:10.1.1.1]:9899", "[::ffff:10.1.1.2]:9899"),
 	}
@@ -128,7 +138,7 @@ func summary() *event.Summary {
 }
 
 func aggregate() *event.Aggregate {
-	return &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Netns: 4026531840,
+	return &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Netns: hostNetns,
 		Source: netip.MustParseAddr("203.0.113.7"), Count: 4021, Last: t0.Add(-time.Millisecond), Sampling: 1}
 }
 
@@ -146,26 +156,31 @@ func everyReason() []*event.Event {
 		}
 		evs = append(evs, e)
 	}
-	return append(evs, ipv4TableFull(), ipv6InsertFailed(), inferredTableFull(), gcEviction(),
+	noCookie := ipv4TableFull()
+	noCookie.Netns = inodeNetns
+	return append(evs, ipv4TableFull(), ipv6InsertFailed(), inferredTableFull(), gcEviction(), noCookie,
 		&event.Event{Reason: event.ReasonAllocFailed, Confidence: event.ConfidenceInferred})
 }
 
 // everyRecord is a stream with every kind of record the writers take:
 // events of every reason (with and without flow and trigger, IPv4 and
-// IPv6), aggregates named (IPv4, IPv4-mapped, IPv6) and "other", losses,
-// and summaries, an empty one among them.
+// IPv6, namespaces named by cookie and by inode number), aggregates named
+// (IPv4, IPv4-mapped, IPv6, by cookie and by inode number) and "other",
+// losses, and summaries, an empty one among them.
 func everyRecord() []*event.Record {
 	recs := evRecs(everyReason())
 	v6 := aggregate()
 	v6.Source, v6.Sampling = netip.MustParseAddr("2001:db8::1"), 1024
 	mapped := aggregate()
 	mapped.Source, mapped.Interval = netip.MustParseAddr("::ffff:198.51.100.9"), 1500*time.Millisecond
+	noCookie := aggregate()
+	noCookie.Netns = inodeNetns
 	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}
 	tracepoint := summary()
 	tracepoint.Backend, tracepoint.Visible = "tracepoint", []event.Reason{event.ReasonTableFull, event.ReasonInsertFailed}
 	tracepoint.Aggregated = 250000
 	recs = append(recs,
-		aggRec(aggregate()), aggRec(v6), aggRec(mapped), aggRec(other),
+		aggRec(aggregate()), aggRec(v6), aggRec(mapped), aggRec(noCookie), aggRec(other),
 		aggRec(&event.Aggregate{Time: t0, Reason: event.ReasonInsertFailed, Count: 1, Sampling: 1}),
 		lostRec(0, 0, time.Time{}), lostRec(5, 12, t0), lostRec(3, 1<<40, t0),
 		sumRec(&event.Summary{}), sumRec(summary()), sumRec(tracepoint))

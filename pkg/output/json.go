@@ -48,6 +48,7 @@ type (
 		Confidence string `json:"confidence"`
 		CPU        uint32 `json:"cpu"`
 		Netns      uint32 `json:"netns"`
+		NetnsID    uint64 `json:"netns_id"`
 		Zone       uint16 `json:"zone"`
 		Count      uint32 `json:"count"`
 		Max        uint32 `json:"max"`
@@ -62,6 +63,7 @@ type (
 		wireHeader
 		Reason    string      `json:"reason"`
 		Netns     uint32      `json:"netns"`
+		NetnsID   uint64      `json:"netns_id"`
 		Family    string      `json:"family"`
 		Src       string      `json:"src"` // an address, or "other"
 		Count     uint64      `json:"count"`
@@ -153,7 +155,7 @@ func toWireEvent(h wireHeader, e *event.Event, trigger *wireFlow) (wireEvent, er
 	}
 	h.Type = "event"
 	w := wireEvent{wireHeader: h, Reason: string(e.Reason), Detail: string(e.Detail), Confidence: string(e.Confidence),
-		CPU: e.CPU, Netns: e.Netns, Zone: e.Zone, Count: e.Count, Max: e.Max, wireFlow: toWireFlow(&e.Flow),
+		CPU: e.CPU, Netns: e.Netns.Inode, NetnsID: e.Netns.ID, Zone: e.Zone, Count: e.Count, Max: e.Max, wireFlow: toWireFlow(&e.Flow),
 		Status: wireStatus(e.Status), StatusBits: e.Status, TCPState: e.TCPStateName(), TimeoutLeftMs: e.TimeoutLeft.Milliseconds()}
 	if e.Trigger != nil && e.Trigger.Valid() {
 		*trigger = toWireFlow(e.Trigger)
@@ -177,7 +179,7 @@ func toWireAggregate(h wireHeader, a *event.Aggregate) (wireAggregate, error) {
 		return wireAggregate{}, fmt.Errorf("write json aggregate: unknown reason %q", a.Reason)
 	}
 	h.Type = "aggregate"
-	w := wireAggregate{wireHeader: h, Reason: string(a.Reason), Netns: a.Netns, Src: otherSource, Count: a.Count,
+	w := wireAggregate{wireHeader: h, Reason: string(a.Reason), Netns: a.Netns.Inode, NetnsID: a.Netns.ID, Src: otherSource, Count: a.Count,
 		IntervalS: wireSeconds(a.Interval.Seconds()), Last: wireOptTime(a.Last), Sampling: a.Sampling}
 	switch src := a.Source.Unmap(); {
 	case a.IsOther():
@@ -222,6 +224,7 @@ func (w *wireEvent) appendJSON(b []byte) []byte {
 	b = appendStringField(b, "confidence", w.Confidence)
 	b = appendUintField(b, "cpu", uint64(w.CPU))
 	b = appendUintField(b, "netns", uint64(w.Netns))
+	b = appendUintField(b, "netns_id", w.NetnsID)
 	b = appendUintField(b, "zone", uint64(w.Zone))
 	b = appendUintField(b, "count", uint64(w.Count))
 	b = appendUintField(b, "max", uint64(w.Max))
@@ -263,6 +266,7 @@ func (w *wireAggregate) appendJSON(b []byte) []byte {
 	b = w.wireHeader.appendJSON(b)
 	b = appendStringField(b, "reason", w.Reason)
 	b = appendUintField(b, "netns", uint64(w.Netns))
+	b = appendUintField(b, "netns_id", w.NetnsID)
 	b = appendStringField(b, "family", w.Family)
 	b = appendStringField(b, "src", w.Src)
 	b = appendUintField(b, "count", w.Count)

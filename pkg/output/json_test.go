@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,20 +66,20 @@ func TestJSONEventExact(t *testing.T) {
 	}{
 		{"ipv4 udp table_full", ipv4TableFull(),
 			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","detail":"","confidence":"exact",` +
-				`"cpu":3,"netns":4026532500,"zone":0,"count":1024,"max":1024,"family":"ipv4","proto":"udp","proto_num":17,` +
+				`"cpu":3,"netns":4026532500,"netns_id":4097,"zone":0,"count":1024,"max":1024,"family":"ipv4","proto":"udp","proto_num":17,` +
 				`"src":"127.1.0.1","sport":40000,"dst":"127.0.0.1","dport":9,"status":[],"status_bits":0,"tcp_state":"","timeout_left_ms":0,"trigger":null}`},
 		{"early_drop with trigger", earlyDrop(),
 			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.125456789Z","host":"cttrace-test","reason":"early_drop","detail":"evicted_for_new_flow","confidence":"exact",` +
-				`"cpu":1,"netns":4026531840,"zone":0,"count":262144,"max":262144,"family":"ipv4","proto":"tcp","proto_num":6,` +
+				`"cpu":1,"netns":4026531840,"netns_id":1,"zone":0,"count":262144,"max":262144,"family":"ipv4","proto":"tcp","proto_num":6,` +
 				`"src":"10.0.0.5","sport":33000,"dst":"10.0.0.9","dport":80,"status":["CONFIRMED"],"status_bits":8,"tcp_state":"SYN_SENT","timeout_left_ms":87250,` +
 				`"trigger":{"family":"ipv4","proto":"udp","proto_num":17,"src":"10.0.0.7","sport":5353,"dst":"10.0.0.9","dport":53}}`},
 		{"ipv6 tcp insert_failed", ipv6InsertFailed(),
 			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.124956789Z","host":"cttrace-test","reason":"insert_failed","detail":"chain_too_long","confidence":"exact",` +
-				`"cpu":0,"netns":4026531840,"zone":7,"count":65000,"max":65536,"family":"ipv6","proto":"tcp","proto_num":6,` +
+				`"cpu":0,"netns":4026531840,"netns_id":1,"zone":7,"count":65000,"max":65536,"family":"ipv6","proto":"tcp","proto_num":6,` +
 				`"src":"2001:db8::1","sport":51000,"dst":"2001:db8:ffff::2","dport":443,"status":["SEEN_REPLY","CONFIRMED"],"status_bits":10,"tcp_state":"SYN_SENT","timeout_left_ms":120000,"trigger":null}`},
 		{"no flow", &event.Event{Time: t0, Reason: event.ReasonAllocFailed, Confidence: event.ConfidenceInferred},
 			`{"schema":1,"type":"event","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"alloc_failed","detail":"","confidence":"inferred",` +
-				`"cpu":0,"netns":0,"zone":0,"count":0,"max":0,"family":"","proto":"","proto_num":0,` +
+				`"cpu":0,"netns":0,"netns_id":0,"zone":0,"count":0,"max":0,"family":"","proto":"","proto_num":0,` +
 				`"src":"","sport":0,"dst":"","dport":0,"status":[],"status_bits":0,"tcp_state":"","timeout_left_ms":0,"trigger":null}`},
 	}
 	for _, tt := range tests {
@@ -250,7 +251,7 @@ func wireEdgeRecords() []*event.Record {
 	var recs []*event.Record
 	big := &event.Event{Time: time.Date(2038, 1, 19, 3, 14, 8, 999999999, time.FixedZone("Y", 5*3600+1800)),
 		Reason: event.ReasonDelete, Detail: event.DetailNetlink, Confidence: event.ConfidenceExact,
-		CPU: math.MaxUint32, Netns: math.MaxUint32, Zone: math.MaxUint16, Count: math.MaxUint32, Max: math.MaxUint32,
+		CPU: math.MaxUint32, Netns: event.Netns{ID: math.MaxUint64, Inode: math.MaxUint32}, Zone: math.MaxUint16, Count: math.MaxUint32, Max: math.MaxUint32,
 		Status: math.MaxUint32, TCPState: 200, TimeoutLeft: -time.Duration(math.MaxInt64),
 		Flow:    tuple(event.ProtoTCP, "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", "[::]:0"),
 		Trigger: &event.Tuple{}}
@@ -262,7 +263,7 @@ func wireEdgeRecords() []*event.Record {
 				Visible: event.Reasons()[i%3:], Lost: math.MaxUint64, Aggregated: uint64(i), Duration: 400*24*time.Hour + time.Millisecond}},
 			&event.Record{Host: n, Lost: &event.Lost{Time: big.Time, Lost: math.MaxUint64, Total: math.MaxUint64}},
 			&event.Record{Host: n, Aggregate: &event.Aggregate{Time: big.Time, Interval: 1234567 * time.Microsecond, Reason: event.ReasonGCEvict,
-				Netns: math.MaxUint32, Source: netip.MustParseAddr("fe80::1"), Count: math.MaxUint64, Last: big.Time, Sampling: math.MaxUint64}})
+				Netns: event.Netns{ID: math.MaxUint64, Inode: math.MaxUint32}, Source: netip.MustParseAddr("fe80::1"), Count: math.MaxUint64, Last: big.Time, Sampling: math.MaxUint64}})
 	}
 	return recs
 }
@@ -395,6 +396,12 @@ func TestJSONSchemaRejects(t *testing.T) {
 		{"trigger missing dport", "event", func(m map[string]any) { delete(m["trigger"].(map[string]any), "dport") }},
 		{"trigger without family", "event", func(m map[string]any) { m["trigger"].(map[string]any)["family"] = "" }},
 		{"status not a list", "event", func(m map[string]any) { m["status"] = "CONFIRMED" }},
+		{"missing netns_id", "event", func(m map[string]any) { delete(m, "netns_id") }},
+		{"netns_id as string", "event", func(m map[string]any) { m["netns_id"] = "1" }},
+		{"netns_id negative", "event", func(m map[string]any) { m["netns_id"] = -1 }},
+		{"netns_id fractional", "event", func(m map[string]any) { m["netns_id"] = 1.5 }},
+		{"aggregate missing netns_id", "aggregate", func(m map[string]any) { delete(m, "netns_id") }},
+		{"aggregate netns_id null", "aggregate", func(m map[string]any) { m["netns_id"] = nil }},
 		{"aggregate missing sampling", "aggregate", func(m map[string]any) { delete(m, "sampling") }},
 		{"aggregate of nothing", "aggregate", func(m map[string]any) { m["count"] = 0 }},
 		{"lost missing lost_total", "lost", func(m map[string]any) { delete(m, "lost_total") }},
@@ -488,10 +495,57 @@ func TestJSONFieldsMatchSchema(t *testing.T) {
 func TestJSONAggregate(t *testing.T) {
 	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 250000, Sampling: 64}
 	got := strings.Join(writeJSON(t, aggRec(aggregate()), aggRec(other)), "\n")
-	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":4026531840,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
-{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
+	want := `{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":4026531840,"netns_id":1,"family":"ipv4","src":"203.0.113.7","count":4021,"interval_s":1.000,"last":"2025-03-14T23:41:07.122456789Z","sampling":1}
+{"schema":1,"type":"aggregate","time":"2025-03-14T23:41:07.123456789Z","host":"cttrace-test","reason":"table_full","netns":0,"netns_id":0,"family":"","src":"other","count":250000,"interval_s":1.000,"last":"","sampling":64}`
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+// netns_id is the namespace's identity, right after netns, its inode
+// number: the kernel's cookie, or 2^63 + the inode number on a kernel
+// without cookies, written as a JSON number in full (above 2^53 too), and 0
+// for no namespace ("other"). The schema takes every uint64 and nothing
+// past it.
+func TestJSONNetnsID(t *testing.T) {
+	ev := ipv4TableFull()
+	ev.Netns = inodeNetns
+	agg := aggregate()
+	agg.Netns = inodeNetns
+	big := aggregate()
+	big.Netns = event.Netns{ID: math.MaxUint64, Inode: 1}
+	other := &event.Aggregate{Time: t0, Interval: time.Second, Reason: event.ReasonTableFull, Count: 1, Sampling: 1}
+	lines := writeJSON(t, evRec(ipv4TableFull()), evRec(ev), aggRec(aggregate()), aggRec(agg), aggRec(big), aggRec(other))
+	if id := event.InodeID(4026532500); id != 1<<63+4026532500 || strconv.FormatUint(id, 10) != "9223372040881308308" {
+		t.Fatalf("InodeID(4026532500) = %d, want 2^63 + 4026532500", id)
+	}
+	want := []string{
+		`"netns":4026532500,"netns_id":4097,"zone":`,
+		`"netns":4026532500,"netns_id":9223372040881308308,"zone":`,
+		`"netns":4026531840,"netns_id":1,"family":"ipv4"`,
+		`"netns":4026532500,"netns_id":9223372040881308308,"family":"ipv4"`,
+		`"netns":1,"netns_id":18446744073709551615,"family":"ipv4"`,
+		`"netns":0,"netns_id":0,"family":"","src":"other"`,
+	}
+	sch := compileSchema(t)
+	for i, l := range lines {
+		if !strings.Contains(l, want[i]) {
+			t.Errorf("record %d lacks %s:\n%s", i, want[i], l)
+		}
+		if err := validateLine(sch, l); err != nil {
+			t.Errorf("record %d rejected by the schema: %v\n%s", i, err, l)
+		}
+	}
+	// One past the largest uint64 is not a netns_id, nor is a negative one
+	// (edited as text: a float64 cannot carry 2^64 - 1 and 2^64 apart).
+	for _, bad := range []string{`"netns_id":18446744073709551616,`, `"netns_id":-1,`, `"netns_id":"1",`} {
+		l := strings.Replace(lines[4], `"netns_id":18446744073709551615,`, bad, 1)
+		if l == lines[4] {
+			t.Fatalf("no netns_id to edit in %s", lines[4])
+		}
+		if validateLine(sch, l) == nil {
+			t.Errorf("schema accepted %s", l)
+		}
 	}
 }
 

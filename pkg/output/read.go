@@ -100,7 +100,7 @@ func (w *wireEvent) event() (*event.Event, error) {
 		return nil, fmt.Errorf("unknown reason %q", w.Reason)
 	}
 	e := &event.Event{Time: time.Time(w.Time), Reason: r, Detail: event.Detail(w.Detail), Confidence: event.Confidence(w.Confidence),
-		CPU: w.CPU, Netns: w.Netns, Zone: w.Zone, Count: w.Count, Max: w.Max, Status: w.StatusBits,
+		CPU: w.CPU, Netns: netnsOf(w.Netns, w.NetnsID), Zone: w.Zone, Count: w.Count, Max: w.Max, Status: w.StatusBits,
 		TimeoutLeft: time.Duration(w.TimeoutLeftMs) * time.Millisecond}
 	var err error
 	if e.Flow, err = w.wireFlow.tuple(); err != nil {
@@ -136,7 +136,7 @@ func (w *wireAggregate) aggregate() (*event.Aggregate, error) {
 		return nil, fmt.Errorf("unknown reason %q", w.Reason)
 	}
 	a := &event.Aggregate{Time: time.Time(w.Time), Interval: time.Duration(float64(w.IntervalS) * float64(time.Second)), Reason: r,
-		Netns: w.Netns, Count: w.Count, Last: time.Time(w.Last), Sampling: w.Sampling}
+		Netns: netnsOf(w.Netns, w.NetnsID), Count: w.Count, Last: time.Time(w.Last), Sampling: w.Sampling}
 	if w.Src != otherSource {
 		src, err := netip.ParseAddr(w.Src)
 		if err != nil {
@@ -154,4 +154,17 @@ func (w *wireSummary) summary() *event.Summary {
 		s.Visible = append(s.Visible, event.Reason(r))
 	}
 	return s
+}
+
+// netnsOf is a recorded namespace: its identity as recorded, or, in a
+// recording made before records carried netns_id, its inode number
+// standing in for it (no namespace, the "other" aggregate's, is zero).
+func netnsOf(inode uint32, id uint64) event.Netns {
+	switch {
+	case id != 0:
+		return event.Netns{ID: id, Inode: inode}
+	case inode != 0:
+		return event.NetnsOf(inode)
+	}
+	return event.Netns{}
 }

@@ -80,7 +80,7 @@ func (t *textWriter) event(e *event.Event) error {
 	b = t.appendFlow(b, &e.Flow)
 
 	start = len(b)
-	b = strconv.AppendUint(b, uint64(e.Netns), 10)
+	b = strconv.AppendUint(b, uint64(e.Netns.Inode), 10)
 	b = pad(b, start, widthNetns)
 
 	start = len(b)
@@ -150,7 +150,7 @@ func (t *textWriter) aggregate(a *event.Aggregate) error {
 		b = append(b, " from "...)
 		b = a.Source.Unmap().AppendTo(b)
 		b = append(b, " in netns "...)
-		b = strconv.AppendUint(b, uint64(a.Netns), 10)
+		b = strconv.AppendUint(b, uint64(a.Netns.Inode), 10)
 	}
 	b = append(b, " in the last "...)
 	b = append(b, a.Interval.Round(time.Millisecond).String()...)

@@ -96,7 +96,7 @@ func topLines(s *top.Snapshot, rows int) []string {
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "NETNS\tENTRIES/MAX\tFILL\tDROPS/s\tEARLY/s\tGC/s\tINSERTS/s\t")
 	for _, ns := range s.Namespaces {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns, entries(ns), fill(ns.Fill()),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t\n", ns.Netns.Inode, entries(ns), fill(ns.Fill()),
 			rate(ns.Rate.Drops(), s.Interval), rate(ns.Rate.EarlyDrops(), s.Interval), rate(ns.Rate.GCEvicted(), s.Interval),
 			rate(ns.Rate.Inserts(), s.Interval))
 	}
@@ -107,7 +107,7 @@ func topLines(s *top.Snapshot, rows int) []string {
 	fmt.Fprintln(tw, "NETNS\tSOURCE\tDROPS/s\tDROPS\tEVICTED\tINSERTS/s\tHELD\tSHARE\tLAST DROP\t")
 	for i := range s.Rows[:rows] {
 		r := &s.Rows[i]
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns, r.Prefix, rate(r.Rate.Drops(), s.Interval), r.Total.Drops(),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\t\n", r.Netns.Inode, r.Prefix, rate(r.Rate.Drops(), s.Interval), r.Total.Drops(),
 			r.Total.Evicted(), rate(r.Rate.Inserts(), s.Interval), r.Total.Held, percent(r.Share), lastDrop(r))
 	}
 	o := &s.Other
@@ -165,6 +165,7 @@ type topJSON struct {
 
 type topNetnsJSON struct {
 	Netns          uint32  `json:"netns"`
+	NetnsID        uint64  `json:"netns_id"`
 	Entries        int64   `json:"entries"`
 	Max            uint32  `json:"max"`
 	Fill           float64 `json:"fill"`
@@ -180,6 +181,7 @@ type topNetnsJSON struct {
 
 type topSourceJSON struct {
 	Netns       uint32  `json:"netns"`
+	NetnsID     uint64  `json:"netns_id"`
 	Source      string  `json:"source"`
 	DropsPerS   float64 `json:"drops_per_s"`
 	Drops       uint64  `json:"drops"`
@@ -200,7 +202,7 @@ func topRecord(s *top.Snapshot) any {
 		Backend: s.Backend, Sort: string(s.Sort), Tracked: s.Tracked, Capacity: s.Capacity, Bounded: s.Bounded, Sampling: uint64(1) << s.SampleShift, Lost: s.Lost,
 		Netns: []topNetnsJSON{}, Rows: []topSourceJSON{}}
 	for _, ns := range s.Namespaces {
-		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
+		rec.Netns = append(rec.Netns, topNetnsJSON{Netns: ns.Netns.Inode, NetnsID: ns.Netns.ID, Entries: ns.Entries, Max: ns.Max, Fill: ns.Fill(),
 			DropsPerS: top.PerSec(ns.Rate.Drops(), s.Interval), EarlyDropsPerS: top.PerSec(ns.Rate.EarlyDrops(), s.Interval),
 			GCEvictsPerS: top.PerSec(ns.Rate.GCEvicted(), s.Interval), InsertsPerS: top.PerSec(ns.Rate.Inserts(), s.Interval),
 			Drops: ns.Total.Drops(), EarlyDrops: ns.Total.EarlyDrops(), GCEvicts: ns.Total.GCEvicted(), Inserts: ns.Total.Inserts()})
@@ -213,7 +215,7 @@ func topRecord(s *top.Snapshot) any {
 }
 
 func sourceJSON(r *top.Row, interval time.Duration, source string) topSourceJSON {
-	j := topSourceJSON{Netns: r.Netns, Source: source, DropsPerS: top.PerSec(r.Rate.Drops(), interval), Drops: r.Total.Drops(),
+	j := topSourceJSON{Netns: r.Netns.Inode, NetnsID: r.Netns.ID, Source: source, DropsPerS: top.PerSec(r.Rate.Drops(), interval), Drops: r.Total.Drops(),
 		Evicted: r.Total.Evicted(), InsertsPerS: top.PerSec(r.Rate.Inserts(), interval), Inserts: r.Total.Inserts(), Deletes: r.Total.Deletes(),
 		Held: r.Total.Held, Err: r.Err, Share: r.Share, LastReason: string(r.LastReason)}
 	if !r.LastDrop.IsZero() {

@@ -21,10 +21,10 @@ func dropCounts(n uint64, held int64) top.Counts {
 
 func snapshotWithRows(n int) *top.Snapshot {
 	s := &top.Snapshot{Backend: "fentry", Sort: top.SortDrops, Time: t0, Interval: time.Second, Tracked: n, Capacity: 65536,
-		Namespaces: []top.Namespace{{Netns: 4026531840, Entries: 10, Max: 10}, {Netns: 4026532001, Entries: -1, Max: 262144}}}
+		Namespaces: []top.Namespace{{Netns: hostNetns, Entries: 10, Max: 10}, {Netns: event.Netns{ID: 8193, Inode: 4026532001}, Entries: -1, Max: 262144}}}
 	for i := range n {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 32)
-		s.Rows = append(s.Rows, top.Row{Key: top.Key{Netns: 4026531840, Prefix: p}, Total: dropCounts(uint64(1000-i), int64(i))})
+		s.Rows = append(s.Rows, top.Row{Key: top.Key{Netns: hostNetns, Prefix: p}, Total: dropCounts(uint64(1000-i), int64(i))})
 	}
 	s.Other.Total = dropCounts(7, 0)
 	return s
@@ -157,5 +157,42 @@ func TestTopJSON(t *testing.T) {
 		rec.Rows[2].Source != "10.0.0.2/32" || rec.Rows[2].Drops != 998 || rec.Rows[2].Held != 2 ||
 		rec.Other.Source != "other" || rec.Other.Drops != 7 || len(rec.Netns) != 2 || rec.Time != "2025-03-14T23:41:07.123456789Z" {
 		t.Errorf("snapshot as JSON: %s", b.String())
+	}
+}
+
+// Namespaces and rows carry netns_id, the namespace's identity, right
+// after netns, its inode number; "other" names no namespace (0 and 0).
+func TestTopJSONNetnsID(t *testing.T) {
+	var b bytes.Buffer
+	s := snapshotWithRows(2)
+	s.Namespaces = append(s.Namespaces, top.Namespace{Netns: inodeNetns, Entries: 1, Max: 1})
+	s.Rows = append(s.Rows, top.Row{Key: top.Key{Netns: inodeNetns, Prefix: netip.MustParsePrefix("10.9.0.1/32")}, Total: dropCounts(5, 0)})
+	writeTop := NewTop(&b, JSON)
+	if err := writeTop.Write(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeTop.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	line := b.String()
+	for _, want := range []string{
+		`"namespaces":[{"netns":4026531840,"netns_id":1,"entries":10,`,
+		`{"netns":4026532001,"netns_id":8193,"entries":-1,`,
+		`{"netns":4026532500,"netns_id":9223372040881308308,"entries":1,`,
+		`"rows":[{"netns":4026531840,"netns_id":1,"source":"10.0.0.0/32",`,
+		`{"netns":4026532500,"netns_id":9223372040881308308,"source":"10.9.0.1/32",`,
+		`"other":{"netns":0,"netns_id":0,"source":"other",`,
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("no %s in\n%s", want, line)
+		}
+	}
+	var rec topJSON
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Netns) != 3 || rec.Netns[2].NetnsID != event.InodeID(4026532500) || len(rec.Rows) != 3 || rec.Rows[1].NetnsID != 1 ||
+		rec.Rows[2].NetnsID != event.InodeID(4026532500) || rec.Rows[2].Netns != 4026532500 {
+		t.Errorf("netns_id read back: namespaces %+v, rows %+v", rec.Netns, rec.Rows)
 	}
 }

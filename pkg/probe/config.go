@@ -30,6 +30,9 @@ func configure(specs *specObjects, f *Features, opts Options, clone bool) error 
 		return err
 	}
 	keepAllocStatePerTask(&cfg, specs, f)
+	if x, ok := f.Get(FeatNetnsCookie); ok && x.Usable {
+		cfg.NetnsCookie = 1
+	}
 	if clone {
 		cfg.DeleteHookIsClone = 1
 	}

@@ -14,18 +14,20 @@ import (
 )
 
 type cttraceAggKey struct {
-	_      structs.HostLayout
-	Netns  uint32
-	Family uint8
-	Type   uint8
-	Pad    [2]uint8
-	Addr   [16]uint8
+	_       structs.HostLayout
+	NetnsId uint64
+	Family  uint8
+	Type    uint8
+	Pad     [6]uint8
+	Addr    [16]uint8
 }
 
 type cttraceAggValue struct {
 	_      structs.HostLayout
 	Count  uint64
 	LastNs uint64
+	Inum   uint32
+	Pad    uint32
 }
 
 type cttraceAllocScratch struct {
@@ -66,6 +68,7 @@ type cttraceCtConfig struct {
 	WakeupBytes       uint32
 	AllocStatePerTask uint32
 	DeleteHookIsClone uint32
+	NetnsCookie       uint32
 }
 
 type cttraceCtDetail uint32
@@ -86,6 +89,7 @@ const (
 type cttraceCtEvent struct {
 	_           structs.HostLayout
 	TsBootNs    uint64
+	NetnsId     uint64
 	Type        uint32
 	Cpu         uint32
 	Netns       uint32
@@ -129,7 +133,8 @@ type cttraceCtTuple struct {
 
 type cttraceNetnsSlot struct {
 	_       structs.HostLayout
-	Netns   uint32
+	NetnsId uint64
+	Inum    uint32
 	Pad     uint32
 	Events  [9]uint64
 	Details [9]uint64
@@ -137,6 +142,8 @@ type cttraceNetnsSlot struct {
 
 type cttraceNetnsStats struct {
 	_       structs.HostLayout
+	Inum    uint32
+	Pad     uint32
 	Events  [9]uint64
 	Details [9]uint64
 }
@@ -148,11 +155,11 @@ type cttraceNetnsVerdict struct {
 }
 
 type cttraceSrcKey struct {
-	_      structs.HostLayout
-	Netns  uint32
-	Family uint8
-	Pad    [3]uint8
-	Addr   [16]uint8
+	_       structs.HostLayout
+	NetnsId uint64
+	Family  uint8
+	Pad     [7]uint8
+	Addr    [16]uint8
 }
 
 type cttraceSrcStat uint32
@@ -170,7 +177,7 @@ type cttraceSrcStats struct {
 	Events       [9]uint64
 	LastDropNs   uint64
 	LastDropType uint32
-	Pad          uint32
+	Inum         uint32
 }
 
 type cttraceStreamBudget struct {
@@ -189,6 +196,7 @@ const (
 	cttraceMapAllocState             = "alloc_state"
 	cttraceMapAllocTaskState         = "alloc_task_state"
 	cttraceMapConfirmState           = "confirm_state"
+	cttraceMapDeadNetns              = "dead_netns"
 	cttraceMapEvents                 = "events"
 	cttraceMapGcTasks                = "gc_tasks"
 	cttraceMapLost                   = "lost"
@@ -307,6 +315,7 @@ type cttraceMapSpecs struct {
 	AllocState      *ebpf.MapSpec `ebpf:"alloc_state"`
 	AllocTaskState  *ebpf.MapSpec `ebpf:"alloc_task_state"`
 	ConfirmState    *ebpf.MapSpec `ebpf:"confirm_state"`
+	DeadNetns       *ebpf.MapSpec `ebpf:"dead_netns"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	GcTasks         *ebpf.MapSpec `ebpf:"gc_tasks"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
@@ -361,6 +370,7 @@ type cttraceMaps struct {
 	AllocState      *ebpf.Map `ebpf:"alloc_state"`
 	AllocTaskState  *ebpf.Map `ebpf:"alloc_task_state"`
 	ConfirmState    *ebpf.Map `ebpf:"confirm_state"`
+	DeadNetns       *ebpf.Map `ebpf:"dead_netns"`
 	Events          *ebpf.Map `ebpf:"events"`
 	GcTasks         *ebpf.Map `ebpf:"gc_tasks"`
 	Lost            *ebpf.Map `ebpf:"lost"`
@@ -381,6 +391,7 @@ func (m *cttraceMaps) Close() error {
 		m.AllocState,
 		m.AllocTaskState,
 		m.ConfirmState,
+		m.DeadNetns,
 		m.Events,
 		m.GcTasks,
 		m.Lost,

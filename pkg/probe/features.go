@@ -30,6 +30,7 @@ const (
 	FeatTpBTF         = "tp_btf"
 	FeatDropReason    = "drop-reason"
 	FeatTaskStorage   = "task-storage"
+	FeatNetnsCookie   = "netns-cookie"
 	FeatRawTracepoint = "raw_tracepoint"
 	FeatNetfilterLink = "netfilter-link"
 )
@@ -37,7 +38,7 @@ const (
 // featureOrder is the order in which features are probed and shown.
 var featureOrder = []string{
 	FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe,
-	FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint, FeatNetfilterLink,
+	FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatNetnsCookie, FeatRawTracepoint, FeatNetfilterLink,
 }
 
 // The function where conntrack decides "table full": the hook every backend
@@ -130,6 +131,7 @@ func detectFeatures(all bool) (*Features, error) {
 	f.add(trialTracing(FeatTpBTF, ebpf.AttachTraceRawTp, "kfree_skb"))
 	f.add(detectDropReason(kernelSpec))
 	f.add(detectTaskStorage())
+	f.add(detectNetnsCookie())
 	if all {
 		f.add(trialRawTracepoint("kfree_skb"))
 		f.add(trialNetfilterLink())
@@ -230,6 +232,26 @@ func detectTaskStorage() Feature {
 			Error: "tracing programs cannot keep state per task before 5.12: the allocation's state is kept per CPU, exact unless the kernel preempts conntrack (CONFIG_PREEMPT)"}
 	}
 	return result(name, detail, err)
+}
+
+// detectNetnsCookie says whether user space can read a namespace's netns
+// cookie (SO_NETNS_COOKIE, 5.14: commit e8b9eab99232, "net: add
+// SO_NETNS_COOKIE socket option"): cookies, which the kernel never reuses,
+// then key namespaces in the kernel side and in user space alike, where the
+// inode numbers the kernel reuses at once would merge a dead namespace's
+// counts into the next one's (conn.bpf.h, net_id).
+func detectNetnsCookie() Feature {
+	const name, detail = FeatNetnsCookie, "SO_NETNS_COOKIE"
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return result(name, detail, fmt.Errorf("socket: %w", err))
+	}
+	defer unix.Close(fd)
+	if _, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE); err != nil {
+		return Feature{Name: name, Detail: detail,
+			Error: "the kernel gives no netns cookie (5.14+): namespaces are known by inode number, which the kernel reuses as soon as one dies"}
+	}
+	return Feature{Name: name, Usable: true, Detail: detail}
 }
 
 // returnZero is the smallest valid program: every trial loads it, so a

@@ -40,7 +40,7 @@ var kernelMatrix = []kernelExpectation{
 		// links arrived in 6.4.
 		name:            "debian-6.1",
 		release:         regexp.MustCompile(`^6\.1\.0-\d+-amd64$`),
-		usable:          []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint},
+		usable:          []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatNetnsCookie, FeatRawTracepoint},
 		conntrackModule: true,
 		backend:         BackendFentry,
 	},
@@ -49,7 +49,7 @@ var kernelMatrix = []kernelExpectation{
 		// guest).
 		name:            "debian-6.12",
 		release:         regexp.MustCompile(`^6\.12\.\d+\+deb12-(amd64|arm64)$`),
-		usable:          []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint, FeatNetfilterLink},
+		usable:          []string{FeatKernelBTF, FeatConntrackBTF, FeatFentry, FeatFexit, FeatKprobe, FeatKretprobe, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatNetnsCookie, FeatRawTracepoint, FeatNetfilterLink},
 		conntrackModule: true,
 		backend:         BackendFentry,
 	},
@@ -58,7 +58,7 @@ var kernelMatrix = []kernelExpectation{
 		// refused, nf_conntrack built in.
 		name:    "ci-6.18",
 		release: regexp.MustCompile(`^6\.18\.\d+-fc-v\d+$`),
-		usable:  []string{FeatKernelBTF, FeatConntrackBTF, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatRawTracepoint, FeatNetfilterLink},
+		usable:  []string{FeatKernelBTF, FeatConntrackBTF, FeatTpBTF, FeatDropReason, FeatTaskStorage, FeatNetnsCookie, FeatRawTracepoint, FeatNetfilterLink},
 		backend: BackendTracepoint,
 	},
 }
@@ -186,6 +186,7 @@ func expectFromConfig(path, release string) (kernelExpectation, error) {
 		FeatTpBTF:         btf && on("BPF_EVENTS"),
 		FeatDropReason:    btf && (major > 5 || major == 5 && minor >= 17),
 		FeatTaskStorage:   btf && on("BPF_EVENTS") && (major > 5 || major == 5 && minor >= 12),
+		FeatNetnsCookie:   major > 5 || major == 5 && minor >= 14,
 		FeatRawTracepoint: on("BPF_EVENTS"),
 		FeatNetfilterLink: on("NETFILTER_BPF_LINK"),
 	}

@@ -26,6 +26,7 @@ type Probe struct {
 	objs    loadedObjects
 	links   []link.Link
 	sources SourceOptions
+	ns      *namespaces
 }
 
 // specObjects and loadedObjects are bpf2go's typed views of the object's
@@ -134,7 +135,7 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		}
 		return nil, fmt.Errorf("load %s programs: %w", b, err)
 	}
-	p := &Probe{Backend: b, coll: coll, sources: opts.Sources}
+	p := &Probe{Backend: b, coll: coll, sources: opts.Sources, ns: newNamespaces()}
 	if err := coll.Assign(&p.objs); err != nil {
 		coll.Close()
 		return nil, fmt.Errorf("bpf object: %w", err)

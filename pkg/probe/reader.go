@@ -73,7 +73,7 @@ func (r *Reader) decode(k *cttraceCtEvent, ev *event.Event) {
 		Detail:      event.DetailFromKernel(k.Detail),
 		Confidence:  event.ConfidenceFromKernel(k.Confidence),
 		CPU:         k.Cpu,
-		Netns:       k.Netns,
+		Netns:       event.Netns{ID: k.NetnsId, Inode: k.Netns},
 		Zone:        k.Zone,
 		Count:       k.Count,
 		Max:         k.Max,

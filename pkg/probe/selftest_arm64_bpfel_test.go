@@ -16,6 +16,7 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	selftestMapDeadNetns     = "dead_netns"
 	selftestMapLost          = "lost"
 	selftestMapNetnsSlots    = "netns_slots"
 	selftestMapNetnsTotals   = "netns_totals"
@@ -78,6 +79,7 @@ type selftestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type selftestMapSpecs struct {
+	DeadNetns   *ebpf.MapSpec `ebpf:"dead_netns"`
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	NetnsSlots  *ebpf.MapSpec `ebpf:"netns_slots"`
 	NetnsTotals *ebpf.MapSpec `ebpf:"netns_totals"`
@@ -116,6 +118,7 @@ func (o *selftestObjects) Close() error {
 //
 // It can be passed to loadSelftestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type selftestMaps struct {
+	DeadNetns   *ebpf.Map `ebpf:"dead_netns"`
 	Lost        *ebpf.Map `ebpf:"lost"`
 	NetnsSlots  *ebpf.Map `ebpf:"netns_slots"`
 	NetnsTotals *ebpf.Map `ebpf:"netns_totals"`
@@ -126,6 +129,7 @@ type selftestMaps struct {
 
 func (m *selftestMaps) Close() error {
 	return _SelftestClose(
+		m.DeadNetns,
 		m.Lost,
 		m.NetnsSlots,
 		m.NetnsTotals,

@@ -65,6 +65,9 @@ func eachEntry[K, V any](m *ebpf.Map, fn func(*K, *V) error) error {
 func (p *Probe) Sources(clock *event.Clock, fn func(*event.SourceCounts) error) error {
 	var st event.SourceCounts
 	return eachEntry(p.objs.Sources, func(k *cttraceSrcKey, v *cttraceSrcStats) error {
+		if p.ns.isForgotten(k.NetnsId) {
+			return nil
+		}
 		p.decodeSource(k, v, clock, &st)
 		return fn(&st)
 	})
@@ -79,54 +82,12 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 	} else {
 		addr = netip.AddrFrom16(k.Addr)
 	}
-	*st = event.SourceCounts{Netns: k.Netns, Events: event.CountsFromKernel(v.Events)}
+	*st = event.SourceCounts{Netns: event.Netns{ID: k.NetnsId, Inode: v.Inum}, Events: event.CountsFromKernel(v.Events)}
 	st.Prefix, _ = addr.Prefix(bits)
 	if v.LastDropNs != 0 {
 		st.LastDrop = clock.Wall(v.LastDropNs)
 		st.LastDropReason = event.ReasonFromKernel(v.LastDropType)
 	}
-}
-
-// NamespaceCounts returns, per network namespace, the events the kernel
-// counted since attach, by reason and by detail (with
-// SourceOptions.Enabled). It adds every CPU's counts of the per-CPU slots
-// (netns_slots, where most events count) and of the LRU map behind them
-// (netns_totals): each event counts in one of the two.
-func (p *Probe) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
-	out := map[uint32]event.NamespaceCounts{}
-	add := func(netns uint32, events *[cttraceCtEventTypeCT_EV_MAX]uint64, details *[cttraceCtDetailCT_DETAIL_MAX]uint64) {
-		c := out[netns]
-		c.Events = c.Events.Plus(event.CountsFromKernel(*events))
-		for d, n := range details {
-			c.Details[d] += n
-		}
-		out[netns] = c
-	}
-	var netns uint32
-	var perCPU []cttraceNetnsStats
-	it := p.objs.NetnsTotals.Iterate()
-	for it.Next(&netns, &perCPU) {
-		for i := range perCPU {
-			add(netns, &perCPU[i].Events, &perCPU[i].Details)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read namespace totals: %w", err)
-	}
-	var slot uint32
-	var slots []cttraceNetnsSlot
-	it = p.objs.NetnsSlots.Iterate()
-	for it.Next(&slot, &slots) {
-		for i := range slots {
-			if slots[i].Netns != 0 { // 0: not claimed on this CPU
-				add(slots[i].Netns, &slots[i].Events, &slots[i].Details)
-			}
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read namespace slots: %w", err)
-	}
-	return out, nil
 }
 
 // Admission is how one of the kernel's bounded maps took in new keys:

@@ -44,7 +44,7 @@ func (p *Probe) selectNamespaces(netns []uint32) error {
 // AggregatedCount is what the kernel counted, past the stream limit, for
 // one source and reason in one namespace since attach.
 type AggregatedCount struct {
-	Netns  uint32
+	Netns  event.Netns
 	Source netip.Addr
 	Reason event.Reason
 	Count  uint64
@@ -56,7 +56,10 @@ type AggregatedCount struct {
 func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) error {
 	var a AggregatedCount
 	return eachEntry(p.objs.Aggregated, func(k *cttraceAggKey, v *cttraceAggValue) error {
-		a = AggregatedCount{Netns: k.Netns, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
+		if p.ns.isForgotten(k.NetnsId) {
+			return nil
+		}
+		a = AggregatedCount{Netns: event.Netns{ID: k.NetnsId, Inode: v.Inum}, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
 		if k.Family == 2 {
 			a.Source = netip.AddrFrom4([4]byte(k.Addr[:4]))
 		} else {

@@ -19,7 +19,7 @@ const AggregatesShown = 20
 
 // aggKey is one (namespace, source, reason) the kernel aggregates.
 type aggKey struct {
-	netns  uint32
+	netns  event.Netns
 	source netip.Addr
 	reason event.Reason
 }

@@ -72,13 +72,19 @@ func namespaceCounts(s *Session, netns uint32) (counted, error) {
 		return counted{}, err
 	}
 	c := counted{reasons: map[event.Reason]uint64{}, details: map[event.Detail]uint64{}}
+	var ns event.NamespaceCounts
+	for id, n := range all {
+		if id.Inode == netns { // the lab's, the only namespace by that inode the session saw
+			ns = n
+		}
+	}
 	for _, r := range event.Reasons() {
-		if n := all[netns].Events.Of(r); n != 0 {
+		if n := ns.Events.Of(r); n != 0 {
 			c.reasons[r] = n
 		}
 	}
 	for _, d := range event.Details()[1:] {
-		if n := all[netns].Details.Of(d); n != 0 {
+		if n := ns.Details.Of(d); n != 0 {
 			c.details[d] = n
 		}
 	}

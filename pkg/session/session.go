@@ -216,9 +216,14 @@ func (s *Session) Counts() (event.Counts, error) { return s.probe.Produced() }
 
 // NamespaceCounts are the events counted per network namespace, by reason
 // and detail (Config.Sources).
-func (s *Session) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
+func (s *Session) NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error) {
 	return s.probe.NamespaceCounts()
 }
+
+// Forget drops what the kernel side keeps of namespaces that died, so that
+// neither their counts nor their place pass to the next ones
+// (probe.Probe.Forget).
+func (s *Session) Forget(dead []event.Netns) error { return s.probe.Forget(dead) }
 
 // Lost is the number of events the kernel could not deliver since attach.
 func (s *Session) Lost() (uint64, error) { return s.probe.Lost() }

@@ -46,7 +46,7 @@ func newTally(netns uint32) *tally {
 }
 
 func (t *tally) add(ev *event.Event) error {
-	if ev.Netns != t.netns {
+	if ev.Netns.Inode != t.netns {
 		return nil
 	}
 	t.mu.Lock()
@@ -543,7 +543,7 @@ func TestSourceTotalsMatchRefusalsPerSource(t *testing.T) {
 		for {
 			got, sum = map[netip.Prefix]int{}, 0
 			if err := s.Sources(func(st *event.SourceCounts) error {
-				if st.Netns == lab.Inode() {
+				if st.Netns.Inode == lab.Inode() {
 					n := int(st.Events.Of(event.ReasonTableFull))
 					got[st.Prefix] += n
 					sum += n

@@ -55,7 +55,7 @@ func whoFills(ns table.Namespace) (Filler, error) {
 	var f Filler
 	unreplied := map[service]int64{}
 	err = ns.Dump(func(e table.Entry) error {
-		tr.AddHeld(prefixGrouping.KeyFor(ns.Inode, e.Src.Addr()), 1)
+		tr.AddHeld(prefixGrouping.KeyFor(event.NetnsOf(ns.Inode), e.Src.Addr()), 1)
 		if e.Status&table.StatusSeenReply == 0 && e.Dst.Port() != 0 {
 			unreplied[service{e.Proto, e.Dst.Port()}]++
 		}

@@ -75,34 +75,59 @@ func Namespaces() ([]Namespace, error) {
 // namespace's could not be read (it is listed whatever its counters say).
 type NamespaceStats struct {
 	Namespace
-	Stats Stats
-	Err   error
+	// Cookie is the namespace's netns cookie (SO_NETNS_COOKIE, 5.14+), its
+	// identity, which the kernel never gives to another namespace where it
+	// hands a dead one's inode to the next at once; 0 where the kernel
+	// cannot tell.
+	Cookie uint64
+	Stats  Stats
+	Err    error
+	// InUse says that conntrack tracks in the namespace (Namespaces): its
+	// table holds entries or a counter moved. The initial namespace always is.
+	InUse bool
 }
 
 // InUse is Namespaces with each namespace's statistics: what a refresh of
 // top-sources needs, in one ctnetlink exchange per namespace.
 func InUse() ([]NamespaceStats, error) {
+	all, err := Scan()
+	if err != nil {
+		return nil, err
+	}
+	used := all[:0]
+	for _, ns := range all {
+		if ns.InUse {
+			used = append(used, ns)
+		}
+	}
+	return used, nil
+}
+
+// Scan is every network namespace of the host that can be reached, with
+// its statistics and cookie, and whether conntrack is in use there
+// (NamespaceStats.InUse): what tells a namespace that lives from one that
+// died, whether or not it tracks anything now.
+func Scan() ([]NamespaceStats, error) {
 	all, initIno, err := discover(procDir, netnsDir)
 	if err != nil {
 		return nil, err
 	}
-	var used []NamespaceStats
+	var out []NamespaceStats
 	for _, ns := range all {
-		s, err := ns.Stats()
-		if ns.Inode != initIno {
+		s, cookie, err := ns.read()
+		inUse := ns.Inode == initIno // listed whatever its counters say
+		if !inUse {
 			if errors.Is(err, ErrNamespaceGone) {
 				continue
 			}
 			if err != nil {
 				return nil, err
 			}
-			if !s.inUse() {
-				continue
-			}
+			inUse = s.inUse()
 		}
-		used = append(used, NamespaceStats{Namespace: ns, Stats: s, Err: err})
+		out = append(out, NamespaceStats{Namespace: ns, Cookie: cookie, Stats: s, Err: err, InUse: inUse})
 	}
-	return used, nil
+	return out, nil
 }
 
 // discover lists the namespaces reachable through run (named) and proc

@@ -110,6 +110,16 @@ func newSocket() (int, error) {
 // Close closes the socket.
 func (c *Conn) Close() error { return unix.Close(c.fd) }
 
+// Cookie is the netns cookie of the namespace the connection was made in
+// (SO_NETNS_COOKIE, 5.14+), or 0 where the kernel cannot tell.
+func (c *Conn) Cookie() uint64 {
+	v, err := unix.GetsockoptUint64(c.fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
 // request sends a ctnetlink request for all address families and calls fn
 // with the nfgenmsg res_id and the attributes of each reply until the
 // kernel is done. dump selects NLM_F_DUMP; otherwise an ACK ends the

@@ -74,12 +74,20 @@ func (s Stats) inUse() bool {
 
 // Stats reads the namespace's statistics over a connection of its own.
 func (ns Namespace) Stats() (Stats, error) {
+	s, _, err := ns.read()
+	return s, err
+}
+
+// read reads the namespace's statistics and its cookie over a connection
+// of its own.
+func (ns Namespace) read() (Stats, uint64, error) {
 	c, err := ns.Dial()
 	if err != nil {
-		return Stats{}, err
+		return Stats{}, 0, err
 	}
 	defer c.Close()
-	return c.Stats()
+	s, err := c.Stats()
+	return s, c.Cookie(), err
 }
 
 // Stats reads the statistics: the per-CPU counters

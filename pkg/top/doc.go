@@ -89,13 +89,14 @@
 //
 // The bound is MemoryBound(capacity), all of it allocated by NewHistory:
 //
-//	bytes ≈ 268 × capacity + 8 × 2^ceil(log2(2 × capacity)) + 544
+//	bytes ≈ 280 × capacity + 8 × 2^ceil(log2(2 × capacity)) + 576
 //
-// (each of the three arrays rounded up to whole 8 KiB pages): 264 bytes a
-// row (key 40, counts now and at the last read 160, last drop 40, weight,
-// error and heap position 24), 4 for the heap, and an index of 8-byte
-// slots at most half full. That is 295 bytes a tracked source at the
-// default capacity of 10,000 (2.9 MB) and 289 at 100,000 (29 MB).
+// (each of the four arrays rounded up to whole 8 KiB pages): 272 bytes a
+// row (key 48, counts now and at the last read 160, last drop 40, weight,
+// error, heap position and the forgotten flag 24), 4 for the heap, 4 for
+// the rows Forget frees, and an index of 8-byte slots at most half full.
+// That is 307 bytes a tracked source at the default capacity of 10,000
+// (3.1 MB) and 301 at 100,000 (30 MB).
 // TestMemoryBound measures a full history after a flood against it.
 // Read also returns its rows, which are the caller's.
 package top

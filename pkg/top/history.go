@@ -8,13 +8,13 @@ import (
 )
 
 // HistoryCapacity is how many sources the history follows one by one
-// unless told otherwise: under 3 MB (MemoryBound), and more rows than any
+// unless told otherwise: 3.1 MB (MemoryBound), and more rows than any
 // operator reads, so the bound only bites under a flood. Any source with
 // more than 1/10,000 of all events counted keeps its row.
 const HistoryCapacity = 10000
 
 // MaxHistoryCapacity keeps row numbers within an int32 and the index's hash
-// within 32 bits; at about 290 bytes a row it is 4.8 GB, far past any use.
+// within 32 bits; at about 300 bytes a row it is 5 GB, far past any use.
 const MaxHistoryCapacity = 1 << 24
 
 // History counts what each source did across reads of the kernel's
@@ -32,6 +32,11 @@ type History struct {
 	other, totals tally
 	evictions     uint64
 	since         time.Time // the previous Read
+	// gone are rows Forget took from the keys of namespaces that died,
+	// for the next keys to take; floor is the most a key without a row
+	// can have done unseen: the weight of the heaviest row displaced.
+	gone  []int32
+	floor uint64
 }
 
 // tracked is one key with a row. weight and err are Space-Saving's counter
@@ -42,6 +47,7 @@ type tracked struct {
 	tally
 	weight, err uint64
 	pos         int32 // in heap
+	forgotten   bool  // its key's namespace died: the row waits for another key
 }
 
 // NewHistory returns a history following at most capacity sources, grouped
@@ -58,6 +64,7 @@ func NewHistory(capacity int, g Grouping) (*History, error) {
 		capacity: capacity,
 		rows:     make([]tracked, 0, capacity),
 		heap:     make([]int32, 0, capacity),
+		gone:     make([]int32, 0, capacity),
 		index:    newIndex(capacity),
 		since:    time.Now(),
 	}, nil
@@ -148,7 +155,43 @@ func (t *History) active(k Key, w uint64) *tally {
 	if len(t.rows) < t.capacity {
 		return &t.rows[t.track(k, w)].tally
 	}
+	if len(t.gone) > 0 {
+		return &t.rows[t.reuse(k, w)].tally
+	}
 	return &t.rows[t.displace(k, w)].tally
+}
+
+// reuse gives k a row Forget freed. k may have been active unseen, as much
+// as any key without a row: it inherits that bound as its error.
+func (t *History) reuse(k Key, w uint64) int32 {
+	i := t.gone[len(t.gone)-1]
+	t.gone = t.gone[:len(t.gone)-1]
+	r := &t.rows[i]
+	*r = tracked{key: k, weight: t.floor + w, err: t.floor, pos: r.pos}
+	t.index.insert(k, i)
+	t.rise(int(r.pos))
+	return i
+}
+
+// Forget takes away the rows of the keys match says, and what they counted
+// from the totals: their namespace died, and neither its sources nor its
+// counts should outlive it. The rows go to the next new keys.
+func (t *History) Forget(match func(Key) bool) {
+	for i := range t.rows {
+		r := &t.rows[i]
+		if r.forgotten || !match(r.key) {
+			continue
+		}
+		t.totals.now = t.totals.now.minus(r.now)
+		t.totals.atRead = t.totals.atRead.minus(r.atRead)
+		t.index.remove(r.key, t.rows)
+		r.forgotten, r.tally = true, tally{}
+		// The heaviest weight there is: the row sinks under every live one
+		// and is never the least active key displace takes.
+		r.weight = ^uint64(0)
+		t.sink(int(r.pos))
+		t.gone = append(t.gone, int32(i))
+	}
 }
 
 // track gives k a free row.
@@ -171,6 +214,7 @@ func (t *History) displace(k Key, w uint64) int32 {
 	t.other.absorb(&r.tally)
 	t.evictions++
 	floor := r.weight
+	t.floor = max(t.floor, floor)
 	*r = tracked{key: k, weight: floor + w, err: floor, pos: 0}
 	t.index.insert(k, i)
 	t.sink(0)
@@ -277,16 +321,20 @@ func (t *History) Read() Tally {
 	s := Tally{
 		Other:     t.other.row(),
 		Totals:    t.totals.row(),
-		Tracked:   len(t.rows),
+		Tracked:   len(t.rows) - len(t.gone),
 		Capacity:  t.capacity,
 		Evictions: t.evictions,
 		Interval:  now.Sub(t.since),
-		Rows:      make([]Row, len(t.rows)),
+		Rows:      make([]Row, 0, len(t.rows)-len(t.gone)),
 	}
 	for i := range t.rows {
 		r := &t.rows[i]
-		s.Rows[i] = r.tally.row()
-		s.Rows[i].Key, s.Rows[i].Err = r.key, r.err
+		if r.forgotten {
+			continue
+		}
+		row := r.tally.row()
+		row.Key, row.Err = r.key, r.err
+		s.Rows = append(s.Rows, row)
 	}
 	for i := range t.rows {
 		t.rows[i].atRead = t.rows[i].now

@@ -75,7 +75,7 @@ func BenchmarkRead(b *testing.B) {
 // that displaced many times its capacity, and checks it against
 // MemoryBound, the figure doc.go documents.
 func TestMemoryBound(t *testing.T) {
-	t.Logf("a row %d bytes (key %d, counts now and at the last read %d, last drop %d), heap 4, index slot %d, History %d",
+	t.Logf("a row %d bytes (key %d, counts now and at the last read %d, last drop %d), heap 4, freed rows 4, index slot %d, History %d",
 		unsafe.Sizeof(tracked{}), unsafe.Sizeof(Key{}), 2*unsafe.Sizeof(Counts{}),
 		unsafe.Sizeof(event.Reason(""))+unsafe.Sizeof(time.Time{}), unsafe.Sizeof(slot{}), unsafe.Sizeof(History{}))
 	for _, capacity := range []int{HistoryCapacity, 100_000} {
@@ -88,6 +88,21 @@ func TestMemoryBound(t *testing.T) {
 			ev.Flow.Src = floodSource(i)
 			ev.Reason = benchReasons[i%uint32(len(benchReasons))]
 			add(tr, ev)
+		}
+		// The namespace dies with every row; a second one floods the rows
+		// Forget freed, and past them.
+		tr.Forget(func(k Key) bool { return k.Netns == event.NetnsOf(testNetns) })
+		if len(tr.gone) != capacity {
+			t.Fatalf("capacity %d: Forget freed %d rows", capacity, len(tr.gone))
+		}
+		ev.Netns = event.NetnsOf(testNetns + 1)
+		for i := range uint32(2 * capacity) {
+			ev.Flow.Src = floodSource(i)
+			ev.Reason = benchReasons[i%uint32(len(benchReasons))]
+			add(tr, ev)
+		}
+		if len(tr.gone) != 0 {
+			t.Errorf("capacity %d: %d freed rows left after the second flood", capacity, len(tr.gone))
 		}
 		tr.Read() // the scratch at its largest; the rows are garbage
 		runtime.GC()

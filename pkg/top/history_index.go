@@ -38,13 +38,13 @@ func slotsFor(capacity int) int {
 }
 
 func (x *index) hash(k Key) uint32 {
-	var b [22]byte
+	var b [26]byte
 	a := k.Prefix.Addr().As16()
 	copy(b[:16], a[:])
-	binary.LittleEndian.PutUint32(b[16:], k.Netns)
-	b[20] = byte(k.Prefix.Bits())
+	binary.LittleEndian.PutUint64(b[16:], k.Netns.ID) // the identity: the inode follows from it
+	b[24] = byte(k.Prefix.Bits())
 	if k.Prefix.Addr().Is4() {
-		b[21] = 1 // 10.0.0.1 and ::ffff:10.0.0.1 are different keys
+		b[25] = 1 // 10.0.0.1 and ::ffff:10.0.0.1 are different keys
 	}
 	return uint32(maphash.Bytes(x.seed, b[:]))
 }

@@ -12,7 +12,7 @@ const pageSize = 8192
 func MemoryBound(capacity int) int {
 	return int(unsafe.Sizeof(History{})) +
 		inPages(capacity*int(unsafe.Sizeof(tracked{}))) +
-		inPages(capacity*int(unsafe.Sizeof(int32(0)))) + // heap
+		2*inPages(capacity*int(unsafe.Sizeof(int32(0)))) + // heap, rows freed by Forget
 		inPages(slotsFor(capacity)*int(unsafe.Sizeof(slot{})))
 }
 

@@ -26,7 +26,7 @@ func flowFrom(r event.Reason, netns uint32, src netip.Addr) *event.Event {
 	return &event.Event{
 		Time:   time.Unix(1700000000, 0),
 		Reason: r,
-		Netns:  netns,
+		Netns:  event.NetnsOf(netns),
 		Flow: event.Tuple{Family: fam, Proto: event.ProtoUDP,
 			Src: netip.AddrPortFrom(src, 40000), Dst: netip.AddrPortFrom(dst, 53)},
 	}
@@ -46,7 +46,7 @@ func newHistory(t testing.TB, capacity int, g Grouping) *History {
 }
 
 func key(netns uint32, prefix string) Key {
-	return Key{Netns: netns, Prefix: netip.MustParsePrefix(prefix)}
+	return Key{Netns: event.NetnsOf(netns), Prefix: netip.MustParsePrefix(prefix)}
 }
 
 // model is the truth the history approximates: exact counts for every
@@ -115,17 +115,47 @@ func checkStructure(t *testing.T, tr *History) {
 			t.Fatalf("heap order broken at %d", p)
 		}
 	}
+	// The rows Forget freed are the ones in gone, each once, and are out
+	// of the index: only the others are found, each at its own row.
+	gone := map[int32]bool{}
+	for _, i := range tr.gone {
+		if i < 0 || int(i) >= len(tr.rows) || gone[i] || !tr.rows[i].forgotten {
+			t.Fatalf("gone %v: row %d is not a forgotten row, or listed twice", tr.gone, i)
+		}
+		gone[i] = true
+	}
+	live := 0
+	for i := range tr.rows {
+		if tr.rows[i].forgotten != gone[int32(i)] {
+			t.Fatalf("row %d forgotten %v, in gone %v", i, tr.rows[i].forgotten, gone[int32(i)])
+		}
+		if !tr.rows[i].forgotten {
+			live++
+		} else if tr.rows[i].weight != ^uint64(0) || tr.rows[i].tally != (tally{}) {
+			t.Fatalf("forgotten row %d weighs %d with %+v: it must sink under every live row, counting nothing", i, tr.rows[i].weight, tr.rows[i].tally)
+		}
+	}
 	used := 0
 	for _, s := range tr.index.slots {
 		if s.ref != 0 {
 			used++
+			if tr.rows[s.ref-1].forgotten {
+				t.Fatalf("the index leads to forgotten row %d", s.ref-1)
+			}
 		}
 	}
-	if used != len(tr.rows) {
-		t.Fatalf("index holds %d keys, %d rows", used, len(tr.rows))
+	if used != live {
+		t.Fatalf("index holds %d keys, %d live rows (%d in all)", used, live, len(tr.rows))
 	}
 	for i := range tr.rows {
-		if j, ok := tr.index.find(tr.rows[i].key, tr.rows); !ok || int(j) != i {
+		j, ok := tr.index.find(tr.rows[i].key, tr.rows)
+		if tr.rows[i].forgotten {
+			if ok && int(j) == i {
+				t.Fatalf("forgotten row %d (%v) still found", i, tr.rows[i].key)
+			}
+			continue
+		}
+		if !ok || int(j) != i {
 			t.Fatalf("row %d (%v) found at %d, %v", i, tr.rows[i].key, j, ok)
 		}
 	}
@@ -304,14 +334,14 @@ func heavyInFlood(t *testing.T, flood, head int) {
 	for i := range 5 {
 		a := netip.AddrFrom4([4]byte{203, 0, 113, byte(i + 1)})
 		heavy = append(heavy, a)
-		truth[DefaultGrouping.KeyFor(testNetns, a)] = 0
+		truth[DefaultGrouping.KeyFor(event.NetnsOf(testNetns), a)] = 0
 	}
 	rng := rand.New(rand.NewPCG(7, 7))
 	ev := flowFrom(event.ReasonTableFull, testNetns, heavy[0])
 	for sent := 0; sent < flood; {
 		if i := rng.IntN(10); i < 5 && sent >= head {
 			ev.Flow.Src = netip.AddrPortFrom(heavy[i], 1)
-			truth[DefaultGrouping.KeyFor(testNetns, heavy[i])]++
+			truth[DefaultGrouping.KeyFor(event.NetnsOf(testNetns), heavy[i])]++
 		} else {
 			ev.Flow.Src = netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(1 + rng.IntN(200)), byte(rng.Uint32()), byte(rng.Uint32()), byte(rng.Uint32())}), 1)
 			sent++
@@ -377,17 +407,17 @@ func TestGroupingByPrefix(t *testing.T) {
 		{1, "2001:db8:1:3::5", key(1, "2001:db8:1:3::/64")},
 	}
 	for _, tt := range tests {
-		if got := g.KeyFor(tt.netns, netip.MustParseAddr(tt.src)); got != tt.want {
+		if got := g.KeyFor(event.NetnsOf(tt.netns), netip.MustParseAddr(tt.src)); got != tt.want {
 			t.Errorf("KeyFor(%d, %s) = %v, want %v", tt.netns, tt.src, got, tt.want)
 		}
 	}
-	if got := (Grouping{}).KeyFor(1, netip.MustParseAddr("::ffff:10.1.2.9")); got != key(1, "10.1.2.9/32") {
+	if got := (Grouping{}).KeyFor(event.NetnsOf(1), netip.MustParseAddr("::ffff:10.1.2.9")); got != key(1, "10.1.2.9/32") {
 		t.Errorf("default grouping: %v", got)
 	}
-	if got := (Grouping{}).KeyFor(1, netip.MustParseAddr("2001:db8::7")); got != key(1, "2001:db8::7/128") {
+	if got := (Grouping{}).KeyFor(event.NetnsOf(1), netip.MustParseAddr("2001:db8::7")); got != key(1, "2001:db8::7/128") {
 		t.Errorf("default grouping: %v", got)
 	}
-	if got := g.KeyOf(&event.Event{Netns: 5, Reason: event.ReasonTableFull}); got.Valid() || got.Netns != 5 {
+	if got := g.KeyOf(&event.Event{Netns: event.NetnsOf(5), Reason: event.ReasonTableFull}); got.Valid() || got.Netns != event.NetnsOf(5) {
 		t.Errorf("event without a flow: %v, want an invalid key", got)
 	}
 
@@ -395,7 +425,7 @@ func TestGroupingByPrefix(t *testing.T) {
 	for _, tt := range tests {
 		add(tr, flowFrom(event.ReasonTableFull, tt.netns, netip.MustParseAddr(tt.src)))
 	}
-	add(tr, &event.Event{Netns: 1, Reason: event.ReasonTableFull})
+	add(tr, &event.Event{Netns: event.NetnsOf(1), Reason: event.ReasonTableFull})
 	s := tr.Read()
 	got := map[Key]uint64{}
 	for _, r := range s.Rows {
@@ -546,7 +576,7 @@ func TestSeedingRespectsBound(t *testing.T) {
 	big := key(testNetns, "198.51.100.7/32")
 	tr.AddHeld(big, 50)
 	for i := range 100 {
-		tr.AddHeld(DefaultGrouping.KeyFor(testNetns, netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})), 1)
+		tr.AddHeld(DefaultGrouping.KeyFor(event.NetnsOf(testNetns), netip.AddrFrom4([4]byte{10, 0, 0, byte(i)})), 1)
 	}
 	s := tr.Read()
 	checkSums(t, s)

@@ -3,13 +3,15 @@ package top
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/cttrace/cttrace/pkg/event"
 )
 
 // Key is one source, or one prefix of sources, in one network namespace:
 // the unit a row of `cttrace top-sources` stands for. The same address in
 // two namespaces is two sources, because each namespace has its own table.
 type Key struct {
-	Netns  uint32
+	Netns  event.Netns
 	Prefix netip.Prefix // masked to the grouping's length; invalid: no source known
 }
 
@@ -57,7 +59,7 @@ func (g Grouping) v6Bits() int {
 // through an IPv6 socket (::ffff:a.b.c.d) is grouped as the IPv4 address it
 // is, so one client is one row whichever way it came in. An invalid src, or
 // a grouping Validate rejects, gives an invalid key.
-func (g Grouping) KeyFor(netns uint32, src netip.Addr) Key {
+func (g Grouping) KeyFor(netns event.Netns, src netip.Addr) Key {
 	src = src.Unmap()
 	bits := g.v6Bits()
 	if src.Is4() {

@@ -33,11 +33,15 @@ func PerSec(n uint64, interval time.Duration) float64 {
 
 // Namespace is a network namespace's line in the header.
 type Namespace struct {
-	Netns   uint32
+	Netns   event.Netns
 	Entries int64  // entries now (from the table), -1 when unknown
 	Max     uint32 // nf_conntrack_max
 	Total   Counts
 	Rate    Counts
+	// listed says that conntrack is in use there (table.NamespaceStats's
+	// InUse): the tables know every namespace that lives, to tell the dead,
+	// but give a line only to those.
+	listed bool
 }
 
 // Fill is Entries/Max, 0..1, or -1 when unknown.
@@ -93,7 +97,7 @@ func ParseSortBy(s string) (SortBy, bool) {
 type Options struct {
 	Sort  SortBy
 	Limit int             // rows shown
-	Netns map[uint32]bool // only these namespaces (empty: all)
+	Netns map[uint32]bool // only these namespaces, by inode number (empty: all)
 	// Capacity is how many sources the kernel's map holds (--max-sources).
 	Capacity int
 	Grouping Grouping
@@ -113,10 +117,9 @@ func DefaultOptions() Options {
 type Kernel interface {
 	// Sources visits every source the kernel's bounded map holds now.
 	Sources(fn func(*event.SourceCounts) error) error
-	// Counts are every event counted, by reason: exact, whatever the bound.
-	Counts() (event.Counts, error)
-	// NamespaceCounts are the same per network namespace.
-	NamespaceCounts() (map[uint32]event.NamespaceCounts, error)
+	// NamespaceCounts are every event counted per network namespace:
+	// exact, whatever the per-source bound.
+	NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error)
 }
 
 // Ranking keeps what each source did across snapshots. The kernel's map
@@ -131,12 +134,17 @@ type Ranking struct {
 	opts      Options
 	hist      *History
 	deltas    *event.Deltas[Key]
-	held      map[Key]int64 // seeded from the table at start
-	seeded    int64         // entries held at start, in all
+	held      map[Key]int64         // seeded from the table at start
+	seeded    map[event.Netns]int64 // entries held at start, per namespace
 	prevTotal event.Counts
-	prevNs    map[uint32]event.Counts
+	prevNs    map[event.Netns]event.Counts
 	last      time.Time
 	evicted   bool // a source was pushed out of the kernel's map
+	// missing counts the reads a namespace counted in the kernel was not
+	// among the tables; dead are the namespaces found dead since the kernel
+	// side was last told (takeDead).
+	missing map[event.Netns]int
+	dead    []event.Netns
 }
 
 // NewRanking starts a ranking; start is when the probes were attached.
@@ -146,20 +154,19 @@ func NewRanking(opts Options, start time.Time) (*Ranking, error) {
 		return nil, err
 	}
 	return &Ranking{opts: opts, hist: hist, deltas: event.NewDeltas[Key](opts.Capacity), held: map[Key]int64{},
-		prevNs: map[uint32]event.Counts{}, last: start}, nil
+		seeded: map[event.Netns]int64{}, prevNs: map[event.Netns]event.Counts{}, missing: map[event.Netns]int{}, last: start}, nil
 }
 
 // resetHeld forgets the seeded entries, before seeding anew from a fresh
 // dump (Tables, for a backend that sees no inserts or deletes).
 func (a *Ranking) resetHeld() {
 	clear(a.held)
-	a.seeded = 0
+	clear(a.seeded)
 }
 
 // seed records the entries a source held when cttrace attached.
 func (a *Ranking) seed(k Key, entries int64) {
 	a.held[k] += entries
-	a.seeded += entries
 }
 
 // Snapshot reads the kernel's per-source map into the history, then builds
@@ -172,24 +179,22 @@ func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace)
 	if err := a.readSources(k, &snap); err != nil {
 		return snap, err
 	}
-	perNs, err := k.NamespaceCounts()
+	counted, err := k.NamespaceCounts()
 	if err != nil {
 		return snap, err
 	}
-	total, err := a.totals(k, perNs)
-	if err != nil {
-		return snap, err
-	}
+	perNs := a.living(tables, counted)
+	total, seeded := a.totals(perNs)
 	nsIndex := a.namespaces(tables, perNs)
 	best, shown, hidden, historyBounded := a.rank()
 	snap.Bounded = a.evicted || historyBounded || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
 	for _, ns := range nsIndex {
 		snap.Namespaces = append(snap.Namespaces, *ns)
 	}
-	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns, y.Netns) })
+	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns.Inode, y.Netns.Inode) })
 	snap.Rows = best.rows
 	for i := range snap.Rows {
-		if ns := nsIndex[snap.Rows[i].Netns]; ns != nil && ns.Entries > 0 {
+		if ns := nsIndex[snap.Rows[i].Netns.Inode]; ns != nil && ns.Entries > 0 {
 			snap.Rows[i].Share = float64(snap.Rows[i].Total.Held) / float64(ns.Entries)
 		}
 	}
@@ -201,7 +206,7 @@ func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace)
 		Rate: Counts{Events: rate.Minus(shown.Rate.minus(hidden.Rate).Events)}}
 	// Held reconciles like the counts: what the table held at start plus
 	// what came minus what went, less what the shown rows hold.
-	snap.Other.Total.Held = a.seeded + heldChange(total) - inRows.Held
+	snap.Other.Total.Held = seeded + heldChange(total) - inRows.Held
 	a.prevTotal = total
 	return snap, nil
 }
@@ -225,7 +230,7 @@ func (a *Ranking) rank() (best shortlist, shown, hidden Row, bounded bool) {
 		offer(r)
 	}
 	for key, n := range a.held {
-		if !inHistory[key] && a.shows(key.Netns) {
+		if !inHistory[key] && a.shows(key.Netns.Inode) {
 			offer(Row{Key: key, Total: Counts{Held: n}})
 		}
 	}
@@ -239,7 +244,7 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 	err := k.Sources(func(st *event.SourceCounts) error {
 		key := Key{Netns: st.Netns, Prefix: st.Prefix}
 		snap.Tracked++
-		if !a.shows(key.Netns) {
+		if !a.shows(key.Netns.Inode) {
 			return nil
 		}
 		if d := a.deltas.Since(key, st.Events); !d.IsZero() {
@@ -257,52 +262,131 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 	return nil
 }
 
-// shows says whether the view includes netns.
-func (a *Ranking) shows(netns uint32) bool {
-	return len(a.opts.Netns) == 0 || a.opts.Netns[netns]
+// shows says whether the view includes the namespace of that inode number.
+func (a *Ranking) shows(inode uint32) bool {
+	return len(a.opts.Netns) == 0 || a.opts.Netns[inode]
 }
 
-// totals is what the kernel counted in the namespaces shown: the global
-// totals, exact, or the sum of the selected namespaces'.
-func (a *Ranking) totals(k Kernel, perNs map[uint32]event.NamespaceCounts) (event.Counts, error) {
-	if len(a.opts.Netns) == 0 {
-		return k.Counts()
-	}
+// totals is what the kernel counted in the living namespaces shown, and
+// the entries they held when cttrace attached.
+func (a *Ranking) totals(perNs map[event.Netns]event.NamespaceCounts) (event.Counts, int64) {
 	var c event.Counts
+	var seeded int64
 	for netns, n := range perNs {
-		if a.shows(netns) {
+		if a.shows(netns.Inode) {
 			c = c.Plus(n.Events)
+			seeded += a.seeded[netns]
 		}
 	}
-	return c, nil
+	return c, seeded
 }
 
 // namespaces builds the header: every namespace the table reader found
 // and every one the kernel counted events in (filtered), with the kernel's
 // own totals for the namespace, so that drops and drops/s are the
 // namespace's, whatever the per-source map could hold.
-func (a *Ranking) namespaces(tables map[uint32]Namespace, perNs map[uint32]event.NamespaceCounts) map[uint32]*Namespace {
-	idx := map[uint32]*Namespace{}
-	for id, t := range tables {
-		if a.shows(id) {
-			ns := Namespace{Netns: id, Entries: t.Entries, Max: t.Max}
-			idx[id] = &ns
+func (a *Ranking) namespaces(tables map[uint32]Namespace, perNs map[event.Netns]event.NamespaceCounts) map[uint32]*Namespace {
+	idx := map[uint32]*Namespace{} // living namespaces have an inode each
+	for inode, t := range tables {
+		if a.shows(inode) && t.listed {
+			ns := Namespace{Netns: t.Netns, Entries: t.Entries, Max: t.Max}
+			idx[inode] = &ns
 		}
 	}
-	for id, n := range perNs {
-		if !a.shows(id) {
-			continue
+	for netns, n := range perNs {
+		if !a.shows(netns.Inode) || netns.ID == 0 {
+			continue // no namespace: in the totals, on no line
 		}
-		ns, ok := idx[id]
+		ns, ok := idx[netns.Inode]
 		if !ok {
-			ns = &Namespace{Netns: id, Entries: -1}
-			idx[id] = ns
+			ns = &Namespace{Netns: netns, Entries: -1}
+			if t, found := tables[netns.Inode]; found {
+				ns.Entries, ns.Max = t.Entries, t.Max
+			}
+			idx[netns.Inode] = ns
 		}
 		ns.Total = Counts{Events: n.Events}
-		ns.Rate = Counts{Events: n.Events.Since(a.prevNs[id])}
-		a.prevNs[id] = n.Events
+		ns.Rate = Counts{Events: n.Events.Since(a.prevNs[netns])}
+		a.prevNs[netns] = n.Events
 	}
 	return idx
+}
+
+// living keeps, of the namespaces the kernel counted, those that live, and
+// forgets the others. The kernel hands a dead namespace's inode number to
+// the next one at once, and two namespaces never hold one inode at the
+// same time, so:
+//   - where the tables show the inode with a cookie, only that identity
+//     lives;
+//   - elsewhere, of the identities counted under one inode, only the
+//     newest can live (netns cookies grow with every namespace made);
+//   - an inode the tables miss twice in a row is gone (once may be a
+//     process caught exiting).
+//
+// Without tables (a failed read, a replay) the last rule does not apply. The namespace with
+// no identity, where the kernel counts events that came with no namespace,
+// always lives.
+func (a *Ranking) living(tables map[uint32]Namespace, counted map[event.Netns]event.NamespaceCounts) map[event.Netns]event.NamespaceCounts {
+	newest := map[uint32]uint64{}
+	for netns := range counted {
+		newest[netns.Inode] = max(newest[netns.Inode], netns.ID)
+	}
+	live := make(map[event.Netns]event.NamespaceCounts, len(counted))
+	for netns, c := range counted {
+		if netns.ID == 0 {
+			live[netns] = c
+			continue
+		}
+		alive := netns.ID == newest[netns.Inode]
+		t, found := tables[netns.Inode]
+		switch {
+		case found && t.Netns.Cookie() != 0:
+			alive = t.Netns.ID == netns.ID // the inode may be another namespace's now
+		case found || tables == nil:
+		case alive && a.missing[netns] < 1:
+			a.missing[netns]++
+		default:
+			alive = false
+		}
+		if found {
+			delete(a.missing, netns)
+		}
+		if !alive {
+			a.forget(netns)
+			continue
+		}
+		live[netns] = c
+	}
+	return live
+}
+
+// forget drops what the view keeps of a dead namespace: its line, its
+// sources' rows and entries held, and (through takeDead) the kernel's.
+func (a *Ranking) forget(netns event.Netns) {
+	if a.shows(netns.Inode) {
+		// The totals lose the namespace's counts: so does the previous
+		// reading they are compared with, or the next interval would take
+		// the drop for counters that started again.
+		a.prevTotal = a.prevTotal.Minus(a.prevNs[netns])
+	}
+	delete(a.missing, netns)
+	delete(a.prevNs, netns)
+	delete(a.seeded, netns)
+	for k := range a.held {
+		if k.Netns.ID == netns.ID {
+			delete(a.held, k)
+		}
+	}
+	a.hist.Forget(func(k Key) bool { return k.Netns.ID == netns.ID })
+	a.deltas.Forget(func(k Key) bool { return k.Netns.ID == netns.ID })
+	a.dead = append(a.dead, netns)
+}
+
+// takeDead returns the namespaces found dead since the last call.
+func (a *Ranking) takeDead() []event.Netns {
+	dead := a.dead
+	a.dead = nil
+	return dead
 }
 
 // shortlist keeps the best limit rows seen so far, in rank order: the view
@@ -366,5 +450,5 @@ func compareRows(a, b Row, by SortBy) int {
 	if c != 0 {
 		return c
 	}
-	return cmp.Or(cmp.Compare(a.Netns, b.Netns), a.Prefix.Addr().Compare(b.Prefix.Addr()))
+	return cmp.Or(cmp.Compare(a.Netns.Inode, b.Netns.Inode), cmp.Compare(a.Netns.ID, b.Netns.ID), a.Prefix.Addr().Compare(b.Prefix.Addr()))
 }

@@ -11,15 +11,21 @@ import (
 	"github.com/cttrace/cttrace/pkg/event"
 )
 
-// fakeKernel stands for the kernel's per-source map and its totals (Kernel).
+// fakeKernel stands for the kernel's per-source map and its per-namespace
+// totals (Kernel), and for the rest of a live session (LiveKernel). Like
+// the probes, it counts by a namespace's identity, and Forget drops what it
+// keeps of the namespaces it is told died.
 type fakeKernel struct {
 	sources map[Key]*event.SourceCounts
-	totals  event.Counts
-	perNs   map[uint32]event.NamespaceCounts
+	perNs   map[event.Netns]event.NamespaceCounts
+	// forgot is what Forget was told, call by call (nil for a call with
+	// none); forgetErr is what it returns.
+	forgot    [][]event.Netns
+	forgetErr error
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{sources: map[Key]*event.SourceCounts{}, perNs: map[uint32]event.NamespaceCounts{}}
+	return &fakeKernel{sources: map[Key]*event.SourceCounts{}, perNs: map[event.Netns]event.NamespaceCounts{}}
 }
 
 func newRanking(t testing.TB, opts Options, start time.Time) *Ranking {
@@ -31,10 +37,15 @@ func newRanking(t testing.TB, opts Options, start time.Time) *Ranking {
 	return a
 }
 
-// add records n events of reason r from src; tracked=false models a source
-// the LRU map has pushed out (only the totals see it).
+// add records n events of reason r from src in the namespace of that inode
+// (known by its inode alone, event.NetnsOf); tracked=false models a source
+// the LRU map has pushed out (only the namespace's totals see it).
 func (k *fakeKernel) add(netns uint32, src string, r event.Reason, n uint64, tracked bool) {
-	k.totals.Add(r, n)
+	k.addIn(event.NetnsOf(netns), src, r, n, tracked)
+}
+
+// addIn is add in the namespace of that identity.
+func (k *fakeKernel) addIn(netns event.Netns, src string, r event.Reason, n uint64, tracked bool) {
 	ns := k.perNs[netns]
 	ns.Events.Add(r, n)
 	k.perNs[netns] = ns
@@ -52,7 +63,7 @@ func (k *fakeKernel) add(netns uint32, src string, r event.Reason, n uint64, tra
 
 // forget models the LRU map pushing src out.
 func (k *fakeKernel) forget(netns uint32, src string) {
-	delete(k.sources, Key{Netns: netns, Prefix: netip.MustParsePrefix(src)})
+	delete(k.sources, Key{Netns: event.NetnsOf(netns), Prefix: netip.MustParsePrefix(src)})
 }
 
 func (k *fakeKernel) Sources(fn func(*event.SourceCounts) error) error {
@@ -64,11 +75,31 @@ func (k *fakeKernel) Sources(fn func(*event.SourceCounts) error) error {
 	return nil
 }
 
-func (k *fakeKernel) Counts() (event.Counts, error) { return k.totals, nil }
-
-func (k *fakeKernel) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
+func (k *fakeKernel) NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error) {
 	return maps.Clone(k.perNs), nil
 }
+
+// Forget records what it was told and, as the probes do, drops the dead
+// namespaces' counts and sources.
+func (k *fakeKernel) Forget(dead []event.Netns) error {
+	k.forgot = append(k.forgot, slices.Clone(dead))
+	for _, ns := range dead {
+		delete(k.perNs, ns)
+		for key := range k.sources {
+			if key.Netns == ns {
+				delete(k.sources, key)
+			}
+		}
+	}
+	return k.forgetErr
+}
+
+func (k *fakeKernel) Backend() string                { return "fake" }
+func (k *fakeKernel) Sees(event.Reason) bool         { return true }
+func (k *fakeKernel) SourceSampling() (uint32, bool) { return 0, false }
+func (k *fakeKernel) Lost() (uint64, error)          { return 0, nil }
+
+var _ LiveKernel = (*fakeKernel)(nil)
 
 func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	k := newFakeKernel()
@@ -127,10 +158,12 @@ func TestSourceBackInTheMapHasASaneRate(t *testing.T) {
 	if _, err := a.Snapshot(start.Add(time.Second), k, nil); err != nil {
 		t.Fatal(err)
 	}
-	st := k.sources[Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}]
+	st := k.sources[Key{Netns: event.NetnsOf(1), Prefix: netip.MustParsePrefix("10.0.0.1/32")}]
 	st.Events = event.Counts{}
 	st.Events.Add(event.ReasonTableFull, 3)
-	k.totals.Add(event.ReasonTableFull, 3)
+	ns := k.perNs[event.NetnsOf(1)]
+	ns.Events.Add(event.ReasonTableFull, 3)
+	k.perNs[event.NetnsOf(1)] = ns
 	s, err := a.Snapshot(start.Add(2*time.Second), k, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +179,7 @@ func TestPushedOffRowsKeepTheirCountsInOther(t *testing.T) {
 	k := newFakeKernel()
 	start := time.Unix(0, 0)
 	a := newRanking(t, Options{Sort: SortHeld, Limit: 1}, start)
-	a.seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
+	a.seed(Key{Netns: event.NetnsOf(1), Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 3)
 	k.add(1, "10.0.0.2/32", event.ReasonInsert, 2, true)
 	k.add(1, "10.0.0.2/32", event.ReasonTableFull, 5, true)
 	s, err := a.Snapshot(start.Add(time.Second), k, nil)
@@ -179,7 +212,7 @@ func TestSortByInsertsAndHeldAndNetnsFilter(t *testing.T) {
 		{Options{Sort: SortDrops, Limit: 10, Netns: map[uint32]bool{2: true}}, "10.0.0.3/32", 1},
 	} {
 		a := newRanking(t, tc.opts, start)
-		a.seed(Key{Netns: 1, Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 5)
+		a.seed(Key{Netns: event.NetnsOf(1), Prefix: netip.MustParsePrefix("10.0.0.1/32")}, 5)
 		s, err := a.Snapshot(start.Add(time.Second), k, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -251,24 +284,32 @@ func TestNamespaceLineIsTheKernelsTotal(t *testing.T) {
 	k.add(7, "10.0.0.1/32", event.ReasonTableFull, 10, true)
 	k.add(7, "10.0.0.2/32", event.ReasonTableFull, 1000, false) // never held
 	k.add(8, "10.0.0.3/32", event.ReasonTableFull, 5, true)
-	s, err := a.Snapshot(start.Add(time.Second), k, map[uint32]Namespace{7: {Netns: 7, Entries: 50, Max: 50}})
+	// The tables list both namespaces; 8's statistics could not be read.
+	tables := map[uint32]Namespace{
+		7: {Netns: event.NetnsOf(7), Entries: 50, Max: 50},
+		8: {Netns: event.NetnsOf(8), Entries: -1},
+	}
+	s, err := a.Snapshot(start.Add(time.Second), k, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
 	k.add(7, "10.0.0.4/32", event.ReasonTableFull, 500, false)
-	s, err = a.Snapshot(start.Add(3*time.Second), k, map[uint32]Namespace{7: {Netns: 7, Entries: 50, Max: 50}})
+	s, err = a.Snapshot(start.Add(3*time.Second), k, tables)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := map[uint32]Namespace{}
 	for _, ns := range s.Namespaces {
-		got[ns.Netns] = ns
+		got[ns.Netns.Inode] = ns
 	}
-	if ns := got[7]; ns.Total.Drops() != 1510 || PerSec(ns.Rate.Drops(), s.Interval) != 250 || ns.Entries != 50 {
-		t.Errorf("netns 7: %d drops, %.0f/s, %d entries; want 1510, 250/s (500 in 2 s), 50", ns.Total.Drops(), PerSec(ns.Rate.Drops(), s.Interval), ns.Entries)
+	if ns := got[7]; ns.Total.Drops() != 1510 || PerSec(ns.Rate.Drops(), s.Interval) != 250 || ns.Entries != 50 || ns.Max != 50 || ns.Netns != event.NetnsOf(7) {
+		t.Errorf("netns 7: %d drops, %.0f/s, %d entries of %d (%+v); want 1510, 250/s (500 in 2 s), 50 of 50", ns.Total.Drops(), PerSec(ns.Rate.Drops(), s.Interval), ns.Entries, ns.Max, ns.Netns)
 	}
-	if ns := got[8]; ns.Total.Drops() != 5 || ns.Entries != -1 {
-		t.Errorf("netns 8 (no table read): %d drops, %d entries; want 5 and -1", ns.Total.Drops(), ns.Entries)
+	if ns := got[8]; ns.Total.Drops() != 5 || ns.Entries != -1 || ns.Netns != event.NetnsOf(8) {
+		t.Errorf("netns 8 (no statistics read): %d drops, %d entries (%+v); want 5 and -1", ns.Total.Drops(), ns.Entries, ns.Netns)
+	}
+	if len(s.Namespaces) != 2 {
+		t.Errorf("namespaces %+v, want 7 and 8", s.Namespaces)
 	}
 }
 

@@ -24,8 +24,7 @@ type Recording struct {
 	capacity int
 	sources  map[Key]*recorded
 	read     uint32 // reads so far
-	totals   event.Counts
-	perNs    map[uint32]event.NamespaceCounts
+	perNs    map[event.Netns]event.NamespaceCounts
 }
 
 type recorded struct {
@@ -37,7 +36,7 @@ type recorded struct {
 // holding at most capacity of them.
 func NewRecording(g Grouping, capacity int) *Recording {
 	return &Recording{g: g, capacity: max(capacity, 1), sources: map[Key]*recorded{},
-		perNs: map[uint32]event.NamespaceCounts{}}
+		perNs: map[event.Netns]event.NamespaceCounts{}}
 }
 
 // Event counts one recorded event.
@@ -51,17 +50,16 @@ func (r *Recording) Aggregate(a *event.Aggregate) {
 	r.add(a.Netns, a.Source, a.Reason, event.DetailNone, a.Count, a.Last)
 }
 
-func (r *Recording) add(netns uint32, src netip.Addr, reason event.Reason, detail event.Detail, n uint64, at time.Time) {
+func (r *Recording) add(netns event.Netns, src netip.Addr, reason event.Reason, detail event.Detail, n uint64, at time.Time) {
 	if !reason.Valid() {
 		return
 	}
-	r.totals.Add(reason, n)
-	if netns != 0 { // an "other" aggregate spans the namespaces shown
-		ns := r.perNs[netns]
-		ns.Events.Add(reason, n)
-		ns.Details.Add(detail, n)
-		r.perNs[netns] = ns
-	}
+	// An "other" aggregate spans the namespaces shown: it counts under no
+	// namespace (the zero Netns), in the totals and on no line.
+	ns := r.perNs[netns]
+	ns.Events.Add(reason, n)
+	ns.Details.Add(detail, n)
+	r.perNs[netns] = ns
 	key := r.g.KeyFor(netns, src)
 	if !key.Prefix.IsValid() {
 		return
@@ -107,10 +105,7 @@ func (r *Recording) Sources(fn func(*event.SourceCounts) error) error {
 	return nil
 }
 
-// Counts are the recorded events by reason.
-func (r *Recording) Counts() (event.Counts, error) { return r.totals, nil }
-
 // NamespaceCounts are the recorded events per namespace.
-func (r *Recording) NamespaceCounts() (map[uint32]event.NamespaceCounts, error) {
+func (r *Recording) NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error) {
 	return maps.Clone(r.perNs), nil
 }

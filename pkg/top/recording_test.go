@@ -11,7 +11,7 @@ import (
 )
 
 func refusal(netns uint32, src string, at time.Time) *event.Event {
-	return &event.Event{Time: at, Reason: event.ReasonTableFull, Netns: netns,
+	return &event.Event{Time: at, Reason: event.ReasonTableFull, Netns: event.NetnsOf(netns),
 		Flow: event.Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr(src), 1000)}}
 }
 
@@ -29,7 +29,7 @@ func TestRecordingRanksAsTheKernelWould(t *testing.T) {
 	for range 500 {
 		rec.Event(refusal(7, "198.51.100.9", at)) // /24: one row with .10 below
 	}
-	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonTableFull, Netns: 7, Source: netip.MustParseAddr("198.51.100.10"), Count: 100, Last: at})
+	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonTableFull, Netns: event.NetnsOf(7), Source: netip.MustParseAddr("198.51.100.10"), Count: 100, Last: at})
 	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonTableFull, Count: 40}) // other
 	if _, err := agg.Snapshot(at.Add(time.Second), rec, nil); err != nil {
 		t.Fatal(err)
@@ -73,7 +73,7 @@ func TestRecordingRanksAsTheKernelWould(t *testing.T) {
 func TestRecordingCountsDetailsPerNamespace(t *testing.T) {
 	rec := NewRecording(DefaultGrouping, 10)
 	at := time.Unix(1_700_000_000, 0)
-	want := map[uint32]event.NamespaceCounts{}
+	want := map[event.Netns]event.NamespaceCounts{}
 	var wantTotals event.Counts
 	record := func(netns uint32, src string, r event.Reason, d event.Detail, n int) {
 		for range n {
@@ -81,10 +81,10 @@ func TestRecordingCountsDetailsPerNamespace(t *testing.T) {
 			ev.Reason, ev.Detail = r, d
 			rec.Event(ev)
 		}
-		ns := want[netns]
+		ns := want[event.NetnsOf(netns)]
 		ns.Events.Add(r, uint64(n))
 		ns.Details.Add(d, uint64(n))
-		want[netns] = ns
+		want[event.NetnsOf(netns)] = ns
 		wantTotals.Add(r, uint64(n))
 	}
 	record(1, "10.0.0.1", event.ReasonInsertFailed, event.DetailClash, 2)
@@ -98,14 +98,19 @@ func TestRecordingCountsDetailsPerNamespace(t *testing.T) {
 	record(2, "10.0.0.4", event.ReasonInsertFailed, event.DetailDying, 2)
 	record(2, "10.0.0.4", event.ReasonTableFull, event.DetailNone, 7)
 
-	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonInsertFailed, Netns: 1,
+	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonInsertFailed, Netns: event.NetnsOf(1),
 		Source: netip.MustParseAddr("10.0.0.1"), Count: 10, Last: at})
-	ns1 := want[1]
+	ns1 := want[event.NetnsOf(1)]
 	ns1.Events.Add(event.ReasonInsertFailed, 10)
-	want[1] = ns1
+	want[event.NetnsOf(1)] = ns1
 	wantTotals.Add(event.ReasonInsertFailed, 10)
 	rec.Aggregate(&event.Aggregate{Time: at, Reason: event.ReasonTableFull, Count: 40}) // other
 	wantTotals.Add(event.ReasonTableFull, 40)
+	// The other aggregate names no namespace: it counts under the zero
+	// Netns, which the ranking puts in its totals and on no line.
+	none := want[event.Netns{}]
+	none.Events.Add(event.ReasonTableFull, 40)
+	want[event.Netns{}] = none
 	bogus := refusal(1, "10.0.0.1", at)
 	bogus.Reason, bogus.Detail = "no_such_reason", event.DetailClash
 	rec.Event(bogus)
@@ -119,30 +124,32 @@ func TestRecordingCountsDetailsPerNamespace(t *testing.T) {
 	}
 	// Spot checks of the figures above, so that the test does not only
 	// compare two results of DetailCounts.Add.
-	if d := got[1].Details; d.Of(event.DetailClash) != 2 || d.Of(event.DetailChainTooLong) != 1 || d.Of(event.DetailEvictedForNewFlow) != 3 ||
+	if d := got[event.NetnsOf(1)].Details; d.Of(event.DetailClash) != 2 || d.Of(event.DetailChainTooLong) != 1 || d.Of(event.DetailEvictedForNewFlow) != 3 ||
 		d.Of(event.DetailExpired) != 4 || d.Of(event.DetailEvictedByGC) != 0 || d.Of(event.DetailNetlink) != 0 {
 		t.Errorf("netns 1 details %+v", d)
 	}
-	if e := got[1].Events; e.Of(event.ReasonInsertFailed) != 14 || e.Of(event.ReasonEarlyDrop) != 3 || e.Of(event.ReasonDelete) != 4 {
+	if e := got[event.NetnsOf(1)].Events; e.Of(event.ReasonInsertFailed) != 14 || e.Of(event.ReasonEarlyDrop) != 3 || e.Of(event.ReasonDelete) != 4 {
 		t.Errorf("netns 1 events %+v: want 14 insert_failed (4 events, an aggregate of 10), 3 early_drop, 4 delete", e)
 	}
-	if d := got[2].Details; d.Of(event.DetailEvictedByGC) != 5 || d.Of(event.DetailNetlink) != 6 || d.Of(event.DetailOther) != 1 ||
+	if d := got[event.NetnsOf(2)].Details; d.Of(event.DetailEvictedByGC) != 5 || d.Of(event.DetailNetlink) != 6 || d.Of(event.DetailOther) != 1 ||
 		d.Of(event.DetailDying) != 2 || d.Of(event.DetailClash) != 0 || d.Of(event.DetailExpired) != 0 {
 		t.Errorf("netns 2 details %+v", d)
 	}
-	if e := got[2].Events; e.Of(event.ReasonGCEvict) != 5 || e.Of(event.ReasonDelete) != 7 || e.Of(event.ReasonTableFull) != 7 {
+	if e := got[event.NetnsOf(2)].Events; e.Of(event.ReasonGCEvict) != 5 || e.Of(event.ReasonDelete) != 7 || e.Of(event.ReasonTableFull) != 7 {
 		t.Errorf("netns 2 events %+v", e)
 	}
-	totals, err := rec.Counts()
-	if err != nil {
-		t.Fatal(err)
+	// The totals (every event, the other aggregate's too) are the sum of
+	// the namespaces' counts, as the ranking takes them.
+	var totals event.Counts
+	for _, c := range got {
+		totals = totals.Plus(c.Events)
 	}
 	if totals != wantTotals || totals.Of(event.ReasonTableFull) != 47 {
 		t.Errorf("totals %+v, want %+v (the other aggregate's 40 table_full in them)", totals, wantTotals)
 	}
 	// The caller's copy is its own.
-	got[1] = event.NamespaceCounts{}
-	delete(got, 2)
+	got[event.NetnsOf(1)] = event.NamespaceCounts{}
+	delete(got, event.NetnsOf(2))
 	if again, _ := rec.NamespaceCounts(); !reflect.DeepEqual(again, want) {
 		t.Errorf("changing the returned counts changed the recording's: %+v", again)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/table"
 )
 
@@ -17,7 +18,7 @@ import (
 // sources costs that bound, not a key per source, and a source holding
 // more than 1/HistoryCapacity of the table keeps its row even when it shows
 // up late in the dump. What no row holds is counted in Other.
-func (a *Ranking) seedHeld(namespaces []table.Namespace) error {
+func (a *Ranking) seedHeld(namespaces []table.NamespaceStats) error {
 	capacity := HistoryCapacity
 	if a.opts.Capacity > 0 {
 		capacity = min(capacity, a.opts.Capacity)
@@ -32,19 +33,19 @@ func (a *Ranking) seedHeld(namespaces []table.Namespace) error {
 		if len(a.opts.Netns) > 0 && !a.opts.Netns[ns.Inode] {
 			continue
 		}
+		netns := netnsOf(&ns)
 		err := ns.DumpBySource(func(src netip.Addr, _ uint32) error {
-			tr.AddHeld(g.KeyFor(ns.Inode, src), 1)
+			tr.AddHeld(g.KeyFor(netns, src), 1)
+			a.seeded[netns]++
 			return nil
 		})
 		if err != nil && !errors.Is(err, table.ErrDumpInterrupted) {
 			errs = append(errs, fmt.Errorf("dump %s: %w", ns, err))
 		}
 	}
-	held := tr.Read()
-	for _, r := range held.Rows {
+	for _, r := range tr.Read().Rows {
 		a.seed(r.Key, r.Total.Held)
 	}
-	a.seeded += held.Other.Total.Held
 	return errors.Join(errs...)
 }
 
@@ -54,12 +55,11 @@ func (a *Ranking) seedHeld(namespaces []table.Namespace) error {
 // sees no inserts or deletes (the tracepoint backend), the entries each
 // source holds, from a fresh dump.
 type Tables struct {
-	ranking    *Ranking
-	redump     bool
-	nextDump   time.Time
-	namespaces []table.Namespace
-	stats      []table.NamespaceStats
-	warn       func(error)
+	ranking  *Ranking
+	redump   bool
+	nextDump time.Time
+	stats    []table.NamespaceStats
+	warn     func(error)
 }
 
 // Stats are the namespaces' statistics as the last refresh read them.
@@ -88,22 +88,37 @@ func (w *Tables) Refresh(now time.Time) map[uint32]Namespace {
 	return tables
 }
 
+// rescan lists the namespaces in use now, by inode number (nil when they
+// could not be listed: then nothing is known to have died).
 func (w *Tables) rescan() map[uint32]Namespace {
-	inUse, err := table.InUse()
+	all, err := table.Scan()
 	if err != nil {
 		w.warn(fmt.Errorf("list network namespaces: %w", err))
-		return map[uint32]Namespace{}
+		return nil
 	}
-	w.namespaces, w.stats = w.namespaces[:0], inUse
-	out := make(map[uint32]Namespace, len(inUse))
-	for _, ns := range inUse {
-		w.namespaces = append(w.namespaces, ns.Namespace)
-		if ns.Err != nil {
-			continue // its entries are shown as unknown
+	w.stats = w.stats[:0]
+	out := make(map[uint32]Namespace, len(all))
+	for _, ns := range all {
+		n := Namespace{Netns: netnsOf(&ns), Entries: -1, listed: ns.InUse} // unknown when its statistics could not be read
+		if ns.Err == nil {
+			n.Entries, n.Max = ns.Stats.Entries, uint32(ns.Stats.Max)
 		}
-		out[ns.Inode] = Namespace{Netns: ns.Inode, Entries: ns.Stats.Entries, Max: uint32(ns.Stats.Max)}
+		out[ns.Inode] = n
+		if ns.InUse {
+			w.stats = append(w.stats, ns)
+		}
 	}
 	return out
+}
+
+// netnsOf is a listed namespace's identity, as the kernel side keys it:
+// its cookie, or, where the kernel cannot tell it, its inode number
+// (probe.FeatNetnsCookie decides the same for both).
+func netnsOf(ns *table.NamespaceStats) event.Netns {
+	if ns.Cookie != 0 {
+		return event.Netns{ID: ns.Cookie, Inode: ns.Inode}
+	}
+	return event.NetnsOf(ns.Inode)
 }
 
 // seed dumps the tables; a dump of a huge table takes a while, so the next
@@ -111,7 +126,7 @@ func (w *Tables) rescan() map[uint32]Namespace {
 // dumping.
 func (w *Tables) seed() {
 	start := time.Now()
-	if err := w.ranking.seedHeld(w.namespaces); err != nil {
+	if err := w.ranking.seedHeld(w.stats); err != nil {
 		w.warn(fmt.Errorf("entries held are incomplete: %w", err))
 	}
 	w.nextDump = time.Now().Add(9 * time.Since(start))

@@ -21,6 +21,8 @@ type LiveKernel interface {
 	SourceSampling() (shift uint32, sampled bool)
 	// Lost is the events the kernel could not deliver, since attach.
 	Lost() (uint64, error)
+	// Forget drops what the kernel side keeps of namespaces that died.
+	Forget(dead []event.Netns) error
 }
 
 // Live is the reading of a live kernel behind top-sources, `status
@@ -50,6 +52,9 @@ func NewLive(k LiveKernel, o Options, warn func(what string, err error)) (*Live,
 func (l *Live) Snapshot(now time.Time) (Snapshot, error) {
 	snap, err := l.ranking.Snapshot(now, l.k, l.tables.Refresh(now))
 	if err != nil {
+		return snap, err
+	}
+	if err := l.k.Forget(l.ranking.takeDead()); err != nil {
 		return snap, err
 	}
 	snap.Backend, snap.Sort = l.k.Backend(), l.opts.Sort

@@ -54,7 +54,7 @@ func replayRecording(t0 time.Time) iter.Seq2[*event.Record, error] {
 		&event.Record{Event: refusal(7, "10.0.0.1", ms(0))},
 		&event.Record{Event: refusal(7, "10.0.0.2", ms(500))},
 		&event.Record{Aggregate: &event.Aggregate{Time: ms(1200), Interval: time.Second, Reason: event.ReasonTableFull,
-			Netns: 7, Source: netip.MustParseAddr("10.0.0.1"), Count: 5, Last: ms(1150), Sampling: 1}},
+			Netns: event.NetnsOf(7), Source: netip.MustParseAddr("10.0.0.1"), Count: 5, Last: ms(1150), Sampling: 1}},
 		&event.Record{Lost: &event.Lost{Time: ms(1300), Lost: 3, Total: 3}},
 		&event.Record{Event: refusal(8, "10.0.0.3", ms(3500))},
 		&event.Record{Aggregate: &event.Aggregate{Time: ms(3500), Interval: time.Second, Reason: event.ReasonTableFull, Count: 4}},
@@ -111,11 +111,11 @@ func TestReplaySnapshotsEveryIntervalOfTheRecording(t *testing.T) {
 	if last.Other.Total.Drops() != 4 || last.Other.Rate.Drops() != 4 {
 		t.Errorf("other %d drops (%d in the interval), want the other aggregate's 4", last.Other.Total.Drops(), last.Other.Rate.Drops())
 	}
-	ns := map[uint32]uint64{}
+	ns := map[event.Netns]uint64{}
 	for _, n := range last.Namespaces {
 		ns[n.Netns] = n.Total.Drops()
 	}
-	if len(ns) != 2 || ns[7] != 8 || ns[8] != 1 {
+	if len(ns) != 2 || ns[event.NetnsOf(7)] != 8 || ns[event.NetnsOf(8)] != 1 {
 		t.Errorf("namespaces %v, want 7: 8 and 8: 1 (the other aggregate names none)", ns)
 	}
 }
