@@ -96,7 +96,8 @@ func (w *Tables) rescan() map[uint32]Namespace {
 		w.warn(fmt.Errorf("list network namespaces: %w", err))
 		return nil
 	}
-	w.stats = w.stats[:0]
+	// A new slice each time: a reading handed over (serve's) keeps the last.
+	w.stats = make([]table.NamespaceStats, 0, len(all))
 	out := make(map[uint32]Namespace, len(all))
 	for _, ns := range all {
 		n := Namespace{Netns: netnsOf(&ns), Entries: -1, listed: ns.InUse} // unknown when its statistics could not be read
