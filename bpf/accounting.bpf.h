@@ -103,9 +103,11 @@ struct netns_slot {
 	__u64 details[CT_DETAIL_MAX];
 };
 
-/* Namespaces user space saw die, by identity: their slots go to the next
+/* Namespaces user space saw die, by cookie: their slots go to the next
  * namespace that counts there. User space forgets the dead namespaces' counts
- * when it writes them here; an LRU bounds what is kept of the dead. */
+ * when it writes them here; an LRU bounds what is kept of the dead. An
+ * identity that is an inode number is never written here: the next
+ * namespace of that inode has it, and keeps the slot (pkg/probe/netns.go). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);
@@ -165,9 +167,6 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bits)
 	}
 }
 
-/* Counts the event in its namespace, by type and by detail. Reads the
- * event's netns, type and detail, which every event has written
- * (stream.bpf.h, event_begin). */
 /* Whether this CPU's slot may go to namespace id: it is free, or held by a
  * namespace user space saw die. Taken over, it starts from zero (the dead
  * namespace's counts are forgotten by then). Only a slot held by another
@@ -184,6 +183,9 @@ static __always_inline bool claim_slot(struct netns_slot *slot, __u64 id, __u32 
 	return true;
 }
 
+/* Counts the event in its namespace, by type and by detail. Reads the
+ * event's netns, type and detail, which every event has written
+ * (stream.bpf.h, event_begin). */
 static __always_inline void account_netns(const struct ct_event *e)
 {
 	__u32 type = e->type, detail = e->detail, inum = e->netns;

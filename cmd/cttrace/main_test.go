@@ -37,7 +37,30 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	keepStartMemlock()
 	os.Exit(m.Run())
+}
+
+// keepStartMemlock notes RLIMIT_MEMLOCK as the test binary started with it,
+// for the cttrace processes started with fewer capabilities (execWithOnly):
+// a test that loads BPF in this process raises it (probe's raiseMemlock),
+// and children inherit what it raised, where a container's cttrace starts
+// with the runtime's limit.
+func keepStartMemlock() {
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil {
+		os.Setenv("CTTRACE_TEST_MEMLOCK", fmt.Sprintf("%d:%d", lim.Cur, lim.Max))
+	}
+}
+
+// restoreStartMemlock lowers RLIMIT_MEMLOCK to the test binary's at start
+// (keepStartMemlock): lowering needs no capability.
+func restoreStartMemlock() error {
+	var lim unix.Rlimit
+	if _, err := fmt.Sscanf(os.Getenv("CTTRACE_TEST_MEMLOCK"), "%d:%d", &lim.Cur, &lim.Max); err != nil {
+		return nil // not started by a test binary that noted it
+	}
+	return unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim)
 }
 
 // capabilityBits are the capabilities a test may keep, by the names a
@@ -58,6 +81,9 @@ func execWithOnly(keep string) {
 	fail := func(err error) {
 		fmt.Fprintf(os.Stderr, "cttrace test: run with capabilities %q: %v\n", keep, err)
 		os.Exit(125)
+	}
+	if err := restoreStartMemlock(); err != nil {
+		fail(fmt.Errorf("restore RLIMIT_MEMLOCK: %w", err))
 	}
 	kept := map[int]bool{}
 	for _, name := range strings.FieldsFunc(keep, func(r rune) bool { return r == ',' }) {

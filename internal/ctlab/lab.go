@@ -37,6 +37,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cttrace/cttrace/pkg/table"
 	"golang.org/x/sys/unix"
@@ -115,6 +116,29 @@ func Open(prefix string) (*Lab, error) {
 		return nil, errors.Join(err, l.Close())
 	}
 	return l, nil
+}
+
+// OpenWithInode opens Labs until one gets that inode number, for at most
+// within: the kernel hands a dead namespace's number to the next one once
+// its cleanup of the dead one ran (a workqueue).
+func OpenWithInode(prefix string, inode uint32, within time.Duration) (*Lab, error) {
+	deadline := time.Now().Add(within)
+	for {
+		l, err := Open(prefix)
+		if err != nil {
+			return nil, err
+		}
+		if l.Inode() == inode {
+			return l, nil
+		}
+		if err := l.Close(); err != nil {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("ctlab: no new namespace got inode %d within %s", inode, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (l *Lab) setUp() error {

@@ -176,6 +176,23 @@ func (l *Lab) SendNewFlows(src netip.Addr, dst netip.AddrPort, flows int) (sent,
 	return l.flood([]segment{{src: src, port: first, left: flows}}, dst, false)
 }
 
+// Refuse fills the table with held established flows (HoldEstablished:
+// give the table's max, so that nothing can be evicted) and sends n new
+// flows from src to 127.0.0.1:9, every one of which must be refused.
+func (l *Lab) Refuse(held int, src netip.Addr, n int) error {
+	if err := l.HoldEstablished(held); err != nil {
+		return fmt.Errorf("Refuse: fill the table: %w", err)
+	}
+	sent, refused, err := l.SendNewFlows(src, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 9), n)
+	if err != nil {
+		return fmt.Errorf("Refuse: send from %s: %w", src, err)
+	}
+	if refused != n {
+		return fmt.Errorf("Refuse: from %s, %d of %d flows refused, %d let through", src, refused, n, sent)
+	}
+	return nil
+}
+
 // RawFlood sends n new UDP flows to dst from srcs in turn (round robin),
 // through a raw socket writing whole packets (IP_HDRINCL), from one thread:
 // on the 6.18 development machine about 200k admitted or 330k refused flows

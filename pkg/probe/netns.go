@@ -11,16 +11,26 @@ import (
 )
 
 // The kernel side counts by a namespace's identity (bpf/conn.bpf.h,
-// net_id), which it never gives to another, and keeps its inode number
-// beside each count as its name. namespaces is what the map readers keep
-// of the namespaces that died, whose counts a per-CPU slot may still hold
-// until the next namespace takes it (Forget).
+// net_id) and keeps its inode number beside each count as its name.
+// namespaces is what the map readers keep of the namespaces that died,
+// whose counts a per-CPU slot may still hold (Forget):
+//   - a cookie is never given to another namespace: the dead one's slots
+//     go to the next namespace that counts there, and until then its
+//     counts are left out (forgotten);
+//   - an identity that is an inode number (no cookies, 5.10) comes back
+//     with the next namespace of that inode, which goes on counting in the
+//     dead one's slots: what each slot held when it died is taken off
+//     (baseline). Handing its slots over (dead_netns) would take them from
+//     that next namespace too, and its counts with them.
 type namespaces struct {
 	mu        sync.Mutex // the map readers run on more than one goroutine (serve)
 	forgotten map[uint64]bool
+	baseline  map[uint64]map[int]cttraceNetnsSlot // by identity, by CPU
 }
 
-func newNamespaces() *namespaces { return &namespaces{forgotten: map[uint64]bool{}} }
+func newNamespaces() *namespaces {
+	return &namespaces{forgotten: map[uint64]bool{}, baseline: map[uint64]map[int]cttraceNetnsSlot{}}
+}
 
 func (n *namespaces) isForgotten(id uint64) bool {
 	n.mu.Lock()
@@ -74,7 +84,8 @@ func (p *Probe) NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error)
 		for i := range slots {
 			if id := slots[i].NetnsId; id != 0 { // 0: not claimed on this CPU
 				inSlots[id] = true
-				add(id, slots[i].Inum, &slots[i].Events, &slots[i].Details)
+				since := p.ns.sinceDeath(i, &slots[i])
+				add(id, since.Inum, &since.Events, &since.Details)
 			}
 		}
 	}
@@ -90,9 +101,54 @@ func (p *Probe) NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error)
 	}
 	out := make(map[event.Netns]event.NamespaceCounts, len(byID))
 	for id, c := range byID {
+		if p.ns.baseline[id] != nil && c.NamespaceCounts == (event.NamespaceCounts{}) {
+			continue // died, and no namespace of its inode counted since
+		}
 		out[event.Netns{ID: id, Inode: c.inum}] = c.NamespaceCounts
 	}
 	return out, nil
+}
+
+// sinceDeath is what CPU cpu's slot counted since the namespace holding it
+// by inode number died: all it counted for any other.
+func (n *namespaces) sinceDeath(cpu int, s *cttraceNetnsSlot) cttraceNetnsSlot {
+	b, ok := n.baseline[s.NetnsId][cpu]
+	if !ok {
+		return *s
+	}
+	out := *s
+	for i := range out.Events {
+		if out.Events[i] < b.Events[i] { // not the slot it was: never, with no takeover
+			delete(n.baseline[s.NetnsId], cpu)
+			return *s
+		}
+		out.Events[i] -= b.Events[i]
+	}
+	for i := range out.Details {
+		out.Details[i] -= min(b.Details[i], out.Details[i])
+	}
+	return out
+}
+
+// keepBaseline notes what id's slots hold now, on every CPU, as its death
+// (an identity that is an inode number).
+func (p *Probe) keepBaseline(id uint64) error {
+	var slots []cttraceNetnsSlot
+	if err := p.objs.NetnsSlots.Lookup(uint32(id%uint64(p.objs.NetnsSlots.MaxEntries())), &slots); err != nil {
+		return fmt.Errorf("read namespace slot: %w", err)
+	}
+	byCPU := map[int]cttraceNetnsSlot{}
+	for cpu := range slots {
+		if slots[cpu].NetnsId == id {
+			byCPU[cpu] = slots[cpu]
+		}
+	}
+	if len(byCPU) == 0 {
+		delete(p.ns.baseline, id)
+	} else {
+		p.ns.baseline[id] = byCPU
+	}
+	return nil
 }
 
 // counted is one namespace's counts as NamespaceCounts adds them up.
@@ -115,12 +171,20 @@ func (p *Probe) Forget(dead []event.Netns) error {
 	p.ns.mu.Lock()
 	for _, ns := range dead {
 		ids[ns.ID] = true
+		if ns.Cookie() == 0 {
+			if err := p.keepBaseline(ns.ID); err != nil {
+				errs = append(errs, fmt.Errorf("forget namespace %d: %w", ns.Inode, err))
+			}
+			continue
+		}
 		p.ns.forgotten[ns.ID] = true
 	}
 	p.ns.mu.Unlock()
 	for _, ns := range dead {
-		if err := p.objs.DeadNetns.Put(ns.ID, uint8(1)); err != nil {
-			errs = append(errs, fmt.Errorf("forget namespace %d: %w", ns.Inode, err))
+		if ns.Cookie() != 0 {
+			if err := p.objs.DeadNetns.Put(ns.ID, uint8(1)); err != nil {
+				errs = append(errs, fmt.Errorf("forget namespace %d: %w", ns.Inode, err))
+			}
 		}
 		if err := p.objs.NetnsTotals.Delete(ns.ID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("forget namespace %d: %w", ns.Inode, err))

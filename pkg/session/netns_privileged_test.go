@@ -34,44 +34,24 @@ func TestNamespacesAreCountedByIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer first.Close()
-		dst := netip.MustParseAddrPort("127.0.0.1:9")
-		refuse := func(lab *ctlab.Lab, src string, n int) {
-			t.Helper()
-			if err := lab.HoldEstablished(max); err != nil {
-				t.Fatalf("fill the table: %v", err)
-			}
-			if _, refused, err := lab.SendNewFlows(netip.MustParseAddr(src), dst, n); err != nil || refused != n {
-				t.Fatalf("send from %s: %d refused of %d, %v", src, refused, n, err)
-			}
+		if err := first.Refuse(max, netip.MustParseAddr("127.93.0.1"), scale(200)); err != nil {
+			t.Fatal(err)
 		}
-		refuse(first, "127.93.0.1", scale(200))
 		dead := waitNamespace(t, s, first.Inode(), nil, scale(200))
 		inode := first.Inode()
 		if err := first.Close(); err != nil {
 			t.Fatal(err)
 		}
-		// Namespaces until one gets the dead one's inode number (the kernel
-		// hands it out again at once), each refusing a few flows.
-		// The inode is free once the kernel's cleanup of the dead namespace
-		// ran (a workqueue): poll for it.
-		var next *ctlab.Lab
-		for try := 0; next == nil; try++ {
-			lab, err := ctlab.Open("cttrace-identity")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if lab.Inode() == inode {
-				next = lab
-				break
-			}
-			lab.Close()
-			if try == 100 {
-				t.Fatalf("no new namespace got inode %d in 100 tries: the kernel did not reuse it", inode)
-			}
-			time.Sleep(50 * time.Millisecond)
+		// The kernel hands the inode number out again once its cleanup of the
+		// dead namespace ran (a workqueue).
+		next, err := ctlab.OpenWithInode("cttrace-identity", inode, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
 		}
 		defer next.Close()
-		refuse(next, "127.93.0.2", scale(70))
+		if err := next.Refuse(max, netip.MustParseAddr("127.93.0.2"), scale(70)); err != nil {
+			t.Fatal(err)
+		}
 		live := waitNamespace(t, s, inode, &dead, scale(70))
 		if live.ID == dead.ID {
 			t.Fatalf("the dead namespace and the next one of inode %d have one identity %d", inode, live.ID)

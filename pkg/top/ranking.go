@@ -142,10 +142,22 @@ type Ranking struct {
 	evicted   bool // a source was pushed out of the kernel's map
 	// missing counts the reads a namespace counted in the kernel was not
 	// among the tables; dead are the namespaces found dead since the kernel
-	// side was last told (takeDead).
-	missing map[event.Netns]int
-	dead    []event.Netns
+	// side was last told (takeDead); firstSeen is the read in which each
+	// namespace was first counted.
+	missing   map[event.Netns]int
+	dead      []event.Netns
+	firstSeen map[event.Netns]uint64
+	reads     uint64
+	// gone are the identities forgotten lately, oldest first: one counted
+	// again (a late record, a kernel side that failed to forget) is told
+	// again, never taken for the living namespace of its inode.
+	gone     map[event.Netns]bool
+	goneList []event.Netns
 }
+
+// goneMemory bounds the identities a Ranking remembers as dead, as the
+// kernel side's dead_netns map bounds its own.
+const goneMemory = 1024
 
 // NewRanking starts a ranking; start is when the probes were attached.
 func NewRanking(opts Options, start time.Time) (*Ranking, error) {
@@ -154,7 +166,8 @@ func NewRanking(opts Options, start time.Time) (*Ranking, error) {
 		return nil, err
 	}
 	return &Ranking{opts: opts, hist: hist, deltas: event.NewDeltas[Key](opts.Capacity), held: map[Key]int64{},
-		seeded: map[event.Netns]int64{}, prevNs: map[event.Netns]event.Counts{}, missing: map[event.Netns]int{}, last: start}, nil
+		seeded: map[event.Netns]int64{}, prevNs: map[event.Netns]event.Counts{}, missing: map[event.Netns]int{},
+		firstSeen: map[event.Netns]uint64{}, gone: map[event.Netns]bool{}, last: start}, nil
 }
 
 // resetHeld forgets the seeded entries, before seeding anew from a fresh
@@ -244,7 +257,7 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 	err := k.Sources(func(st *event.SourceCounts) error {
 		key := Key{Netns: st.Netns, Prefix: st.Prefix}
 		snap.Tracked++
-		if !a.shows(key.Netns.Inode) {
+		if !a.shows(key.Netns.Inode) || a.gone[key.Netns] {
 			return nil
 		}
 		if d := a.deltas.Since(key, st.Events); !d.IsZero() {
@@ -319,17 +332,30 @@ func (a *Ranking) namespaces(tables map[uint32]Namespace, perNs map[event.Netns]
 //   - where the tables show the inode with a cookie, only that identity
 //     lives;
 //   - elsewhere, of the identities counted under one inode, only the
-//     newest can live (netns cookies grow with every namespace made);
+//     newest can live: the one first counted last (a namespace counts
+//     nothing once dead, and the next one of its inode is made after it;
+//     cookies come from per-CPU batches, so their order says nothing);
 //   - an inode the tables miss twice in a row is gone (once may be a
 //     process caught exiting).
 //
-// Without tables (a failed read, a replay) the last rule does not apply. The namespace with
-// no identity, where the kernel counts events that came with no namespace,
-// always lives.
+// Without tables (a failed read, a replay) the last rule does not apply.
+// The namespace with no identity, where the kernel counts events that came
+// with no namespace, always lives.
 func (a *Ranking) living(tables map[uint32]Namespace, counted map[event.Netns]event.NamespaceCounts) map[event.Netns]event.NamespaceCounts {
-	newest := map[uint32]uint64{}
+	a.reads++
+	newest := map[uint32]event.Netns{}
 	for netns := range counted {
-		newest[netns.Inode] = max(newest[netns.Inode], netns.ID)
+		if a.gone[netns] {
+			a.dead = append(a.dead, netns)
+			continue
+		}
+		if _, ok := a.firstSeen[netns]; !ok {
+			a.firstSeen[netns] = a.reads
+		}
+		if n, ok := newest[netns.Inode]; !ok || a.firstSeen[netns] > a.firstSeen[n] ||
+			a.firstSeen[netns] == a.firstSeen[n] && netns.ID > n.ID { // first counted in one read: either
+			newest[netns.Inode] = netns
+		}
 	}
 	live := make(map[event.Netns]event.NamespaceCounts, len(counted))
 	for netns, c := range counted {
@@ -337,7 +363,10 @@ func (a *Ranking) living(tables map[uint32]Namespace, counted map[event.Netns]ev
 			live[netns] = c
 			continue
 		}
-		alive := netns.ID == newest[netns.Inode]
+		if a.gone[netns] {
+			continue
+		}
+		alive := netns == newest[netns.Inode]
 		t, found := tables[netns.Inode]
 		switch {
 		case found && t.Netns.Cookie() != 0:
@@ -370,6 +399,7 @@ func (a *Ranking) forget(netns event.Netns) {
 		a.prevTotal = a.prevTotal.Minus(a.prevNs[netns])
 	}
 	delete(a.missing, netns)
+	delete(a.firstSeen, netns)
 	delete(a.prevNs, netns)
 	delete(a.seeded, netns)
 	for k := range a.held {
@@ -380,6 +410,21 @@ func (a *Ranking) forget(netns event.Netns) {
 	a.hist.Forget(func(k Key) bool { return k.Netns.ID == netns.ID })
 	a.deltas.Forget(func(k Key) bool { return k.Netns.ID == netns.ID })
 	a.dead = append(a.dead, netns)
+	a.remember(netns)
+}
+
+// remember keeps netns among the dead, unless it is known by inode number
+// only: that identity comes back with the next namespace of its inode.
+func (a *Ranking) remember(netns event.Netns) {
+	if netns.Cookie() == 0 {
+		return
+	}
+	a.gone[netns] = true
+	a.goneList = append(a.goneList, netns)
+	if len(a.goneList) > goneMemory {
+		delete(a.gone, a.goneList[0])
+		a.goneList = slices.Delete(a.goneList, 0, 1)
+	}
 }
 
 // takeDead returns the namespaces found dead since the last call.
