@@ -15,6 +15,7 @@
 #include "conn.bpf.h"
 #include "cttrace.h"
 #include "maps.bpf.h"
+#include "sketch.bpf.h"
 
 /* Events the ring buffer had no room for: the kernel side never waits. */
 struct {
@@ -123,8 +124,21 @@ struct {
 } netns_slots SEC(".maps");
 
 /* Admission counters of the sources and aggregated maps: events for a key
- * the map did not hold (missed), and keys admitted. */
-enum src_stat { SRC_MISSED, SRC_ADMITTED, AGG_MISSED, AGG_ADMITTED, SRC_STAT_MAX };
+ * the map did not hold (missed), and keys admitted; and, for the refusals
+ * the sketch admits (sketch.bpf.h), refusals it held back and the held-back
+ * refusals it credited once their source passed the threshold (beyond the
+ * refusal at hand). */
+enum src_stat {
+	SRC_MISSED,
+	SRC_ADMITTED,
+	AGG_MISSED,
+	AGG_ADMITTED,
+	SRC_HELD_BACK,
+	SRC_CREDITED,
+	AGG_HELD_BACK,
+	AGG_CREDITED,
+	SRC_STAT_MAX
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -262,14 +276,47 @@ static __always_inline void *lookup_or_admit(void *map, const void *key, const v
 	return map_try_init(map, key, zero);
 }
 
+/* key's entry in an LRU map for a refusal of its source, through the
+ * sketch (sketch.bpf.h): NULL while the sketch holds the source back (a
+ * flood's random sources stop here, with no hash-map lookup). *n is how
+ * many refusals to count in it: when the source passes the threshold now,
+ * or has no entry, those held back with this one (at most the threshold:
+ * the rest of an estimate is other sources' collisions); else 1. held is
+ * the map's SRC_HELD_BACK or AGG_HELD_BACK, and the credited counter
+ * follows it. */
+static __always_inline void *lookup_or_sketch(void *map, const void *key, const void *zero, __u32 use,
+					      const struct sketch_source *src, __u64 now, __u32 held, __u32 *n)
+{
+	bool crossing;
+	void *v;
+
+	*n = sketch_admit(use, src, now, &crossing);
+	if (!*n) {
+		counter_inc(&source_stats, held);
+		return NULL;
+	}
+	v = bpf_map_lookup_elem(map, key);
+	if (v && !crossing) {
+		*n = 1; /* held, past the threshold: counted exactly */
+		return v;
+	}
+	if (!v)
+		v = map_try_init(map, key, zero);
+	if (v && *n > 1)
+		counter_add(&source_stats, held + 1, *n - 1);
+	return v;
+}
+
 /* Counts the event in its namespace and under its source. Reads, besides
  * what account_netns reads, the tuple's family and source address (zeroed
- * or written for every event) and, for a drop, its time. */
+ * or written for every event) and, for a drop, its time. Refusals reach
+ * the sources map through the sketch; the other events, one per admitted
+ * flow rather than per packet of a flood, are admitted by sampling. */
 static __always_inline void account_source(const struct ct_event *e)
 {
 	struct src_stats zero = {}, *st;
 	struct src_key k = {};
-	__u32 type = e->type;
+	__u32 type = e->type, n = 1;
 
 	account_netns(e);
 	if (!e->tuple.family || type >= CT_EV_MAX)
@@ -279,10 +326,16 @@ static __always_inline void account_source(const struct ct_event *e)
 	k.family = e->tuple.family;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
 	mask_prefix(k.addr, k.family == NFPROTO_IPV4 ? cfg.group_v4_bits : cfg.group_v6_bits);
-	st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
+	if (is_drop(type)) {
+		struct sketch_source src = {.netns_id = k.netns_id, .addr = k.addr, .type = type, .family = k.family};
+
+		st = lookup_or_sketch(&sources, &k, &zero, SKETCH_SOURCES, &src, e->ts_boot_ns, SRC_HELD_BACK, &n);
+	} else {
+		st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
+	}
 	if (!st)
 		return;
-	__sync_fetch_and_add(&st->events[type], 1);
+	__sync_fetch_and_add(&st->events[type], n);
 	st->inum = e->netns;
 	if (is_drop(type)) {
 		st->last_drop_ns = e->ts_boot_ns;

@@ -20,6 +20,15 @@ static __always_inline void counter_inc(void *map, __u32 key)
 		(*n)++;
 }
 
+/* Adds n to the u64 counter at key, as counter_inc. */
+static __always_inline void counter_add(void *map, __u32 key, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(map, &key);
+
+	if (c)
+		*c += n;
+}
+
 /* Creates key's entry as init unless it exists, and returns it: when another
  * CPU creates it first, BPF_NOEXIST fails and the lookup finds theirs. NULL
  * when the map refuses (a full map that is not LRU). The lookup that found

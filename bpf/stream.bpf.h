@@ -60,7 +60,8 @@ struct agg_value {
 	__u32 _pad;
 };
 
-/* Sampled like the sources map (accounting.bpf.h, sample and hold), with
+/* Admitted like the sources map (accounting.bpf.h): refusals through the
+ * sketch (sketch.bpf.h), other events by sample and hold with
  * agg_admit_shift. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -190,6 +191,7 @@ static __always_inline void aggregate_by_source(const struct ct_event *e)
 {
 	struct agg_value zero = {}, *v;
 	struct agg_key k = {};
+	__u32 n = 1;
 
 	if (!e->tuple.family)
 		return;
@@ -197,10 +199,16 @@ static __always_inline void aggregate_by_source(const struct ct_event *e)
 	k.family = e->tuple.family;
 	k.type = e->type;
 	__builtin_memcpy(k.addr, e->tuple.saddr, sizeof(k.addr));
-	v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
+	if (is_drop(k.type)) {
+		struct sketch_source src = {.netns_id = k.netns_id, .addr = k.addr, .type = k.type, .family = k.family};
+
+		v = lookup_or_sketch(&aggregated, &k, &zero, SKETCH_AGGREGATED, &src, e->ts_boot_ns, AGG_HELD_BACK, &n);
+	} else {
+		v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
+	}
 	if (!v)
 		return;
-	__sync_fetch_and_add(&v->count, 1);
+	__sync_fetch_and_add(&v->count, n);
 	v->last_ns = e->ts_boot_ns;
 	v->inum = e->netns;
 }

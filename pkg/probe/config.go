@@ -1,7 +1,10 @@
 package probe
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -27,6 +30,9 @@ func configure(specs *specObjects, f *Features, opts Options, clone bool) error 
 		return err
 	}
 	if err := opts.Stream.apply(&cfg, specs); err != nil {
+		return err
+	}
+	if err := configureSketches(&cfg, specs, opts); err != nil {
 		return err
 	}
 	keepAllocStatePerTask(&cfg, specs, f)
@@ -68,6 +74,37 @@ func (o StreamOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
 	if len(o.Netns) > 0 {
 		cfg.NetnsFilter = 1
 	}
+	return nil
+}
+
+// configureSketches sizes the refusals' heavy-hitter sketches
+// (bpf/sketch.bpf.h) to one per CPU for each map that counts refusals per
+// source (the sources map, the aggregated map past --stream-limit), seeds
+// their hash at random and sets how slowly a CPU must refuse for every
+// source to be counted from its first refusal (calmWindow, the longer of
+// the two maps'). Without either map the array is one unused entry.
+func configureSketches(cfg *cttraceCtConfig, specs *specObjects, opts Options) error {
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("count the possible CPUs for the sketches: %w", err)
+	}
+	var uses uint32
+	cfg.SketchCalmNs = uint64(time.Second)
+	if opts.Sources.Enabled {
+		uses++
+		cfg.SketchAggregatedBase = uint32(cpus)
+		cfg.SketchCalmNs = max(cfg.SketchCalmNs, uint64(calmWindow(specs.Sources.MaxEntries, opts.Sources.ReadEvery, cpus)))
+	}
+	if opts.Stream.Limit != 0 {
+		uses++
+		cfg.SketchCalmNs = max(cfg.SketchCalmNs, uint64(calmWindow(specs.Aggregated.MaxEntries, time.Second, cpus)))
+	}
+	specs.Sketches.MaxEntries = max(uses*uint32(cpus), 1)
+	var seed [8]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return fmt.Errorf("seed the sketches: %w", err)
+	}
+	cfg.SketchSeed = binary.LittleEndian.Uint64(seed[:])
 	return nil
 }
 

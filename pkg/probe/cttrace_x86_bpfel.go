@@ -58,17 +58,21 @@ const (
 )
 
 type cttraceCtConfig struct {
-	_                 structs.HostLayout
-	StreamMask        uint32
-	CountSources      uint32
-	GroupV4Bits       uint32
-	GroupV6Bits       uint32
-	StreamPerCpuPerS  uint32
-	NetnsFilter       uint32
-	WakeupBytes       uint32
-	AllocStatePerTask uint32
-	DeleteHookIsClone uint32
-	NetnsCookie       uint32
+	_                    structs.HostLayout
+	StreamMask           uint32
+	CountSources         uint32
+	GroupV4Bits          uint32
+	GroupV6Bits          uint32
+	StreamPerCpuPerS     uint32
+	NetnsFilter          uint32
+	WakeupBytes          uint32
+	AllocStatePerTask    uint32
+	DeleteHookIsClone    uint32
+	NetnsCookie          uint32
+	SketchCalmNs         uint64
+	SketchAggregatedBase uint32
+	Pad                  uint32
+	SketchSeed           uint64
 }
 
 type cttraceCtDetail uint32
@@ -154,6 +158,16 @@ type cttraceNetnsVerdict struct {
 	Selected uint32
 }
 
+type cttraceSketch struct {
+	_         structs.HostLayout
+	StartNs   uint64
+	Refusals  uint32
+	Window    uint32
+	Threshold uint32
+	Pad       uint32
+	Cell      [2][4096]uint32
+}
+
 type cttraceSrcKey struct {
 	_       structs.HostLayout
 	NetnsId uint64
@@ -165,11 +179,15 @@ type cttraceSrcKey struct {
 type cttraceSrcStat uint32
 
 const (
-	cttraceSrcStatSRC_MISSED   cttraceSrcStat = 0
-	cttraceSrcStatSRC_ADMITTED cttraceSrcStat = 1
-	cttraceSrcStatAGG_MISSED   cttraceSrcStat = 2
-	cttraceSrcStatAGG_ADMITTED cttraceSrcStat = 3
-	cttraceSrcStatSRC_STAT_MAX cttraceSrcStat = 4
+	cttraceSrcStatSRC_MISSED    cttraceSrcStat = 0
+	cttraceSrcStatSRC_ADMITTED  cttraceSrcStat = 1
+	cttraceSrcStatAGG_MISSED    cttraceSrcStat = 2
+	cttraceSrcStatAGG_ADMITTED  cttraceSrcStat = 3
+	cttraceSrcStatSRC_HELD_BACK cttraceSrcStat = 4
+	cttraceSrcStatSRC_CREDITED  cttraceSrcStat = 5
+	cttraceSrcStatAGG_HELD_BACK cttraceSrcStat = 6
+	cttraceSrcStatAGG_CREDITED  cttraceSrcStat = 7
+	cttraceSrcStatSRC_STAT_MAX  cttraceSrcStat = 8
 )
 
 type cttraceSrcStats struct {
@@ -204,6 +222,7 @@ const (
 	cttraceMapNetnsTotals            = "netns_totals"
 	cttraceMapNetnsVerdict           = "netns_verdict"
 	cttraceMapProduced               = "produced"
+	cttraceMapSketches               = "sketches"
 	cttraceMapSourceStats            = "source_stats"
 	cttraceMapSources                = "sources"
 	cttraceMapStreamBudget           = "stream_budget"
@@ -323,6 +342,7 @@ type cttraceMapSpecs struct {
 	NetnsTotals     *ebpf.MapSpec `ebpf:"netns_totals"`
 	NetnsVerdict    *ebpf.MapSpec `ebpf:"netns_verdict"`
 	Produced        *ebpf.MapSpec `ebpf:"produced"`
+	Sketches        *ebpf.MapSpec `ebpf:"sketches"`
 	SourceStats     *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources         *ebpf.MapSpec `ebpf:"sources"`
 	StreamBudget    *ebpf.MapSpec `ebpf:"stream_budget"`
@@ -378,6 +398,7 @@ type cttraceMaps struct {
 	NetnsTotals     *ebpf.Map `ebpf:"netns_totals"`
 	NetnsVerdict    *ebpf.Map `ebpf:"netns_verdict"`
 	Produced        *ebpf.Map `ebpf:"produced"`
+	Sketches        *ebpf.Map `ebpf:"sketches"`
 	SourceStats     *ebpf.Map `ebpf:"source_stats"`
 	Sources         *ebpf.Map `ebpf:"sources"`
 	StreamBudget    *ebpf.Map `ebpf:"stream_budget"`
@@ -399,6 +420,7 @@ func (m *cttraceMaps) Close() error {
 		m.NetnsTotals,
 		m.NetnsVerdict,
 		m.Produced,
+		m.Sketches,
 		m.SourceStats,
 		m.Sources,
 		m.StreamBudget,

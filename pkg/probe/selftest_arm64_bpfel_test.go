@@ -21,6 +21,7 @@ const (
 	selftestMapNetnsSlots    = "netns_slots"
 	selftestMapNetnsTotals   = "netns_totals"
 	selftestMapProduced      = "produced"
+	selftestMapSketches      = "sketches"
 	selftestMapSourceStats   = "source_stats"
 	selftestMapSources       = "sources"
 	selftestProgTestIsDrop   = "test_is_drop"
@@ -84,6 +85,7 @@ type selftestMapSpecs struct {
 	NetnsSlots  *ebpf.MapSpec `ebpf:"netns_slots"`
 	NetnsTotals *ebpf.MapSpec `ebpf:"netns_totals"`
 	Produced    *ebpf.MapSpec `ebpf:"produced"`
+	Sketches    *ebpf.MapSpec `ebpf:"sketches"`
 	SourceStats *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources     *ebpf.MapSpec `ebpf:"sources"`
 }
@@ -123,6 +125,7 @@ type selftestMaps struct {
 	NetnsSlots  *ebpf.Map `ebpf:"netns_slots"`
 	NetnsTotals *ebpf.Map `ebpf:"netns_totals"`
 	Produced    *ebpf.Map `ebpf:"produced"`
+	Sketches    *ebpf.Map `ebpf:"sketches"`
 	SourceStats *ebpf.Map `ebpf:"source_stats"`
 	Sources     *ebpf.Map `ebpf:"sources"`
 }
@@ -134,6 +137,7 @@ func (m *selftestMaps) Close() error {
 		m.NetnsSlots,
 		m.NetnsTotals,
 		m.Produced,
+		m.Sketches,
 		m.SourceStats,
 		m.Sources,
 	)

@@ -91,31 +91,43 @@ func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.
 }
 
 // Admission is how one of the kernel's bounded maps took in new keys:
-// events for a key it did not hold (Missed), and keys admitted.
+// events for a key it did not hold (Missed), and keys admitted; and the
+// refusals its sketch held back and those it credited to their source once
+// it passed the threshold.
 type Admission struct {
-	Missed, Admitted uint64
+	Missed, Admitted   uint64
+	HeldBack, Credited uint64
 }
 
-// SampledMap is a map that admits new keys by sample and hold: the map, the
-// variable holding its shift, and its admission counters.
+// Uncounted says whether some refusals the sketch held back were never
+// credited: they are only in their namespace's totals. (A credit can also
+// carry collisions, so this misses a loss as large as those.)
+func (a Admission) Uncounted() bool { return a.HeldBack > a.Credited }
+
+// SampledMap is a map that admits refusals' keys through the sketch and
+// other new keys by sample and hold: the map, the variable holding its
+// shift, and its admission counters.
 type SampledMap struct {
 	name             string
 	of               func(*loadedObjects) (*ebpf.Map, *ebpf.Variable)
 	missed, admitted cttraceSrcStat
+	// Refusals reach the map through the sketch (bpf/sketch.bpf.h).
+	heldBack, credited cttraceSrcStat
 }
 
 var (
 	// SourcesMap is the per-source map of top-sources.
 	SourcesMap = SampledMap{"sources", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Sources, o.AdmitShift },
-		cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED}
+		cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED, cttraceSrcStatSRC_HELD_BACK, cttraceSrcStatSRC_CREDITED}
 	// AggregatedMap holds the per-source counts past the stream limit.
 	AggregatedMap = SampledMap{"aggregated", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Aggregated, o.AggAdmitShift },
-		cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED}
+		cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED, cttraceSrcStatAGG_HELD_BACK, cttraceSrcStatAGG_CREDITED}
 )
 
 func (p *Probe) admission(at SampledMap) (Admission, error) {
 	var a Admission
-	for i, dst := range map[cttraceSrcStat]*uint64{at.missed: &a.Missed, at.admitted: &a.Admitted} {
+	read := map[cttraceSrcStat]*uint64{at.missed: &a.Missed, at.admitted: &a.Admitted, at.heldBack: &a.HeldBack, at.credited: &a.Credited}
+	for i, dst := range read {
 		var perCPU []uint64
 		if err := p.objs.SourceStats.Lookup(uint32(i), &perCPU); err != nil {
 			return a, fmt.Errorf("read %s admission: %w", at.name, err)
@@ -164,6 +176,24 @@ const MaxAdmitShift = 16
 // at least, while the sampler keeps up.
 const readsBeforeEviction = 4
 
+// sketchWindow is how many refusals of a CPU make one window of the
+// sources sketch (SKETCH_EPOCH in bpf/accounting.bpf.h).
+const sketchWindow = 2048
+
+// calmWindow is how long a CPU's window of sketchWindow refusals must last
+// at least for every source to be admitted at its first refusal (the
+// sketch's threshold 1): at that rate on every CPU, the map takes in at
+// most what it can hold for readsBeforeEviction reads (as the Sampler
+// keeps it), so a real source is read before calm admissions push it out.
+// At least a second. readEvery 0 is a second.
+func calmWindow(capacity uint32, readEvery time.Duration, cpus int) time.Duration {
+	if readEvery <= 0 {
+		readEvery = time.Second
+	}
+	w := time.Duration(float64(cpus*sketchWindow*readsBeforeEviction) / float64(max(capacity, 1)) * float64(readEvery))
+	return max(w, time.Second)
+}
+
 // NewSampler starts with every key admitted (exact counts). at is
 // SourcesMap or AggregatedMap; readEvery is how often user space reads it.
 func (p *Probe) NewSampler(at SampledMap, readEvery time.Duration) (*Sampler, error) {
@@ -180,8 +210,9 @@ func (p *Probe) NewSampler(at SampledMap, readEvery time.Duration) (*Sampler, er
 // Shift is the admission shift in force: new keys are admitted 1 in 2^Shift.
 func (s *Sampler) Shift() uint32 { return s.shift.Load() }
 
-// Sampled reports whether sampling was ever in force: some keys were then
-// counted only in the totals, and per-key counts are bounded.
+// Sampled reports whether sampling was ever in force, or the sketch held
+// back refusals it did not credit: some keys' events were then counted
+// only in the totals, and per-key counts are bounded.
 func (s *Sampler) Sampled() bool { return s.sampled.Load() }
 
 // Adjust reads the admission counters and sets the shift for the rate of
@@ -191,6 +222,9 @@ func (s *Sampler) Adjust(now time.Time) error {
 	a, err := s.p.admission(s.at)
 	if err != nil {
 		return err
+	}
+	if a.Uncounted() {
+		s.sampled.Store(true)
 	}
 	elapsed := now.Sub(s.lastAt).Seconds()
 	if elapsed <= 0 {
