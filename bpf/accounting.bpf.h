@@ -276,21 +276,31 @@ static __always_inline void *lookup_or_admit(void *map, const void *key, const v
 	return map_try_init(map, key, zero);
 }
 
-/* key's entry in an LRU map for a refusal of its source, through the
- * sketch (sketch.bpf.h): NULL while the sketch holds the source back (a
- * flood's random sources stop here, with no hash-map lookup). *n is how
- * many refusals to count in it: when the source passes the threshold now,
- * or has no entry, those held back with this one (at most the threshold:
- * the rest of an estimate is other sources' collisions); else 1. held is
- * the map's SRC_HELD_BACK or AGG_HELD_BACK, and the credited counter
- * follows it. */
+/* key's entry in an LRU map for a refusal of its source, admitted as
+ * sketch.bpf.h says: NULL while the source is held back (a flood's random
+ * sources stop there, with no hash-map lookup). *n is how many refusals to
+ * count in it: those held back with this one when the source passes the
+ * threshold now, else 1. held is the map's SRC_HELD_BACK or AGG_HELD_BACK,
+ * and the credited counter follows it. */
 static __always_inline void *lookup_or_sketch(void *map, const void *key, const void *zero, __u32 use,
-					      const struct sketch_source *src, __u64 now, __u32 held, __u32 *n)
+					      const struct sketch_source *src, __u32 cpu, __u32 held, __u32 *n)
 {
+	struct sketch *sk;
 	bool crossing;
 	void *v;
 
-	*n = sketch_admit(use, src, now, &crossing);
+	*n = 1;
+	if (!sketch_holding(use)) {
+		v = bpf_map_lookup_elem(map, key);
+		if (v)
+			return v;
+		if (sketch_take_room(use))
+			return map_try_init(map, key, zero);
+	}
+	sk = sketch_of(use, cpu);
+	if (!sk)
+		return NULL;
+	*n = sketch_count(sk, src, &crossing);
 	if (!*n) {
 		counter_inc(&source_stats, held);
 		return NULL;
@@ -309,7 +319,7 @@ static __always_inline void *lookup_or_sketch(void *map, const void *key, const 
 
 /* Counts the event in its namespace and under its source. Reads, besides
  * what account_netns reads, the tuple's family and source address (zeroed
- * or written for every event) and, for a drop, its time. Refusals reach
+ * or written for every event), its CPU and, for a streamed drop, its time. Refusals reach
  * the sources map through the sketch; the other events, one per admitted
  * flow rather than per packet of a flood, are admitted by sampling. */
 static __always_inline void account_source(const struct ct_event *e)
@@ -329,7 +339,7 @@ static __always_inline void account_source(const struct ct_event *e)
 	if (is_drop(type)) {
 		struct sketch_source src = {.netns_id = k.netns_id, .addr = k.addr, .type = type, .family = k.family};
 
-		st = lookup_or_sketch(&sources, &k, &zero, SKETCH_SOURCES, &src, e->ts_boot_ns, SRC_HELD_BACK, &n);
+		st = lookup_or_sketch(&sources, &k, &zero, SKETCH_SOURCES, &src, e->cpu, SRC_HELD_BACK, &n);
 	} else {
 		st = lookup_or_admit(&sources, &k, &zero, admit_shift, SRC_MISSED);
 	}
@@ -338,7 +348,7 @@ static __always_inline void account_source(const struct ct_event *e)
 	__sync_fetch_and_add(&st->events[type], n);
 	st->inum = e->netns;
 	if (is_drop(type)) {
-		st->last_drop_ns = e->ts_boot_ns;
+		st->last_drop_ns = e->ts_boot_ns ?: bpf_ktime_get_boot_ns();
 		st->last_drop_type = type;
 	}
 }

@@ -49,11 +49,6 @@ struct ct_config {
 	/* Whether namespaces are keyed by their netns cookie rather than their
 	 * inode number (conn.bpf.h, net_id). */
 	__u32 netns_cookie;
-	/* Refusals counted per source (sketch.bpf.h): a CPU whose last SKETCH_EPOCH refusals took less than this
-	 * is under a flood, and admits a source only from its
-	 * SKETCH_THRESHOLD-th refusal in a window; slower, every source from
-	 * its first (exact). */
-	__u64 sketch_calm_ns;
 	/* The aggregated map's sketches follow the sources map's in the
 	 * sketches array (sketch.bpf.h): the possible CPUs, or 0 where
 	 * sources are not counted. */
@@ -70,7 +65,6 @@ volatile const struct ct_config cfg = {
 	.group_v4_bits = 32,
 	.group_v6_bits = 128,
 	.wakeup_bytes = 1 << 19,
-	.sketch_calm_ns = 1000000000,
 };
 
 /* Whether user space wants the type's events one by one. */

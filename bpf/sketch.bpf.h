@@ -9,50 +9,50 @@
 /*
  * Heavy hitters under a flood, for refusals: what admits a refused
  * packet's source to the sources map (top-sources, serve) and to the
- * aggregated map (drops past --stream-limit). A spoofed flood brings a new
- * source with nearly every refused packet: looking each one up in the
- * map misses in a large, cold hash table (about 300 ns of every
- * event), and admitting each one would push a real heavy source out
- * before user space reads it, however often it reads. So refusals go
- * first through a count-min sketch with conservative update (Cormode and
- * Muthukrishnan 2005; Estan and Varghese 2002), the approach of
- * NitroSketch in eBPF (Miano et al., SIGCOMM CCR 2023): per CPU, two rows
- * of SKETCH_WIDTH counters indexed by a seeded hash of the source and the
- * type; two loads and at most two stores, no hash-map lookup.
+ * aggregated map (drops past --stream-limit).
  *
- * Counting starts over every window of SKETCH_EPOCH refusals on the CPU
+ * A spoofed flood brings a new source with nearly every refused packet.
+ * Admitting each one would push a real heavy source out of the LRU map
+ * before user space reads it, however often it reads; and looking each one
+ * up misses in a large, cold hash table, about 300 ns of every event, the
+ * most the kernel side spends on a refusal.
+ *
+ * So a map takes in new sources freely only while it has room user space
+ * granted: after each read of the map, as many new sources as it can take
+ * without pushing out any it has not read (sources_room,
+ * aggregated_room; pkg/probe/sources.go, grantRoom). A host whose
+ * refusals come from sources the map holds, or has room for (the thousand
+ * clients of a NAT gateway), counts every refusal exactly under its
+ * source. Once the room is spent, new sources are held back: their
+ * refusals go through a count-min sketch with conservative update
+ * (Cormode and Muthukrishnan 2005; Estan and Varghese 2002), the approach
+ * of NitroSketch in eBPF (Miano et al., SIGCOMM CCR 2023): per CPU, two
+ * rows of SKETCH_WIDTH counters indexed by a seeded hash of the source and
+ * the type; two loads and at most two stores, no hash-map lookup.
+ * Counting starts over every window of SKETCH_EPOCH refusals of the CPU
  * (each counter carries the window it was written in: nothing is cleared
  * in a loop), so a counter holds on average at most SKETCH_EPOCH /
  * SKETCH_WIDTH = 0.5 of other sources' refusals. A source enters the map
- * at its SKETCH_THRESHOLD-th refusal in a window, credited with its
- * estimate (the refusals held back until then, overcounted only by
- * collisions), and is then counted exactly for the rest of the window.
- * Simulated (15,000 to 600,000 random sources around bursts of heavy
- * ones), random sources reach the threshold by collisions about once in
- * 60,000 refusals, and heavy ones come out within 1 of their count.
- * A source with fewer refusals than the threshold in every window is
- * counted only in its namespace's totals ("other").
+ * at its SKETCH_THRESHOLD-th refusal in a window, credited with the
+ * refusals held back until then (overcounted only by collisions), and is
+ * then counted exactly for the rest of the window. Simulated (15,000 to
+ * 600,000 random sources around bursts of heavy ones), random sources
+ * reach the threshold by collisions about once in 60,000 refusals, and
+ * heavy ones come out within 1 of their count.
  *
- * The threshold applies only while the CPU is under a flood, refusing
- * faster than SKETCH_EPOCH in cfg.sketch_calm_ns (sketch_flooded); slower,
- * the threshold is 1, and every source is counted exactly from its first
- * refusal, as before a flood. User space sets sketch_calm_ns so that
- * admissions at the calm rate cannot churn the map (pkg/probe/sources.go,
- * calmWindow).
+ * While sources are held back, one with fewer refusals than the threshold
+ * in every window is counted only in its namespace's totals ("other"), and
+ * one the map holds loses up to SKETCH_THRESHOLD - 1 refusals a window.
  */
 #define SKETCH_WIDTH 4096
 #define SKETCH_EPOCH 2048
 #define SKETCH_THRESHOLD 6
-#define SKETCH_EARLY 64
 
 enum sketch_use { SKETCH_SOURCES, SKETCH_AGGREGATED };
 
 struct sketch {
-	__u64 start_ns;	 /* the window's first refusal */
-	__u32 refusals;	 /* in the window so far */
-	__u32 window;	 /* its number, of which each counter keeps 16 bits */
-	__u32 threshold; /* estimate a source needs in this window (0: 1) */
-	__u32 _pad;
+	__u32 refusals;		     /* in the window so far */
+	__u32 window;		     /* its number, of which each counter keeps 16 bits */
 	__u32 cell[2][SKETCH_WIDTH]; /* window << 16 | count */
 };
 
@@ -97,42 +97,39 @@ static __always_inline __u64 sketch_hash(const struct sketch_source *src)
 	return h ^ (h >> 32);
 }
 
-/* Whether a window's refusals so far came faster than SKETCH_EPOCH in
- * cfg.sketch_calm_ns: a flood. Judged from SKETCH_EARLY refusals on, so
- * that a CPU a flood starts on admits at most that many of its sources
- * before the threshold applies; a few refusals at once are not a flood. */
-static __always_inline bool sketch_flooded(const struct sketch *sk, __u64 took)
+/* The sketch for use of cpu, the CPU the program runs on (the event's,
+ * read once). */
+static __always_inline struct sketch *sketch_of(__u32 use, __u32 cpu)
 {
-	/* took < sketch_calm_ns keeps the products within 64 bits. */
-	return took < cfg.sketch_calm_ns && sk->refusals >= SKETCH_EARLY &&
-	       (__u64)sk->refusals * cfg.sketch_calm_ns > (__u64)SKETCH_EPOCH * took;
+	__u32 i = cpu + (use == SKETCH_AGGREGATED ? cfg.sketch_aggregated_base : 0);
+
+	return bpf_map_lookup_elem(&sketches, &i);
 }
 
-/* This CPU's sketch, its window moved on for a refusal at now: a new
- * window every SKETCH_EPOCH refusals or sketch_calm_ns, and at once when a
- * flood starts on a calm CPU. A window's threshold is the flood's while
- * the refusals before it came at a flood's rate, else 1. */
-static __always_inline struct sketch *sketch_window(__u32 use, __u64 now)
-{
-	__u32 i = bpf_get_smp_processor_id() + (use == SKETCH_AGGREGATED ? cfg.sketch_aggregated_base : 0);
-	struct sketch *sk = bpf_map_lookup_elem(&sketches, &i);
-	__u64 took;
-	bool flooded;
+/* New sources each map may still take in without pushing out one user
+ * space has not read: set by user space after each read of the map,
+ * counted down by admissions (run-time knobs, like config.bpf.h's). */
+__s64 sources_room;
+__s64 aggregated_room;
 
-	if (!sk)
-		return NULL;
-	if (!sk->start_ns)
-		sk->start_ns = now;
-	took = now - sk->start_ns;
-	flooded = sketch_flooded(sk, took);
-	if (sk->refusals >= SKETCH_EPOCH || took >= cfg.sketch_calm_ns || (sk->threshold <= 1 && flooded)) {
-		sk->threshold = flooded ? SKETCH_THRESHOLD : 1;
-		sk->start_ns = now;
-		sk->refusals = 0;
-		sk->window++;
-	}
-	sk->refusals++;
-	return sk;
+/* Whether a new source may enter the map of use now, taking one of its
+ * room. Two CPUs may take the last one: the room is a bound to keep
+ * within, not an exact count. The add's result is not used, so it is the
+ * atomic add every kernel of the tier has (BPF_XADD, not 5.12's fetch). */
+static __always_inline bool sketch_take_room(__u32 use)
+{
+	__s64 *room = use == SKETCH_AGGREGATED ? &aggregated_room : &sources_room;
+
+	if (*room <= 0)
+		return false;
+	__sync_fetch_and_add(room, -1);
+	return true;
+}
+
+/* Whether new sources of the map of use are held back now. */
+static __always_inline bool sketch_holding(__u32 use)
+{
+	return (use == SKETCH_AGGREGATED ? aggregated_room : sources_room) <= 0;
 }
 
 /* Adds a refusal to the counters of hash h, raising only those at the
@@ -154,24 +151,24 @@ static __always_inline __u32 sketch_add(struct sketch *sk, __u64 h, __u32 *befor
 	return m + 1;
 }
 
-/* Counts a refusal of src in this CPU's sketch for use, and says whether
- * its source passed the threshold (returns how many refusals to count for
- * it: the estimate, at most the threshold) or is held back (0). *crossing:
- * it passes the threshold with this refusal. */
-static __always_inline __u32 sketch_admit(__u32 use, const struct sketch_source *src, __u64 now, bool *crossing)
+/* Counts a refusal of src in the sketch, and returns how many refusals to
+ * count for its source: 0 while it is held back, else its estimate, at
+ * most the threshold (the rest of an estimate is other sources'
+ * collisions). *crossing: it passes the threshold with this refusal. */
+static __always_inline __u32 sketch_count(struct sketch *sk, const struct sketch_source *src, bool *crossing)
 {
-	struct sketch *sk = sketch_window(use, now);
-	__u32 before, est, threshold;
+	__u32 before, est;
 
-	*crossing = true;
-	if (!sk)
-		return 1;
-	threshold = sk->threshold ?: 1;
+	if (sk->refusals >= SKETCH_EPOCH) {
+		sk->refusals = 0;
+		sk->window++;
+	}
+	sk->refusals++;
 	est = sketch_add(sk, sketch_hash(src), &before);
-	if (est < threshold)
+	*crossing = before < SKETCH_THRESHOLD;
+	if (est < SKETCH_THRESHOLD)
 		return 0;
-	*crossing = before < threshold;
-	return est < threshold ? est : threshold;
+	return *crossing ? SKETCH_THRESHOLD : 1;
 }
 
 #endif

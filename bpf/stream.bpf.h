@@ -128,9 +128,11 @@ static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 con
 		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
 		e->netns = 0;
 		e->netns_id = 0;
-		/* Its time is kept only as a source's last drop: a busy NAT
-		 * gateway's inserts and deletes save the clock read (~40 ns). */
-		e->ts_boot_ns = is_drop(type) ? bpf_ktime_get_boot_ns() : 0;
+		/* Its time is kept only as a source's last drop, read once the
+		 * source is counted (account_source): a busy NAT gateway's
+		 * inserts and deletes, and a flood's held-back sources, save
+		 * the clock read (~40 ns). */
+		e->ts_boot_ns = 0;
 	} else {
 		return false;
 	}
@@ -202,7 +204,7 @@ static __always_inline void aggregate_by_source(const struct ct_event *e)
 	if (is_drop(k.type)) {
 		struct sketch_source src = {.netns_id = k.netns_id, .addr = k.addr, .type = k.type, .family = k.family};
 
-		v = lookup_or_sketch(&aggregated, &k, &zero, SKETCH_AGGREGATED, &src, e->ts_boot_ns, AGG_HELD_BACK, &n);
+		v = lookup_or_sketch(&aggregated, &k, &zero, SKETCH_AGGREGATED, &src, e->cpu, AGG_HELD_BACK, &n);
 	} else {
 		v = lookup_or_admit(&aggregated, &k, &zero, agg_admit_shift, AGG_MISSED);
 	}

@@ -382,8 +382,8 @@ func TestDropsWithoutPrivilegesSaysWhatIsMissing(t *testing.T) {
 // The bounded stream under a spoofed flood: at most --stream-limit events
 // a second are streamed one by one, the rest arrive as aggregate records,
 // and streamed + aggregated + lost is exactly the kernel's drop count;
-// per source too for three heavy sources, within the documented sampling
-// error.
+// per source too for three heavy sources in a burst between two floods,
+// within ±10 % (the kernel's sketch, docs/drops.md).
 func TestDropsStreamIsBoundedAndExact(t *testing.T) {
 	if testbed.Tier() == testbed.VM {
 		t.Skip("a 300,000-flow flood is sized for the host: under emulation it would take minutes")
@@ -455,8 +455,8 @@ func TestDropsStreamIsBoundedAndExact(t *testing.T) {
 	}
 	for i := 0; i < heavyN; i++ {
 		src := netip.AddrFrom4([4]byte{127, 81, 0, byte(1 + i)}).String()
-		if n := perSrc[src]; n > perHeavy || float64(n) < perHeavy-10*sampling {
-			t.Errorf("%s: %d streamed or aggregated of %d refused (sampling 1 in %.0f)", src, n, perHeavy, sampling)
+		if n := perSrc[src]; 10*n < 9*perHeavy || 10*n > 11*perHeavy {
+			t.Errorf("%s: %d streamed or aggregated of %d refused: outside ±10 %%", src, n, perHeavy)
 		}
 	}
 }

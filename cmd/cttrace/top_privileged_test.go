@@ -553,6 +553,52 @@ func checkHeavyFirst(t *testing.T, rows []topFloodRow, base netip.Addr, n int, p
 	}
 }
 
+// A flood from many real sources, fewer than the map holds (the clients of
+// a NAT gateway, a botnet of a few thousand): each is counted exactly,
+// none is left in "other", on every backend. The kernel holds new sources
+// back only once they would push out ones user space has not read.
+func TestTopSourcesCountsManySourcesExactly(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		const sources, each = 2000, 20
+		lab := fullTable(t, 32)
+		r := startTop(t, "--backend", backend, "-o", "json", "--interval", "1s", "--limit", "5000",
+			"--netns", "/run/netns/"+lab.Name())
+		before, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := netip.MustParseAddr("127.83.0.1")
+		if res, err := lab.Flood(ctlab.FloodSpec{Sources: sources, SourceBase: base, Packets: sources * each}); err != nil || res.Refused != sources*each {
+			t.Fatalf("flood: %+v, %v", res, err)
+		}
+		after, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		drop := uint64(after.Sub(before).Drop)
+		rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
+		r.stop(t, syscall.SIGINT)
+		var last topFlood
+		if err := json.Unmarshal(rec.raw, &last); err != nil {
+			t.Fatal(err)
+		}
+		counted := 0
+		for _, row := range last.Rows {
+			if row.Drops == 0 {
+				continue // the flows that fill the table
+			}
+			counted++
+			if row.Drops != each {
+				t.Errorf("%s: %d drops shown, %d refused", row.Source, row.Drops, each)
+			}
+		}
+		t.Logf("%s: kernel drops %d; %d sources counted; other %d", backend, drop, counted, last.Other.Drops)
+		if counted != sources || last.Other.Drops != 0 {
+			t.Errorf("%d of %d sources counted, other %d: want every one, other 0", counted, sources, last.Other.Drops)
+		}
+	})
+}
+
 // The case that overflowed the kernel's map between two reads: a small
 // map (--max-sources 512) read every 2 s; 15,000 spoofed random sources,
 // then 5 heavy ones refused 200 times each in a burst, then 15,000 more

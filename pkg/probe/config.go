@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -80,24 +79,20 @@ func (o StreamOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
 // configureSketches sizes the refusals' heavy-hitter sketches
 // (bpf/sketch.bpf.h) to one per CPU for each map that counts refusals per
 // source (the sources map, the aggregated map past --stream-limit), seeds
-// their hash at random and sets how slowly a CPU must refuse for every
-// source to be counted from its first refusal (calmWindow, the longer of
-// the two maps'). Without either map the array is one unused entry.
+// their hash at random, and grants each map its room (grantRoom). Without
+// either map the array is one unused entry.
 func configureSketches(cfg *cttraceCtConfig, specs *specObjects, opts Options) error {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("count the possible CPUs for the sketches: %w", err)
 	}
 	var uses uint32
-	cfg.SketchCalmNs = uint64(time.Second)
 	if opts.Sources.Enabled {
 		uses++
 		cfg.SketchAggregatedBase = uint32(cpus)
-		cfg.SketchCalmNs = max(cfg.SketchCalmNs, uint64(calmWindow(specs.Sources.MaxEntries, opts.Sources.ReadEvery, cpus)))
 	}
 	if opts.Stream.Limit != 0 {
 		uses++
-		cfg.SketchCalmNs = max(cfg.SketchCalmNs, uint64(calmWindow(specs.Aggregated.MaxEntries, time.Second, cpus)))
 	}
 	specs.Sketches.MaxEntries = max(uses*uint32(cpus), 1)
 	var seed [8]byte
@@ -105,6 +100,11 @@ func configureSketches(cfg *cttraceCtConfig, specs *specObjects, opts Options) e
 		return fmt.Errorf("seed the sketches: %w", err)
 	}
 	cfg.SketchSeed = binary.LittleEndian.Uint64(seed[:])
+	for room, m := range map[*ebpf.VariableSpec]*ebpf.MapSpec{specs.SourcesRoom: specs.Sources, specs.AggregatedRoom: specs.Aggregated} {
+		if err := room.Set(roomOf(m.MaxEntries)); err != nil {
+			return fmt.Errorf("grant the %s map its room: %w", m.Name, err)
+		}
+	}
 	return nil
 }
 

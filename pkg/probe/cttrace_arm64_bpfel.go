@@ -69,7 +69,6 @@ type cttraceCtConfig struct {
 	AllocStatePerTask    uint32
 	DeleteHookIsClone    uint32
 	NetnsCookie          uint32
-	SketchCalmNs         uint64
 	SketchAggregatedBase uint32
 	Pad                  uint32
 	SketchSeed           uint64
@@ -159,13 +158,10 @@ type cttraceNetnsVerdict struct {
 }
 
 type cttraceSketch struct {
-	_         structs.HostLayout
-	StartNs   uint64
-	Refusals  uint32
-	Window    uint32
-	Threshold uint32
-	Pad       uint32
-	Cell      [2][4096]uint32
+	_        structs.HostLayout
+	Refusals uint32
+	Window   uint32
+	Cell     [2][4096]uint32
 }
 
 type cttraceSrcKey struct {
@@ -250,8 +246,10 @@ const (
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
 	cttraceVarAdmitShift             = "admit_shift"
 	cttraceVarAggAdmitShift          = "agg_admit_shift"
+	cttraceVarAggregatedRoom         = "aggregated_room"
 	cttraceVarCfg                    = "cfg"
 	cttraceVarCtMax                  = "ct_max"
+	cttraceVarSourcesRoom            = "sources_room"
 	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
 	cttraceVarUnusedCtEvent          = "unused_ct_event"
@@ -355,8 +353,10 @@ type cttraceMapSpecs struct {
 type cttraceVariableSpecs struct {
 	AdmitShift         *ebpf.VariableSpec `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
+	AggregatedRoom     *ebpf.VariableSpec `ebpf:"aggregated_room"`
 	Cfg                *ebpf.VariableSpec `ebpf:"cfg"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
+	SourcesRoom        *ebpf.VariableSpec `ebpf:"sources_room"`
 	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.VariableSpec `ebpf:"unused_ct_event"`
@@ -434,8 +434,10 @@ func (m *cttraceMaps) Close() error {
 type cttraceVariables struct {
 	AdmitShift         *ebpf.Variable `ebpf:"admit_shift"`
 	AggAdmitShift      *ebpf.Variable `ebpf:"agg_admit_shift"`
+	AggregatedRoom     *ebpf.Variable `ebpf:"aggregated_room"`
 	Cfg                *ebpf.Variable `ebpf:"cfg"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
+	SourcesRoom        *ebpf.Variable `ebpf:"sources_room"`
 	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
 	UnusedCtEvent      *ebpf.Variable `ebpf:"unused_ct_event"`

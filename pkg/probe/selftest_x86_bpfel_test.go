@@ -16,19 +16,21 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	selftestMapDeadNetns     = "dead_netns"
-	selftestMapLost          = "lost"
-	selftestMapNetnsSlots    = "netns_slots"
-	selftestMapNetnsTotals   = "netns_totals"
-	selftestMapProduced      = "produced"
-	selftestMapSketches      = "sketches"
-	selftestMapSourceStats   = "source_stats"
-	selftestMapSources       = "sources"
-	selftestProgTestIsDrop   = "test_is_drop"
-	selftestVarAdmitShift    = "admit_shift"
-	selftestVarAggAdmitShift = "agg_admit_shift"
-	selftestVarCfg           = "cfg"
-	selftestVarCtMax         = "ct_max"
+	selftestMapDeadNetns      = "dead_netns"
+	selftestMapLost           = "lost"
+	selftestMapNetnsSlots     = "netns_slots"
+	selftestMapNetnsTotals    = "netns_totals"
+	selftestMapProduced       = "produced"
+	selftestMapSketches       = "sketches"
+	selftestMapSourceStats    = "source_stats"
+	selftestMapSources        = "sources"
+	selftestProgTestIsDrop    = "test_is_drop"
+	selftestVarAdmitShift     = "admit_shift"
+	selftestVarAggAdmitShift  = "agg_admit_shift"
+	selftestVarAggregatedRoom = "aggregated_room"
+	selftestVarCfg            = "cfg"
+	selftestVarCtMax          = "ct_max"
+	selftestVarSourcesRoom    = "sources_room"
 )
 
 // loadSelftest returns the embedded CollectionSpec for selftest.
@@ -94,10 +96,12 @@ type selftestMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type selftestVariableSpecs struct {
-	AdmitShift    *ebpf.VariableSpec `ebpf:"admit_shift"`
-	AggAdmitShift *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
-	Cfg           *ebpf.VariableSpec `ebpf:"cfg"`
-	CtMax         *ebpf.VariableSpec `ebpf:"ct_max"`
+	AdmitShift     *ebpf.VariableSpec `ebpf:"admit_shift"`
+	AggAdmitShift  *ebpf.VariableSpec `ebpf:"agg_admit_shift"`
+	AggregatedRoom *ebpf.VariableSpec `ebpf:"aggregated_room"`
+	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
+	CtMax          *ebpf.VariableSpec `ebpf:"ct_max"`
+	SourcesRoom    *ebpf.VariableSpec `ebpf:"sources_room"`
 }
 
 // selftestObjects contains all objects after they have been loaded into the kernel.
@@ -147,10 +151,12 @@ func (m *selftestMaps) Close() error {
 //
 // It can be passed to loadSelftestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type selftestVariables struct {
-	AdmitShift    *ebpf.Variable `ebpf:"admit_shift"`
-	AggAdmitShift *ebpf.Variable `ebpf:"agg_admit_shift"`
-	Cfg           *ebpf.Variable `ebpf:"cfg"`
-	CtMax         *ebpf.Variable `ebpf:"ct_max"`
+	AdmitShift     *ebpf.Variable `ebpf:"admit_shift"`
+	AggAdmitShift  *ebpf.Variable `ebpf:"agg_admit_shift"`
+	AggregatedRoom *ebpf.Variable `ebpf:"aggregated_room"`
+	Cfg            *ebpf.Variable `ebpf:"cfg"`
+	CtMax          *ebpf.Variable `ebpf:"ct_max"`
+	SourcesRoom    *ebpf.Variable `ebpf:"sources_room"`
 }
 
 // selftestPrograms contains all programs after they have been loaded into the kernel.

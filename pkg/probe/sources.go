@@ -64,13 +64,57 @@ func eachEntry[K, V any](m *ebpf.Map, fn func(*K, *V) error) error {
 // Sources calls fn for every source the kernel tracks now.
 func (p *Probe) Sources(clock *event.Clock, fn func(*event.SourceCounts) error) error {
 	var st event.SourceCounts
-	return eachEntry(p.objs.Sources, func(k *cttraceSrcKey, v *cttraceSrcStats) error {
+	err := eachEntry(p.objs.Sources, func(k *cttraceSrcKey, v *cttraceSrcStats) error {
 		if p.ns.isForgotten(k.NetnsId) {
 			return nil
 		}
 		p.decodeSource(k, v, clock, &st)
 		return fn(&st)
 	})
+	if err != nil {
+		return err
+	}
+	return p.grantRoom(SourcesMap)
+}
+
+// DropSources removes sources from the kernel's map: ones user space has
+// read and that counted nothing since its previous read. Their counts are
+// user space's now; a source that comes back starts a new entry from zero.
+// Without this a spoofed flood would leave the map full of sources that
+// counted once, every one of them read and kept in user space at every
+// read. An event that lands between the read and the removal is counted
+// only in its namespace's totals.
+func (p *Probe) DropSources(keys []event.SourceKey) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	kk := make([]cttraceSrcKey, 0, len(keys))
+	for _, k := range keys {
+		kk = append(kk, p.encodeSource(k))
+	}
+	_, err := p.objs.Sources.BatchDelete(kk, nil)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		err = nil // pushed out meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("drop idle sources: %w", err)
+	}
+	return nil
+}
+
+// encodeSource is the map's key for a source decodeSource read.
+func (p *Probe) encodeSource(k event.SourceKey) cttraceSrcKey {
+	key := cttraceSrcKey{NetnsId: k.Netns.ID}
+	a := k.Prefix.Addr()
+	if a.Is4() {
+		key.Family = 2
+		a4 := a.As4()
+		copy(key.Addr[:], a4[:])
+	} else {
+		key.Family = 10
+		key.Addr = a.As16()
+	}
+	return key
 }
 
 func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.Clock, st *event.SourceCounts) {
@@ -108,8 +152,11 @@ func (a Admission) Uncounted() bool { return a.HeldBack > a.Credited }
 // other new keys by sample and hold: the map, the variable holding its
 // shift, and its admission counters.
 type SampledMap struct {
-	name             string
-	of               func(*loadedObjects) (*ebpf.Map, *ebpf.Variable)
+	name string
+	of   func(*loadedObjects) (*ebpf.Map, *ebpf.Variable)
+	// room is the variable of the new sources the kernel may take in
+	// freely (grantRoom).
+	room             func(*loadedObjects) *ebpf.Variable
 	missed, admitted cttraceSrcStat
 	// Refusals reach the map through the sketch (bpf/sketch.bpf.h).
 	heldBack, credited cttraceSrcStat
@@ -118,9 +165,11 @@ type SampledMap struct {
 var (
 	// SourcesMap is the per-source map of top-sources.
 	SourcesMap = SampledMap{"sources", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Sources, o.AdmitShift },
+		func(o *loadedObjects) *ebpf.Variable { return o.SourcesRoom },
 		cttraceSrcStatSRC_MISSED, cttraceSrcStatSRC_ADMITTED, cttraceSrcStatSRC_HELD_BACK, cttraceSrcStatSRC_CREDITED}
 	// AggregatedMap holds the per-source counts past the stream limit.
 	AggregatedMap = SampledMap{"aggregated", func(o *loadedObjects) (*ebpf.Map, *ebpf.Variable) { return o.Aggregated, o.AggAdmitShift },
+		func(o *loadedObjects) *ebpf.Variable { return o.AggregatedRoom },
 		cttraceSrcStatAGG_MISSED, cttraceSrcStatAGG_ADMITTED, cttraceSrcStatAGG_HELD_BACK, cttraceSrcStatAGG_CREDITED}
 )
 
@@ -136,6 +185,25 @@ func (p *Probe) admission(at SampledMap) (Admission, error) {
 	}
 	return a, nil
 }
+
+// grantRoom tells the kernel how many new sources the map may take in
+// freely now that user space has read all of it: a quarter of its size.
+// New sources push out the least recently used entries first, which were
+// just read and have not counted since, so nothing unread is lost while
+// the sources counting lately hold less than half the map; and a flood of
+// spoofed sources costs the kernel side an insert for a quarter of the map
+// a read, not for each of its packets. Past the room the kernel holds new
+// sources back and admits only heavy ones (bpf/sketch.bpf.h).
+func (p *Probe) grantRoom(at SampledMap) error {
+	m, _ := at.of(&p.objs)
+	if err := at.room(&p.objs).Set(roomOf(m.MaxEntries())); err != nil {
+		return fmt.Errorf("grant %s room: %w", at.name, err)
+	}
+	return nil
+}
+
+// roomOf is the room a map of that capacity is granted at each read.
+func roomOf(capacity uint32) int64 { return int64(max(capacity/4, 1)) }
 
 // setShift makes the kernel admit a key the map does not hold with
 // probability 2^-shift (sample and hold, bpf/accounting.bpf.h).
@@ -175,24 +243,6 @@ const MaxAdmitShift = 16
 // readsBeforeEviction is how many reads a key outlives its last event by,
 // at least, while the sampler keeps up.
 const readsBeforeEviction = 4
-
-// sketchWindow is how many refusals of a CPU make one window of the
-// sources sketch (SKETCH_EPOCH in bpf/accounting.bpf.h).
-const sketchWindow = 2048
-
-// calmWindow is how long a CPU's window of sketchWindow refusals must last
-// at least for every source to be admitted at its first refusal (the
-// sketch's threshold 1): at that rate on every CPU, the map takes in at
-// most what it can hold for readsBeforeEviction reads (as the Sampler
-// keeps it), so a real source is read before calm admissions push it out.
-// At least a second. readEvery 0 is a second.
-func calmWindow(capacity uint32, readEvery time.Duration, cpus int) time.Duration {
-	if readEvery <= 0 {
-		readEvery = time.Second
-	}
-	w := time.Duration(float64(cpus*sketchWindow*readsBeforeEviction) / float64(max(capacity, 1)) * float64(readEvery))
-	return max(w, time.Second)
-}
 
 // NewSampler starts with every key admitted (exact counts). at is
 // SourcesMap or AggregatedMap; readEvery is how often user space reads it.

@@ -55,7 +55,7 @@ type AggregatedCount struct {
 // aggregated map holds now, read in batches.
 func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) error {
 	var a AggregatedCount
-	return eachEntry(p.objs.Aggregated, func(k *cttraceAggKey, v *cttraceAggValue) error {
+	err := eachEntry(p.objs.Aggregated, func(k *cttraceAggKey, v *cttraceAggValue) error {
 		if p.ns.isForgotten(k.NetnsId) {
 			return nil
 		}
@@ -67,6 +67,10 @@ func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) 
 		}
 		return fn(&a)
 	})
+	if err != nil {
+		return err
+	}
+	return p.grantRoom(AggregatedMap)
 }
 
 // AggregatedTotals returns, by reason, every event counted past the stream

@@ -199,6 +199,10 @@ func (s *Session) Sources(fn func(*event.SourceCounts) error) error {
 	return s.probe.Sources(s.reader.Clock(), fn)
 }
 
+// DropSources removes idle sources from the kernel's per-source map
+// (probe.DropSources).
+func (s *Session) DropSources(keys []event.SourceKey) error { return s.probe.DropSources(keys) }
+
 // SourceSampling is the kernel's admission of new sources into its
 // per-source map now (1 in 2^shift) and whether it ever sampled: some
 // sources were then counted in the totals only.

@@ -122,6 +122,14 @@ type Kernel interface {
 	NamespaceCounts() (map[event.Netns]event.NamespaceCounts, error)
 }
 
+// IdleDropper is a Kernel whose map sources that counted nothing since the
+// previous read can be removed from (session.Session): they are in the
+// history already, and a flood's spoofed sources would otherwise fill the
+// map, and the ranking's copy of it, for good.
+type IdleDropper interface {
+	DropSources(keys []event.SourceKey) error
+}
+
 // Ranking keeps what each source did across snapshots. The kernel's map
 // only holds the sources active lately: under a spoofed flood it pushes a
 // heavy source out seconds after its last packet. So every read's
@@ -134,6 +142,7 @@ type Ranking struct {
 	opts      Options
 	hist      *History
 	deltas    *event.Deltas[Key]
+	idle      []event.SourceKey     // read and idle since the previous read
 	held      map[Key]int64         // seeded from the table at start
 	seeded    map[event.Netns]int64 // entries held at start, per namespace
 	prevTotal event.Counts
@@ -165,7 +174,7 @@ func NewRanking(opts Options, start time.Time) (*Ranking, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ranking{opts: opts, hist: hist, deltas: event.NewDeltas[Key](opts.Capacity), held: map[Key]int64{},
+	return &Ranking{opts: opts, hist: hist, deltas: event.NewDeltas[Key](0), held: map[Key]int64{},
 		seeded: map[event.Netns]int64{}, prevNs: map[event.Netns]event.Counts{}, missing: map[event.Netns]int{},
 		firstSeen: map[event.Netns]uint64{}, gone: map[event.Netns]bool{}, last: start}, nil
 }
@@ -262,6 +271,8 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 		}
 		if d := a.deltas.Since(key, st.Events); !d.IsZero() {
 			a.hist.AddCounts(key, Counts{Events: d, Held: heldChange(d)}, st.LastDropReason, st.LastDrop)
+		} else {
+			a.idle = append(a.idle, event.SourceKey{Netns: key.Netns, Prefix: key.Prefix})
 		}
 		return nil
 	})
@@ -272,7 +283,22 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 	if a.deltas.End() > 0 {
 		a.evicted = true
 	}
-	return nil
+	return a.dropIdle(k)
+}
+
+// dropIdle removes the sources that counted nothing since the previous
+// read from the kernel's map, where the kernel allows it.
+func (a *Ranking) dropIdle(k Kernel) error {
+	idle := a.idle
+	a.idle = a.idle[:0]
+	d, ok := k.(IdleDropper)
+	if !ok || len(idle) == 0 {
+		return nil
+	}
+	for _, key := range idle {
+		a.deltas.Drop(Key{Netns: key.Netns, Prefix: key.Prefix})
+	}
+	return d.DropSources(idle)
 }
 
 // shows says whether the view includes the namespace of that inode number.
