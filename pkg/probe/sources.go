@@ -92,12 +92,24 @@ func (p *Probe) DropSources(keys []event.SourceKey) error {
 	for _, k := range keys {
 		kk = append(kk, p.encodeSource(k))
 	}
-	_, err := p.objs.Sources.BatchDelete(kk, nil)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		err = nil // pushed out meanwhile
+	return dropKeys(p.objs.Sources, kk)
+}
+
+// dropKeys deletes keys from a hash map in batches (BPF_MAP_DELETE_BATCH,
+// 5.6). A key already gone (pushed out meanwhile) ends a batch early, so
+// the rest are deleted one by one.
+func dropKeys[K any](m *ebpf.Map, keys []K) error {
+	n, err := m.BatchDelete(keys, nil)
+	if err == nil {
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("drop idle sources: %w", err)
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("drop idle entries of %s: %w", m, err)
+	}
+	for i := n; i < len(keys); i++ {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("drop idle entries of %s: %w", m, err)
+		}
 	}
 	return nil
 }
@@ -105,16 +117,19 @@ func (p *Probe) DropSources(keys []event.SourceKey) error {
 // encodeSource is the map's key for a source decodeSource read.
 func (p *Probe) encodeSource(k event.SourceKey) cttraceSrcKey {
 	key := cttraceSrcKey{NetnsId: k.Netns.ID}
-	a := k.Prefix.Addr()
-	if a.Is4() {
-		key.Family = 2
-		a4 := a.As4()
-		copy(key.Addr[:], a4[:])
-	} else {
-		key.Family = 10
-		key.Addr = a.As16()
-	}
+	key.Family, key.Addr = encodeAddr(k.Prefix.Addr())
 	return key
+}
+
+// encodeAddr is an address as the kernel side keeps it: its family
+// (NFPROTO_IPV4 or NFPROTO_IPV6) and 16 bytes, IPv4 in the first four.
+func encodeAddr(a netip.Addr) (family uint8, addr [16]byte) {
+	if a.Is4() {
+		a4 := a.As4()
+		copy(addr[:], a4[:])
+		return 2, addr
+	}
+	return 10, a.As16()
 }
 
 func (p *Probe) decodeSource(k *cttraceSrcKey, v *cttraceSrcStats, clock *event.Clock, st *event.SourceCounts) {

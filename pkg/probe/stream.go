@@ -73,6 +73,22 @@ func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) 
 	return p.grantRoom(AggregatedMap)
 }
 
+// DropAggregated removes entries of the aggregated map that counted
+// nothing since user space's previous read (their Count and Last are not
+// used), as DropSources does for the sources map.
+func (p *Probe) DropAggregated(idle []AggregatedCount) error {
+	if len(idle) == 0 {
+		return nil
+	}
+	keys := make([]cttraceAggKey, 0, len(idle))
+	for _, c := range idle {
+		k := cttraceAggKey{NetnsId: c.Netns.ID, Type: uint8(c.Reason.KernelType())}
+		k.Family, k.Addr = encodeAddr(c.Source)
+		keys = append(keys, k)
+	}
+	return dropKeys(p.objs.Aggregated, keys)
+}
+
 // AggregatedTotals returns, by reason, every event counted past the stream
 // limit since attach, whether or not the map could hold its source.
 func (p *Probe) AggregatedTotals() (event.Counts, error) {

@@ -34,7 +34,21 @@ type aggregates struct {
 	named   event.Counts // what named aggregates reported, in all
 	other   event.Counts // what "other" reported, in all
 	last    time.Time
-	batch   []event.Aggregate // scratch
+	batch   []event.Aggregate       // scratch
+	idle    []probe.AggregatedCount // read, and idle since the previous read
+}
+
+// dropIdle removes the entries that counted nothing since the previous
+// read from the kernel's map (probe.DropAggregated): a spoofed flood would
+// otherwise leave it, and the deltas' copy of it, full of sources that
+// counted once.
+func (a *aggregates) dropIdle(p *probe.Probe) error {
+	for _, c := range a.idle {
+		a.deltas.Drop(aggKey{c.Netns, c.Source, c.Reason})
+	}
+	err := p.DropAggregated(a.idle)
+	a.idle = a.idle[:0]
+	return err
 }
 
 func newAggregates(p *probe.Probe, start time.Time) (*aggregates, error) {
@@ -89,6 +103,8 @@ func (a *aggregates) interval(p *probe.Probe, clock *event.Clock, now time.Time)
 		if n := d.Of(c.Reason); n > 0 {
 			batch = append(batch, event.Aggregate{Time: now, Interval: now.Sub(a.last), Reason: c.Reason, Netns: c.Netns,
 				Source: c.Source, Count: n, Last: c.Last, Sampling: sampling})
+		} else {
+			a.idle = append(a.idle, *c)
 		}
 		return nil
 	})
@@ -96,6 +112,9 @@ func (a *aggregates) interval(p *probe.Probe, clock *event.Clock, now time.Time)
 		return nil, err
 	}
 	a.deltas.End()
+	if err := a.dropIdle(p); err != nil {
+		return nil, err
+	}
 	slices.SortFunc(batch, func(x, y event.Aggregate) int {
 		return cmp.Or(cmp.Compare(y.Count, x.Count), x.Source.Compare(y.Source), cmp.Compare(x.Reason, y.Reason))
 	})
