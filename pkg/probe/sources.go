@@ -202,13 +202,15 @@ func (p *Probe) admission(at SampledMap) (Admission, error) {
 }
 
 // grantRoom tells the kernel how many new sources the map may take in
-// freely now that user space has read all of it: a quarter of its size.
+// freely now that user space has read all of it: a sixteenth of its size.
 // New sources push out the least recently used entries first, which were
-// just read and have not counted since, so nothing unread is lost while
-// the sources counting lately hold less than half the map; and a flood of
-// spoofed sources costs the kernel side an insert for a quarter of the map
-// a read, not for each of its packets. Past the room the kernel holds new
-// sources back and admits only heavy ones (bpf/sketch.bpf.h).
+// just read and have not counted since, so nothing unread is lost; a
+// thousand-source flood is counted exactly from its first refusals (4,096
+// new sources a read at the default size); and a flood of spoofed sources
+// costs the kernel side an insert for a sixteenth of the map a read, not
+// one for each of its packets, and user space a copy of no more. Past the
+// room the kernel holds new sources back and admits only heavy ones
+// (bpf/sketch.bpf.h).
 func (p *Probe) grantRoom(at SampledMap) error {
 	m, _ := at.of(&p.objs)
 	if err := at.room(&p.objs).Set(roomOf(m.MaxEntries())); err != nil {
@@ -218,7 +220,7 @@ func (p *Probe) grantRoom(at SampledMap) error {
 }
 
 // roomOf is the room a map of that capacity is granted at each read.
-func roomOf(capacity uint32) int64 { return int64(max(capacity/4, 1)) }
+func roomOf(capacity uint32) int64 { return int64(max(capacity/16, 1)) }
 
 // setShift makes the kernel admit a key the map does not hold with
 // probability 2^-shift (sample and hold, bpf/accounting.bpf.h).
