@@ -608,43 +608,56 @@ func TestTopSourcesCountsManySourcesExactly(t *testing.T) {
 // the namespace's drops are the kernel's, on every backend.
 func TestTopSourcesKeepsABurstBetweenTwoFloods(t *testing.T) {
 	eachBackend(t, func(t *testing.T, backend string) {
-		const perHeavy, heavyN, random = 200, 5, 15_000
-		lab := fullTable(t, 32)
-		r := startTop(t, "--backend", backend, "-o", "json", "--max-sources", "512", "--interval", "2s",
-			"--limit", "10", "--netns", "/run/netns/"+lab.Name())
-		before, err := lab.Stats()
-		if err != nil {
-			t.Fatal(err)
+		for _, tc := range []struct {
+			name      string
+			spec      ctlab.FloodSpec // the protocol and family of every flood
+			heavyBase netip.Addr
+		}{
+			{"udp/ipv4", ctlab.FloodSpec{}, netip.MustParseAddr("127.81.0.1")},
+			{"tcp-syn/ipv6", ctlab.FloodSpec{Proto: "tcp-syn", IPv6: true}, netip.MustParseAddr("fd00:c7::81:1")},
+		} {
+			t.Run(tc.name, func(t *testing.T) { testBurstBetweenTwoFloods(t, backend, tc.spec, tc.heavyBase) })
 		}
-		flood := func(spec ctlab.FloodSpec) {
-			t.Helper()
-			if res, err := lab.Flood(spec); err != nil || res.Refused != spec.Packets {
-				t.Fatalf("flood %+v: %+v, %v", spec, res, err)
-			}
-		}
-		heavyBase := netip.MustParseAddr("127.81.0.1")
-		flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 3})
-		flood(ctlab.FloodSpec{Sources: heavyN, SourceBase: heavyBase, Packets: heavyN * perHeavy})
-		flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 4})
-		after, err := lab.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		drop := uint64(after.Sub(before).Drop)
-		rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
-		r.stop(t, syscall.SIGINT)
-		var last topFlood
-		if err := json.Unmarshal(rec.raw, &last); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("%s: kernel drops %d; rows %+v; other %d", backend, drop, last.Rows, last.Other.Drops)
-		for _, ns := range last.Netns {
-			if ns.Netns == lab.Inode() && ns.Drops != drop {
-				t.Errorf("namespace line says %d drops, the kernel counted %d", ns.Drops, drop)
-			}
-		}
-		checkHeavyFirst(t, last.Rows, heavyBase, heavyN, perHeavy)
 	})
+}
+
+func testBurstBetweenTwoFloods(t *testing.T, backend string, spec ctlab.FloodSpec, heavyBase netip.Addr) {
+	const perHeavy, heavyN, random = 200, 5, 15_000
+	lab := fullTable(t, 32)
+	r := startTop(t, "--backend", backend, "-o", "json", "--max-sources", "512", "--interval", "2s",
+		"--limit", "10", "--netns", "/run/netns/"+lab.Name())
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood := func(s ctlab.FloodSpec) {
+		t.Helper()
+		s.Proto, s.IPv6 = spec.Proto, spec.IPv6
+		if res, err := lab.Flood(s); err != nil || res.Refused != s.Packets {
+			t.Fatalf("flood %+v: %+v, %v", s, res, err)
+		}
+	}
+	flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 3})
+	flood(ctlab.FloodSpec{Sources: heavyN, SourceBase: heavyBase, Packets: heavyN * perHeavy})
+	flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 4})
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop := uint64(after.Sub(before).Drop)
+	rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
+	r.stop(t, syscall.SIGINT)
+	var last topFlood
+	if err := json.Unmarshal(rec.raw, &last); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: kernel drops %d; rows %+v; other %d", backend, drop, last.Rows, last.Other.Drops)
+	for _, ns := range last.Netns {
+		if ns.Netns == lab.Inode() && ns.Drops != drop {
+			t.Errorf("namespace line says %d drops, the kernel counted %d", ns.Drops, drop)
+		}
+	}
+	checkHeavyFirst(t, last.Rows, heavyBase, heavyN, perHeavy)
 }
 
 // checkMemoryBound fails if cttrace's resident memory passed the 64 MiB

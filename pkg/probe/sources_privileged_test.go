@@ -1,0 +1,87 @@
+//go:build privileged
+
+package probe
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// DropSources removes exactly the sources it names, IPv4 and IPv6, from
+// the kernel's map: the keys user space builds from what it read are the
+// kernel's. A key that did not match would leave a spoofed flood's
+// sources in the map for good, silently.
+func TestDropSourcesRemovesWhatItNames(t *testing.T) {
+	testbed.RequireRoot(t)
+	f, err := DetectBackends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := f.ChooseBackend(BackendAuto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const max = 8
+	ctlab.SetMax(t, max)
+	p, err := Attach(f, b, Options{Sources: SourceOptions{Enabled: true}})
+	if err != nil {
+		t.Fatalf("attach: %v", err)
+	}
+	defer p.Close()
+	lab := ctlab.New(t)
+	v4, v6, kept := netip.MustParseAddr("127.95.0.1"), netip.MustParseAddr("fd00:c7::95:1"), netip.MustParseAddr("127.95.0.2")
+	if err := lab.Refuse(max, v4, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Refuse(0, kept, 4); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := lab.Flood(ctlab.FloodSpec{IPv6: true, SourceBase: v6, Packets: 5}); err != nil || res.Refused != 5 {
+		t.Fatalf("ipv6 flood: %+v, %v", res, err)
+	}
+	clock, err := event.NewClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func() map[netip.Addr]uint64 {
+		t.Helper()
+		out := map[netip.Addr]uint64{}
+		err := p.Sources(clock, func(st *event.SourceCounts) error {
+			if n := st.Events.Of(event.ReasonTableFull); n > 0 && st.Netns.Inode == lab.Inode() {
+				out[st.Prefix.Addr()] = n
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	got := refused()
+	if got[v4] != 3 || got[kept] != 4 || got[v6] != 5 {
+		t.Fatalf("before: %v, want %s 3, %s 4, %s 5", got, v4, kept, v6)
+	}
+	ns := event.Netns{}
+	if err := p.Sources(clock, func(st *event.SourceCounts) error {
+		if st.Netns.Inode == lab.Inode() {
+			ns = st.Netns
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// First a key the map does not hold: the batch stops there, and the
+	// rest are still removed.
+	drop := []event.SourceKey{{Netns: ns, Prefix: netip.MustParsePrefix("127.95.0.99/32")},
+		{Netns: ns, Prefix: netip.PrefixFrom(v4, 32)}, {Netns: ns, Prefix: netip.PrefixFrom(v6, 128)}}
+	if err := p.DropSources(drop); err != nil {
+		t.Fatal(err)
+	}
+	if got := refused(); len(got) != 1 || got[kept] != 4 {
+		t.Errorf("after dropping %s and %s: %v, want only %s at 4", v4, v6, got, kept)
+	}
+}
