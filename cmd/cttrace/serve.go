@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -34,12 +35,14 @@ func serveCommand() *cli.Command {
 			"Examples:\n" +
 			"   cttrace serve\n" +
 			"   cttrace serve --listen 0.0.0.0:9469 --metrics-top 5\n" +
+			"   cttrace serve --netns /run/netns/edge\n" +
 			"   cttrace serve --events-file /var/log/cttrace/events.json --format ecs\n" +
 			"   curl -s localhost:9469/metrics | grep cttrace_events_total",
 		Flags: slices.Concat(traceFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9469", Usage: "serve on `ADDRESS` (host:port)"},
 			&cli.IntFlag{Name: "metrics-top", Value: 10, Usage: "export at most `N` sources a namespace (1 to 100), the rest as source=\"other\""},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "read the kernel every `DURATION`"},
+			netnsFlag(),
 			streamLimitFlag("write"),
 		}, eventsFileFlags()),
 		Action: runServe,
@@ -57,6 +60,10 @@ func runServe(c *cli.Context) error {
 	}
 	if interval < 100*time.Millisecond {
 		return invalidFlag("interval", interval.String(), "at least 100ms")
+	}
+	netns, err := parseNetnsFlag(c)
+	if err != nil {
+		return err
 	}
 	events, err := parseEventsFileOptions(c)
 	if err != nil {
@@ -82,7 +89,7 @@ func runServe(c *cli.Context) error {
 	if file != nil {
 		defer file.Close()
 		cfg.Reasons = event.RefusalsAndEvictions()
-		cfg.Stream = probe.StreamOptions{Limit: uint32(min(c.Uint("stream-limit"), 1<<31))}
+		cfg.Stream = probe.StreamOptions{Limit: uint32(min(c.Uint("stream-limit"), 1<<31)), Netns: slices.Collect(maps.Keys(netns))}
 	}
 	debug.SetMemoryLimit(topMemoryLimit)
 	ctx, cancel, s, err := startTrace(c.Context, o, cfg)
@@ -92,7 +99,7 @@ func runServe(c *cli.Context) error {
 	defer cancel()
 	defer s.Close()
 
-	exp := metrics.New(s.Backend(), topN)
+	exp := metrics.New(s.Backend(), topN, netns)
 	var tee *output.Tee
 	if file != nil {
 		tee = output.NewTee(output.Discard, file, events.ecs)

@@ -290,3 +290,44 @@ func TestServeCountsDetails(t *testing.T) {
 		}
 	})
 }
+
+// serve --netns follows the chosen namespaces only: refusals in another
+// namespace leave no series of it, while the chosen one's counters are the
+// kernel's.
+func TestServeWatchesChosenNamespaces(t *testing.T) {
+	chosen := fullTable(t, 32)
+	other := ctlab.New(t)
+	if err := other.HoldEstablished(32); err != nil {
+		t.Fatalf("fill the other table: %v", err)
+	}
+	addr := freeAddr(t)
+	startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--netns", "/run/netns/"+chosen.Name())
+	before, err := chosen.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse(t, chosen, "127.84.0.1", 30)
+	refuse(t, other, "127.84.0.2", 20)
+	after, err := chosen.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := float64(after.Sub(before).Drop)
+	netns, otherNetns := strconv.FormatUint(uint64(chosen.Inode()), 10), strconv.FormatUint(uint64(other.Inode()), 10)
+	_, fams := waitScrape(t, addr, "the chosen namespace's refusals", func(f map[string]*dto.MetricFamily) bool {
+		return labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")["table_full"] == want &&
+			labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source")["127.84.0.1/32"] == 30
+	})
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "netns" && l.GetValue() != netns {
+					t.Errorf("%s has a series of namespace %s (the other one is %s)", name, l.GetValue(), otherNetns)
+				}
+			}
+		}
+	}
+	if got := labelled(fams["cttrace_nf_conntrack_entries"], nil, "netns"); len(got) != 1 || got[netns] < 32 {
+		t.Errorf("entries: %v, want the chosen namespace's only, at least 32", got)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/table"
 	"github.com/cttrace/cttrace/pkg/top"
 )
 
@@ -27,7 +28,7 @@ func (e *Exporter) Follow(ctx context.Context, k Kernel, interval time.Duration,
 		warn(what, err)
 	}
 	o := top.DefaultOptions()
-	o.Limit, o.Interval = top.HistoryCapacity, interval
+	o.Limit, o.Interval, o.Netns = top.HistoryCapacity, interval, e.netns
 	live, err := top.NewLive(k, o, failed)
 	if err != nil {
 		return err
@@ -58,7 +59,7 @@ func read(now time.Time, k Kernel, live *top.Live) (*Reading, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Reading{Time: now, Snapshot: &snap, Tables: live.Tables(), Lost: snap.Lost}
+	r := &Reading{Time: now, Snapshot: &snap, Tables: shown(live.Tables(), snap.Namespaces), Lost: snap.Lost}
 	counted, err := k.NamespaceCounts()
 	if err != nil {
 		return nil, err
@@ -73,4 +74,20 @@ func read(now time.Time, k Kernel, live *top.Live) (*Reading, error) {
 	}
 	r.Buckets, _ = host.ConntrackBuckets()
 	return r, nil
+}
+
+// shown keeps the tables of the namespaces the snapshot shows: those
+// chosen with --netns, and only the living.
+func shown(tables []table.NamespaceStats, namespaces []top.Namespace) []table.NamespaceStats {
+	inodes := make(map[uint32]bool, len(namespaces))
+	for _, ns := range namespaces {
+		inodes[ns.Netns.Inode] = true
+	}
+	out := make([]table.NamespaceStats, 0, len(tables))
+	for _, t := range tables {
+		if inodes[t.Inode] {
+			out = append(out, t)
+		}
+	}
+	return out
 }

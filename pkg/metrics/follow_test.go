@@ -91,7 +91,7 @@ func listedNetns(ns *table.NamespaceStats) event.Netns {
 // namespaces would make two series of the same name and labels, which
 // fails the whole scrape. The exporter shows what it is given...
 func TestTwoNamespacesOfOneInodeFailTheScrape(t *testing.T) {
-	e := New("fentry", 3)
+	e := New("fentry", 3, nil)
 	e.Update(&Reading{Namespaces: map[event.Netns]event.NamespaceCounts{
 		{ID: 4097, Inode: 7}: nsCounts(map[event.Reason]uint64{event.ReasonTableFull: 3}, nil),
 		{ID: 8193, Inode: 7}: nsCounts(map[event.Reason]uint64{event.ReasonTableFull: 1000}, nil),
@@ -140,7 +140,7 @@ func testReadKeepsTheLiving(t *testing.T, keeps bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := New("fentry", 3)
+	e := New("fentry", 3, nil)
 	label := fmt.Sprint(alive.Inode)
 	for i, want := range []map[event.Netns]uint64{
 		{alive: 3, gone: 40}, // gone: missed once, maybe a process caught exiting
@@ -217,7 +217,7 @@ func TestReadUnlistedNamespacesOfOneInode(t *testing.T) {
 			t.Errorf("the line of %+v holds %d drops, the kernel counted %d in it", ns.Netns, ns.Total.Drops(), c.Events.Drops())
 		}
 	}
-	e := New("fentry", 3)
+	e := New("fentry", 3, nil)
 	e.Update(r)
 	if err := gatherAll(e); err != nil {
 		t.Errorf("scrape: %v", err)

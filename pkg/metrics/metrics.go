@@ -44,6 +44,7 @@ type Reading struct {
 // Exporter is a prometheus.Collector of the latest Reading.
 type Exporter struct {
 	backend string
+	netns   map[uint32]bool // the namespaces shown (nil: all)
 	topN    int
 
 	// fileFailures reads the events file's failed writes; nil without one.
@@ -56,9 +57,10 @@ type Exporter struct {
 }
 
 // New returns an exporter for a session on backend, showing at most topN
-// sources per namespace.
-func New(backend string, topN int) *Exporter {
-	return &Exporter{backend: backend, topN: topN, errors: map[string]uint64{}}
+// sources per namespace, of the namespaces of those inode numbers (nil:
+// every namespace).
+func New(backend string, topN int, netns map[uint32]bool) *Exporter {
+	return &Exporter{backend: backend, topN: topN, netns: netns, errors: map[string]uint64{}}
 }
 
 // Update replaces the reading shown.

@@ -13,7 +13,7 @@ import (
 )
 
 func TestHealthyFollowsTheReadingLoop(t *testing.T) {
-	e := New("tracepoint", 3)
+	e := New("tracepoint", 3, nil)
 	now := time.Now()
 	if e.Healthy(now, time.Minute) {
 		t.Error("healthy before any reading")
@@ -80,7 +80,7 @@ func gather(t *testing.T, e *Exporter, name string, labels ...string) map[string
 // that a sum by reason is the kernel's total for it. Every reason has its
 // detail="" series in every namespace, at 0 too: a series that stays.
 func TestEventsByReasonAndDetail(t *testing.T) {
-	e := New("fentry", 3)
+	e := New("fentry", 3, nil)
 	e.Update(&Reading{Namespaces: map[event.Netns]event.NamespaceCounts{
 		{ID: 4097, Inode: 7}: nsCounts(map[event.Reason]uint64{event.ReasonInsertFailed: 5, event.ReasonTableFull: 3},
 			map[event.Detail]uint64{event.DetailClash: 2, event.DetailChainTooLong: 1}),
@@ -112,7 +112,7 @@ func TestEventsByReasonAndDetail(t *testing.T) {
 
 // The tracepoint backend's reasons are inferred.
 func TestEventsConfidence(t *testing.T) {
-	e := New("tracepoint", 3)
+	e := New("tracepoint", 3, nil)
 	e.Update(&Reading{Namespaces: map[event.Netns]event.NamespaceCounts{
 		event.NetnsOf(1): nsCounts(map[event.Reason]uint64{event.ReasonTableFull: 4}, nil)}})
 	got := gather(t, e, "cttrace_events_total", "netns", "reason", "detail", "confidence")
@@ -144,7 +144,7 @@ func TestSourcesTopNAndOther(t *testing.T) {
 			row(eight, "10.0.0.4/32", 0, 50), // no drops: not shown
 		},
 	}
-	e := New("fentry", 2)
+	e := New("fentry", 2, nil)
 	e.Update(&Reading{Snapshot: snap})
 	wantDrops := map[string]float64{"7 10.0.0.1/32": 10, "7 10.0.0.2/32": 6, "7 other": 4, "8 other": 0}
 	if got := gather(t, e, "cttrace_source_drops_total", "netns", "source"); !maps.Equal(got, wantDrops) {
