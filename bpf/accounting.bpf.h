@@ -317,18 +317,18 @@ static __always_inline void *lookup_or_sketch(void *map, const void *key, const 
 	return v;
 }
 
-/* Counts the event in its namespace and under its source. Reads, besides
- * what account_netns reads, the tuple's family and source address (zeroed
- * or written for every event), its CPU and, for a streamed drop, its time. Refusals reach
- * the sources map through the sketch; the other events, one per admitted
- * flow rather than per packet of a flood, are admitted by sampling. */
+/* Counts the event under its source (account_netns counts it in its
+ * namespace first). Reads, besides what account_netns reads, the tuple's
+ * family and source address (zeroed or written for every event), its CPU
+ * and, for a streamed drop, its time. Refusals reach the sources map
+ * through the sketch; the other events, one per admitted flow rather than
+ * per packet of a flood, are admitted by sampling. */
 static __always_inline void account_source(const struct ct_event *e)
 {
 	struct src_stats zero = {}, *st;
 	struct src_key k = {};
 	__u32 type = e->type, n = 1;
 
-	account_netns(e);
 	if (!e->tuple.family || type >= CT_EV_MAX)
 		return; /* no source: user space counts it as "other" */
 	bounded_index(type);

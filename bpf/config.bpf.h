@@ -22,9 +22,10 @@ struct ct_config {
 	/* Event types streamed through the ring buffer (bit 1 << type); the
 	 * others are only counted. */
 	__u32 stream_mask;
-	/* Whether events are also counted per source in the sources map (for
-	 * top-sources and serve), and the prefix lengths sources are grouped
-	 * by. */
+	/* Whether events are also counted per namespace (top-sources, serve),
+	 * and per source in the sources map (unless serve exports no source
+	 * series), and the prefix lengths sources are grouped by. */
+	__u32 count_namespaces;
 	__u32 count_sources;
 	__u32 group_v4_bits;
 	__u32 group_v6_bits;

@@ -106,7 +106,8 @@ struct {
 
 /*
  * Counts the event, and says whether anyone wants its details: user space
- * one by one (cfg.stream_mask) or per source (cfg.count_sources).
+ * one by one (cfg.stream_mask) or per namespace and source
+ * (cfg.count_namespaces, cfg.count_sources).
  *
  * A streamed event is zeroed whole. One only counted is not (the flood's
  * path runs hundreds of thousands of times a second): what the accounting
@@ -123,7 +124,7 @@ static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 con
 	if (streamed(type)) {
 		__builtin_memset(e, 0, sizeof(*e));
 		e->ts_boot_ns = bpf_ktime_get_boot_ns();
-	} else if (cfg.count_sources) {
+	} else if (cfg.count_namespaces) {
 		/* Counted per source: the tuple's family and source address. */
 		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
 		e->netns = 0;
@@ -232,8 +233,11 @@ static __always_inline void event_publish(const struct ct_event *e)
 {
 	__u32 netns = e->netns;
 
-	if (cfg.count_sources)
-		account_source(e);
+	if (cfg.count_namespaces) {
+		account_netns(e);
+		if (cfg.count_sources)
+			account_source(e);
+	}
 	if (!streamed(e->type))
 		return;
 	if (cfg.netns_filter && !netns_selected(netns))

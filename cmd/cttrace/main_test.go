@@ -181,7 +181,7 @@ var badInvocations = []struct {
 	{[]string{"status", "now"}, 2, `cttrace: unexpected argument "now"`, false},
 	{[]string{"status", "--duration", "5s"}, 2, `cttrace: --interval and --duration go with --watch`, false},
 	{[]string{"status", "--watch", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 10ms`, false},
-	{[]string{"serve", "--metrics-top", "0"}, 2, `cttrace: invalid --metrics-top "0": want 1 to 100`, false},
+	{[]string{"serve", "--metrics-top", "-1"}, 2, `cttrace: invalid --metrics-top "-1": want 0 to 100`, false},
 	{[]string{"serve", "--interval", "1ms"}, 2, `cttrace: invalid --interval "1ms": want at least 100ms`, false},
 	{[]string{"serve", "--stream-limit", "10"}, 2, `cttrace: --stream-limit goes with --events-file`, false},
 	{[]string{"serve", "--events-file", "/tmp/x", "--format", "xml"}, 2, `cttrace: invalid --format "xml": want cttrace or ecs`, false},

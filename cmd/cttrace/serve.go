@@ -40,7 +40,7 @@ func serveCommand() *cli.Command {
 			"   curl -s localhost:9469/metrics | grep cttrace_events_total",
 		Flags: slices.Concat(traceFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9469", Usage: "serve on `ADDRESS` (host:port)"},
-			&cli.IntFlag{Name: "metrics-top", Value: 10, Usage: "export at most `N` sources a namespace (1 to 100), the rest as source=\"other\""},
+			&cli.IntFlag{Name: "metrics-top", Value: 10, Usage: "export at most `N` sources a namespace (0 to 100), the rest as source=\"other\"; 0: no source series, and the kernel counts per namespace only"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "read the kernel every `DURATION`"},
 			netnsFlag(),
 			streamLimitFlag("write"),
@@ -55,8 +55,8 @@ func runServe(c *cli.Context) error {
 		return err
 	}
 	topN, interval := c.Int("metrics-top"), c.Duration("interval")
-	if topN < 1 || topN > 100 {
-		return invalidFlag("metrics-top", fmt.Sprint(topN), "1 to 100")
+	if topN < 0 || topN > 100 {
+		return invalidFlag("metrics-top", fmt.Sprint(topN), "0 to 100")
 	}
 	if interval < 100*time.Millisecond {
 		return invalidFlag("interval", interval.String(), "at least 100ms")
@@ -85,7 +85,7 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := session.Config{Sources: probe.SourceOptions{Enabled: true, ReadEvery: interval}}
+	cfg := session.Config{Sources: probe.SourceOptions{Enabled: true, NamespacesOnly: topN == 0, ReadEvery: interval}}
 	if file != nil {
 		defer file.Close()
 		cfg.Reasons = event.RefusalsAndEvictions()

@@ -331,3 +331,30 @@ func TestServeWatchesChosenNamespaces(t *testing.T) {
 		t.Errorf("entries: %v, want the chosen namespace's only, at least 32", got)
 	}
 }
+
+// serve --metrics-top 0 exports no source series: the namespace's counters
+// are still the kernel's, counted without any per-source work.
+func TestServeWithoutSourceSeries(t *testing.T) {
+	lab := fullTable(t, 32)
+	addr := freeAddr(t)
+	startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--metrics-top", "0")
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse(t, lab, "127.85.0.1", 30)
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := float64(after.Sub(before).Drop)
+	netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+	_, fams := waitScrape(t, addr, "the namespace's refusals", func(f map[string]*dto.MetricFamily) bool {
+		return labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")["table_full"] == want
+	})
+	for _, name := range []string{"cttrace_source_drops_total", "cttrace_source_entries"} {
+		if f := fams[name]; f != nil && len(f.GetMetric()) > 0 {
+			t.Errorf("%s has %d series with --metrics-top 0", name, len(f.GetMetric()))
+		}
+	}
+}

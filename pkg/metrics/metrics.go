@@ -57,7 +57,7 @@ type Exporter struct {
 }
 
 // New returns an exporter for a session on backend, showing at most topN
-// sources per namespace, of the namespaces of those inode numbers (nil:
+// sources per namespace (0: no per-source series), of the namespaces of those inode numbers (nil:
 // every namespace).
 func New(backend string, topN int, netns map[uint32]bool) *Exporter {
 	return &Exporter{backend: backend, topN: topN, netns: netns, errors: map[string]uint64{}}
@@ -229,6 +229,9 @@ func (e *Exporter) collectEvents(ch chan<- prometheus.Metric, netns uint32, c *e
 // and its "other": the namespace's drops that no series shown holds. The
 // series are at most (topN + 1) × namespaces, whatever the sources.
 func (e *Exporter) collectSources(ch chan<- prometheus.Metric, s *top.Snapshot) {
+	if e.topN == 0 {
+		return // no per-source series (serve --metrics-top 0)
+	}
 	shown := map[event.Netns]int{}
 	inRows := map[event.Netns]uint64{}
 	rows := slices.Clone(s.Rows)

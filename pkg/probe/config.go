@@ -51,6 +51,11 @@ func (o SourceOptions) apply(cfg *cttraceCtConfig, specs *specObjects) error {
 	if !o.Enabled {
 		return nil
 	}
+	cfg.CountNamespaces = 1
+	if o.NamespacesOnly {
+		specs.Sources.MaxEntries = 1 // never written: no memory for it
+		return nil
+	}
 	v4, v6 := o.V4Bits, o.V6Bits
 	if v4 > 32 || v6 > 128 {
 		return fmt.Errorf("invalid source grouping /%d, /%d", v4, v6)
@@ -87,7 +92,7 @@ func configureSketches(cfg *cttraceCtConfig, specs *specObjects, opts Options) e
 		return fmt.Errorf("count the possible CPUs for the sketches: %w", err)
 	}
 	var uses uint32
-	if opts.Sources.Enabled {
+	if opts.Sources.Enabled && !opts.Sources.NamespacesOnly {
 		uses++
 		cfg.SketchAggregatedBase = uint32(cpus)
 	}

@@ -29,6 +29,8 @@ func TestEveryConfigurationLoads(t *testing.T) {
 	}{
 		// top-sources and serve: every event only counted.
 		{"count-only", Options{Sources: SourceOptions{Enabled: true}}},
+		// serve --metrics-top 0: counted per namespace only.
+		{"namespaces-only", Options{Sources: SourceOptions{Enabled: true, NamespacesOnly: true}}},
 		// Everything at once (every type streamed, past a limit, for one
 		// namespace, and counted per source): the most code any
 		// combination keeps. TestAttachEveryUsableBackend loads the

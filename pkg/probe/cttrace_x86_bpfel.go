@@ -60,6 +60,7 @@ const (
 type cttraceCtConfig struct {
 	_                    structs.HostLayout
 	StreamMask           uint32
+	CountNamespaces      uint32
 	CountSources         uint32
 	GroupV4Bits          uint32
 	GroupV6Bits          uint32
@@ -71,6 +72,7 @@ type cttraceCtConfig struct {
 	NetnsCookie          uint32
 	SketchAggregatedBase uint32
 	Pad                  uint32
+	_                    [4]byte
 	SketchSeed           uint64
 }
 

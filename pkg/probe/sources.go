@@ -17,9 +17,12 @@ import (
 // spoofed addresses cannot grow it.
 type SourceOptions struct {
 	Enabled bool
-	Max     uint32 // sources tracked in the kernel (0: the object's 65536)
-	V4Bits  uint8  // group IPv4 sources by this prefix length (0: 32)
-	V6Bits  uint8  // group IPv6 sources by this prefix length (0: 128)
+	// NamespacesOnly counts per namespace, not per source: the kernel side
+	// then skips every source's lookup (serve --metrics-top 0).
+	NamespacesOnly bool
+	Max            uint32 // sources tracked in the kernel (0: the object's 65536)
+	V4Bits         uint8  // group IPv4 sources by this prefix length (0: 32)
+	V6Bits         uint8  // group IPv6 sources by this prefix length (0: 128)
 	// ReadEvery is how often user space reads the map (0: every second):
 	// the map's Sampler keeps a source in it for four reads after its
 	// last event.
