@@ -228,7 +228,7 @@ bench-vm:
 	@bin="$(CTTRACE_BIN)"; bin=$$(realpath "$${bin:-$(BUILD)/bench-vm/cttrace}"); \
 	out=$(BENCH_OUT); out=$${out:-$(BUILD)/bench/vm-$$(date +%Y%m%d-%H%M%S)}; mkdir -p "$$out"; out=$$(realpath "$$out"); \
 	echo "$(CURDIR)/bench $(CURDIR)/$(BUILD)/bench-vm/bench.test" > $(BUILD)/bench-vm/manifest; \
-	CTTRACE_BENCH=1 BENCH_OUT="$$out" BENCH_CTTRACE="$$bin" BENCH_FLOOR="$$(realpath $(BUILD)/bench-vm/ctfloor)" BENCH_RAW=/tmp/bench-raw \
+	CTTRACE_BENCH=1 BENCH_OUT="$$out" $(if $(CTTRACE_BIN),CTTRACE_BIN="$$bin") BENCH_CTTRACE="$$bin" BENCH_FLOOR="$$(realpath $(BUILD)/bench-vm/ctfloor)" BENCH_RAW=/tmp/bench-raw \
 	BENCH_ROUNDS="$(or $(BENCH_ROUNDS),5)" BENCH_PACKETS="$(or $(BENCH_PACKETS),20000)" BENCH_STEADY_FLOWS="$(or $(BENCH_STEADY_FLOWS),20000)" \
 	BENCH_SWEEPS="$(or $(BENCH_SWEEPS),$(VM_BENCH_SWEEPS))" BENCH_POINTS="$(or $(BENCH_POINTS),$(VM_BENCH_POINTS))" \
 	BENCH_TRACERS="$(or $(BENCH_TRACERS),$(VM_BENCH_TRACERS))" BENCH_BACKENDS="$(or $(BENCH_BACKENDS),$(VM_BENCH_BACKENDS))" \
