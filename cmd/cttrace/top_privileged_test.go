@@ -528,6 +528,34 @@ func TestTopSourcesHeavyHittersSurviveASpoofedFlood(t *testing.T) {
 	checkMemoryBound(t, "peak resident memory", peak)
 }
 
+// floodedSnapshot sends the floods in turn (every flow must be refused),
+// then waits for top-sources' snapshot with every drop the kernel counted
+// meanwhile, stops it, and returns that snapshot and the kernel's count.
+func floodedSnapshot(t *testing.T, lab *ctlab.Lab, r *process, floods ...ctlab.FloodSpec) (topFlood, uint64) {
+	t.Helper()
+	before, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range floods {
+		if res, err := lab.Flood(spec); err != nil || res.Refused != spec.Packets {
+			t.Fatalf("flood %+v: %+v, %v", spec, res, err)
+		}
+	}
+	after, err := lab.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drop := uint64(after.Sub(before).Drop)
+	rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
+	r.stop(t, syscall.SIGINT)
+	var last topFlood
+	if err := json.Unmarshal(rec.raw, &last); err != nil {
+		t.Fatal(err)
+	}
+	return last, drop
+}
+
 // checkHeavyFirst fails unless the first n rows are the n heavy sources
 // from base on, each within ±10 % of its perHeavy refusals: the
 // documented error of the kernel's sketch (docs/top-sources.md).
@@ -563,25 +591,8 @@ func TestTopSourcesCountsManySourcesExactly(t *testing.T) {
 		lab := fullTable(t, 32)
 		r := startTop(t, "--backend", backend, "-o", "json", "--interval", "1s", "--limit", "5000",
 			"--netns", "/run/netns/"+lab.Name())
-		before, err := lab.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
 		base := netip.MustParseAddr("127.83.0.1")
-		if res, err := lab.Flood(ctlab.FloodSpec{Sources: sources, SourceBase: base, Packets: sources * each}); err != nil || res.Refused != sources*each {
-			t.Fatalf("flood: %+v, %v", res, err)
-		}
-		after, err := lab.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		drop := uint64(after.Sub(before).Drop)
-		rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
-		r.stop(t, syscall.SIGINT)
-		var last topFlood
-		if err := json.Unmarshal(rec.raw, &last); err != nil {
-			t.Fatal(err)
-		}
+		last, drop := floodedSnapshot(t, lab, r, ctlab.FloodSpec{Sources: sources, SourceBase: base, Packets: sources * each})
 		counted := 0
 		for _, row := range last.Rows {
 			if row.Drops == 0 {
@@ -626,31 +637,15 @@ func testBurstBetweenTwoFloods(t *testing.T, backend string, spec ctlab.FloodSpe
 	lab := fullTable(t, 32)
 	r := startTop(t, "--backend", backend, "-o", "json", "--max-sources", "512", "--interval", "2s",
 		"--limit", "10", "--netns", "/run/netns/"+lab.Name())
-	before, err := lab.Stats()
-	if err != nil {
-		t.Fatal(err)
+	floods := []ctlab.FloodSpec{
+		{Random: true, Packets: random, Seed: 3},
+		{Sources: heavyN, SourceBase: heavyBase, Packets: heavyN * perHeavy},
+		{Random: true, Packets: random, Seed: 4},
 	}
-	flood := func(s ctlab.FloodSpec) {
-		t.Helper()
-		s.Proto, s.IPv6 = spec.Proto, spec.IPv6
-		if res, err := lab.Flood(s); err != nil || res.Refused != s.Packets {
-			t.Fatalf("flood %+v: %+v, %v", s, res, err)
-		}
+	for i := range floods {
+		floods[i].Proto, floods[i].IPv6 = spec.Proto, spec.IPv6
 	}
-	flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 3})
-	flood(ctlab.FloodSpec{Sources: heavyN, SourceBase: heavyBase, Packets: heavyN * perHeavy})
-	flood(ctlab.FloodSpec{Random: true, Packets: random, Seed: 4})
-	after, err := lab.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	drop := uint64(after.Sub(before).Drop)
-	rec := waitSnapshot(t, r, "a snapshot with every drop", func(rec topRecord) bool { return rec.drops() == drop })
-	r.stop(t, syscall.SIGINT)
-	var last topFlood
-	if err := json.Unmarshal(rec.raw, &last); err != nil {
-		t.Fatal(err)
-	}
+	last, drop := floodedSnapshot(t, lab, r, floods...)
 	t.Logf("%s: kernel drops %d; rows %+v; other %d", backend, drop, last.Rows, last.Other.Drops)
 	for _, ns := range last.Netns {
 		if ns.Netns == lab.Inode() && ns.Drops != drop {
