@@ -120,7 +120,7 @@ func Run(ctx context.Context, lab *ctlab.Lab, env Env, opt Options) ([]Sample, e
 					eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(total-done))
 					seen := fmt.Sprintf("reported %d of %d drops, lost %d", s.Reported, s.KernelDrops, s.Lost)
 					switch {
-					case p.Steady() && k.Base() == TopSources:
+					case p.Steady() && k.IsTop():
 						seen = fmt.Sprintf("%d flows admitted, %d inserts counted", s.Flows, s.Inserts)
 					case p.Steady():
 						seen = fmt.Sprintf("%d flows admitted", s.Admitted)
@@ -313,7 +313,7 @@ func measure(ctx context.Context, lab *ctlab.Lab, env Env, opt Options, p Point,
 			return s, err
 		}
 		s.Reported, s.Lost, s.Header, s.Streamed = o.Reported, o.Lost, o.Header, o.Streamed
-		if p.Steady() && k.Base() == TopSources {
+		if p.Steady() && k.IsTop() {
 			s.Inserts = o.Inserts
 		}
 	}

@@ -28,8 +28,12 @@ const (
 	BPFTraceCount     Kind = "bpftrace-count"
 	BPFTracePerSource Kind = "bpftrace-per-source"
 	TopSources        Kind = "top-sources"
-	DropsFile         Kind = "drops-file"
-	DropsNull         Kind = "drops-null"
+	// TopSourcesOnPressure is top-sources --hooks on-pressure: no
+	// per-flow hook until a table is nearly full or refuses (not in the
+	// default set).
+	TopSourcesOnPressure Kind = "top-sources-on-pressure"
+	DropsFile            Kind = "drops-file"
+	DropsNull            Kind = "drops-null"
 	// DropsFileAll is drops to a file with --stream-limit 0: every event
 	// streamed one by one (not in the default set).
 	DropsFileAll Kind = "drops-file-all"
@@ -43,7 +47,7 @@ const (
 var AllKinds = []Kind{Untraced, FloorProg, BPFTraceCount, BPFTracePerSource, TopSources, DropsFile, DropsNull}
 
 // KnownKinds are AllKinds and those BENCH_TRACERS may add.
-var KnownKinds = append(AllKinds[:len(AllKinds):len(AllKinds)], DropsFileAll, FlowFloor)
+var KnownKinds = append(AllKinds[:len(AllKinds):len(AllKinds)], DropsFileAll, FlowFloor, TopSourcesOnPressure)
 
 // Base is the tracer without a backend suffix ("top-sources:fentry" is
 // top-sources with --backend fentry).
@@ -75,10 +79,15 @@ func (k Kind) TakesBackend() bool {
 // IsCttrace says whether k runs cttrace.
 func (k Kind) IsCttrace() bool {
 	switch k.Base() {
-	case TopSources, DropsFile, DropsNull, DropsFileAll:
+	case TopSources, TopSourcesOnPressure, DropsFile, DropsNull, DropsFileAll:
 		return true
 	}
 	return false
+}
+
+// IsTop says whether k runs top-sources, whatever its hooks.
+func (k Kind) IsTop() bool {
+	return k.Base() == TopSources || k.Base() == TopSourcesOnPressure
 }
 
 // Describe is the tracer's row label.
@@ -104,6 +113,8 @@ func (k Kind) describe() string {
 		return "bpftrace per-source.bt"
 	case TopSources:
 		return "cttrace top-sources -o json"
+	case TopSourcesOnPressure:
+		return "cttrace top-sources -o json --hooks on-pressure"
 	case DropsFile:
 		return "cttrace drops -o json > file"
 	case DropsNull:
@@ -182,8 +193,11 @@ func Start(ctx context.Context, k Kind, env Env, tag string) (*Tracer, error) {
 		args = []string{env.BPFTrace, "-f", "json", filepath.Join(env.ScriptDir, "count.bt"), strconv.Itoa(int(env.Reason))}
 	case BPFTracePerSource:
 		args = []string{env.BPFTrace, "-f", "json", filepath.Join(env.ScriptDir, "per-source.bt"), strconv.Itoa(int(env.Reason))}
-	case TopSources:
+	case TopSources, TopSourcesOnPressure:
 		args = []string{env.Cttrace, "top-sources", "-o", "json", "--netns", env.Netns, "--ready-file", t.ready}
+		if k.Base() == TopSourcesOnPressure {
+			args = append(args, "--hooks", "on-pressure")
+		}
 	case DropsFile, DropsNull, DropsFileAll:
 		args = []string{env.Cttrace, "drops", "-o", "json", "--netns", env.Netns, "--ready-file", t.ready}
 		if k.Base() == DropsNull {
@@ -340,7 +354,7 @@ func (t *Tracer) Drain(ctx context.Context, expected int64, floodEnd time.Time, 
 				still = 0
 			}
 			lastW, lastC = w, c
-		case TopSources:
+		case TopSources, TopSourcesOnPressure:
 			snap, err := lastSnapshot(t.out)
 			if err != nil {
 				return err
@@ -502,7 +516,7 @@ func (t *Tracer) Stop() (Outcome, error) {
 			return o, err
 		}
 		o.Reported = n
-	case TopSources:
+	case TopSources, TopSourcesOnPressure:
 		s, err := lastSnapshot(t.out)
 		if err != nil {
 			return o, err

@@ -52,9 +52,11 @@ struct alloc_scratch {
 	__u64 net;
 	__u64 zone;
 	__u64 orig;
+	__u64 early_drop_net; /* for early_drop's kretprobe, which has no arguments */
 	__u8 early_drop_called;
 	__u8 in_early_drop;
 	__u8 early_drop_evicted;
+	__u8 refusal_counted; /* by early_drop's exit (per_flow_hooks) */
 };
 
 struct {
@@ -138,6 +140,17 @@ static __always_inline struct confirm_scratch *confirm_scratch(void)
 
 /* ---- the allocation decision: __nf_conntrack_alloc() and early_drop() ---- */
 
+/* Whether the per-flow hooks (the allocation's entry and exit, the
+ * confirmation's, nf_ct_delete) are attached: user space sets it after
+ * attaching them and clears it before detaching them (pkg/probe/hooks.go).
+ * Without them only early_drop() is hooked, which the kernel calls only
+ * when a namespace's count passed nf_conntrack_max: a healthy table runs
+ * no program at all, and early_drop's exit counts each refusal itself,
+ * exact but without its source. While both run (the moments around a
+ * switch), the refusal early_drop's exit counted is marked so that the
+ * allocation's exit does not count it again. */
+__u32 per_flow_hooks;
+
 static __always_inline void alloc_begin(struct net *net, const struct nf_conntrack_zone *zone,
 					const struct nf_conntrack_tuple *orig)
 {
@@ -151,26 +164,50 @@ static __always_inline void alloc_begin(struct net *net, const struct nf_conntra
 	s->early_drop_called = 0;
 	s->in_early_drop = 0;
 	s->early_drop_evicted = 0;
+	s->refusal_counted = 0;
 }
 
-static __always_inline void early_drop_begin(void)
+/* The scratch is created here too: without the per-flow hooks nothing else
+ * creates it, and early_drop's kretprobe needs the namespace kept. */
+static __always_inline void early_drop_begin(struct net *net)
 {
-	struct alloc_scratch *s = alloc_scratch(false);
+	struct alloc_scratch *s = alloc_scratch(true);
 
 	if (!s)
 		return;
+	s->early_drop_net = (__u64)net;
 	s->early_drop_called = 1;
 	s->in_early_drop = 1;
 }
 
-static __always_inline void early_drop_done(int evicted)
+/* A refusal counted where early_drop() returns: exact, in its namespace,
+ * without its source (no per-flow hook kept the tuple). */
+static __always_inline void refused_without_source(struct net *net, const bool direct)
+{
+	struct ct_event ev, *e = &ev;
+
+	if (!event_begin(e, CT_EV_TABLE_FULL, CT_CONF_EXACT))
+		return;
+	event_netns(e, net, direct);
+	e->count = e->max;
+	event_publish(e);
+}
+
+/* early_drop() returns how many entries it evicted: 0 refuses the
+ * allocation, and the count goes back down (the table is full). */
+static __always_inline void early_drop_done(struct net *net, int evicted, const bool direct)
 {
 	struct alloc_scratch *s = alloc_scratch(false);
 
-	if (!s)
+	if (s) {
+		s->in_early_drop = 0;
+		s->early_drop_evicted = evicted > 0;
+	}
+	if (evicted > 0 || per_flow_hooks)
 		return;
-	s->in_early_drop = 0;
-	s->early_drop_evicted = evicted > 0;
+	if (s)
+		s->refusal_counted = 1;
+	refused_without_source(net, direct);
 }
 
 /*
@@ -192,6 +229,8 @@ static __always_inline void alloc_done(const void *ret, struct net *net, const s
 	/* Without its state (alloc_scratch) the refusal is still counted: as
 	 * table full, as nearly every refusal is, and marked inferred. */
 	s = alloc_scratch(false);
+	if (s && s->refusal_counted)
+		return; /* by early_drop's exit, around a switch of the hooks */
 	full = !s || (s->early_drop_called && !s->early_drop_evicted);
 	if (!event_begin(e, full ? CT_EV_TABLE_FULL : CT_EV_ALLOC_FAILED, s ? CT_CONF_EXACT : CT_CONF_INFERRED))
 		return;
@@ -307,13 +346,32 @@ static __always_inline void clash_done(int verdict)
 	if (!s || !s->ct)
 		return;
 	s->clash = verdict == NF_ACCEPT ? CLASH_RESOLVED : CLASH_FAILED;
-	if (s->clash != CLASH_RESOLVED)
-		return;
-	if (!event_begin(e, CT_EV_CLASH_RESOLVED, CT_CONF_EXACT))
-		return;
 	ct = (const struct nf_conn *)s->ct;
+	if (s->clash == CLASH_RESOLVED) {
+		if (!event_begin(e, CT_EV_CLASH_RESOLVED, CT_CONF_EXACT))
+			return;
+		describe_conn(e, ct, false);
+		event_publish(e);
+		return;
+	}
+	/* Without the confirmation's hooks, the failed clash is the insert
+	 * failure they would have reported. */
+	if (per_flow_hooks)
+		return;
+	s->ct = 0;
+	if (!event_begin(e, CT_EV_INSERT_FAILED, CT_CONF_EXACT))
+		return;
 	describe_conn(e, ct, false);
+	e->detail = CT_DETAIL_CLASH;
 	event_publish(e);
+}
+
+/* The clash path kept without the confirmation's hooks: the entry the
+ * packet brought, which clash_done reports on. */
+static __always_inline void clash_begin(const struct sk_buff *skb, const bool direct)
+{
+	if (!per_flow_hooks)
+		confirm_begin(skb, direct);
 }
 
 static __always_inline __u8 insert_failure_detail(const struct confirm_scratch *s)
@@ -438,16 +496,16 @@ int BPF_PROG(fexit_ct_alloc, struct net *net, const struct nf_conntrack_zone *zo
 }
 
 SEC("fentry/early_drop")
-int BPF_PROG(fentry_early_drop)
+int BPF_PROG(fentry_early_drop, struct net *net)
 {
-	early_drop_begin();
+	early_drop_begin(net);
 	return 0;
 }
 
 SEC("fexit/early_drop")
 int BPF_PROG(fexit_early_drop, struct net *net, unsigned int hash, int ret)
 {
-	early_drop_done(ret);
+	early_drop_done(net, ret, true);
 	return 0;
 }
 
@@ -483,6 +541,13 @@ SEC("fexit/__nf_conntrack_confirm")
 int BPF_PROG(fexit_ct_confirm, struct sk_buff *skb, int ret)
 {
 	confirm_done(skb, ret, true);
+	return 0;
+}
+
+SEC("fentry/nf_ct_resolve_clash")
+int BPF_PROG(fentry_resolve_clash, struct sk_buff *skb)
+{
+	clash_begin(skb, true);
 	return 0;
 }
 
@@ -528,16 +593,22 @@ int BPF_KRETPROBE(kretprobe_ct_alloc, struct nf_conn *ret)
 }
 
 SEC("kprobe/early_drop")
-int BPF_KPROBE(kprobe_early_drop)
+int BPF_KPROBE(kprobe_early_drop, struct net *net)
 {
-	early_drop_begin();
+	early_drop_begin(net);
 	return 0;
 }
 
 SEC("kretprobe/early_drop")
 int BPF_KRETPROBE(kretprobe_early_drop, int ret)
 {
-	early_drop_done(ret);
+	struct alloc_scratch *s = alloc_scratch(false);
+
+	/* kretprobes have no arguments: the namespace comes from the entry. */
+	if (s)
+		early_drop_done((struct net *)s->early_drop_net, ret, false);
+	else if (ret == 0 && !per_flow_hooks)
+		count_lost(); /* a refusal that could not be placed */
 	return 0;
 }
 
@@ -577,6 +648,13 @@ int BPF_KRETPROBE(kretprobe_ct_confirm, int ret)
 	/* kretprobes have no arguments: the skb comes from the entry's scratch. */
 	if (s)
 		confirm_done((const struct sk_buff *)s->skb, ret, false);
+	return 0;
+}
+
+SEC("kprobe/nf_ct_resolve_clash")
+int BPF_KPROBE(kprobe_resolve_clash, struct sk_buff *skb)
+{
+	clash_begin(skb, false);
 	return 0;
 }
 

@@ -31,7 +31,7 @@ func dropsCommand() *cli.Command {
 			"   cttrace drops -o json | vector --config siem.toml\n" +
 			"   cttrace drops --reason table_full --src 203.0.113.0/24 --netns /run/netns/edge\n" +
 			"   cttrace drops --reason insert,delete --count 100",
-		Flags: slices.Concat(traceFlags(), []cli.Flag{
+		Flags: slices.Concat(traceFlags("always"), []cli.Flag{
 			outputFlag(),
 			&cli.StringFlag{Name: "ring-size", Value: "4M", Usage: "kernel ring buffer `SIZE`: a power of two from the page size to 1G (K, M and G suffixes)"},
 			&cli.StringSliceFlag{Name: "reason", Usage: "only events of `REASON` (repeatable or comma-separated): " + reasonNames()},

@@ -22,12 +22,21 @@ import (
 // The flags several commands share, their parsing, and how a command that
 // traces starts its session.
 
-// traceFlags are the flags of every command that attaches probes.
-func traceFlags() []cli.Flag {
+// traceFlags are the flags of every command that attaches probes; hooks is
+// the default of --hooks: always for the commands run during an incident
+// (drops, top-sources), on-pressure for serve, which runs all day.
+func traceFlags(hooks string) []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "backend", Value: "auto", Usage: "use `BACKEND`: auto, fentry, kprobe or tracepoint (see cttrace features)"},
 		&cli.DurationFlag{Name: "duration", Usage: "exit after `DURATION` (for example 30s; 0: until Ctrl-C)"},
 		&cli.StringFlag{Name: "ready-file", Usage: "write `PATH` once the probes are attached (for scripts)"},
+		&cli.StringFlag{Name: "hooks", Value: hooks, Usage: "attach the per-flow hooks in `MODE`: always, or on-pressure " +
+			"(from --pressure-fill or the first refusal until --pressure-quiet; healthy tables then run no program, " +
+			"and refusals are counted exactly but without their sources)"},
+		&cli.Float64Flag{Name: "pressure-fill", Value: session.DefaultFillHigh * 100, Usage: "with --hooks on-pressure, attach the per-flow hooks " +
+			"when a table reaches `PERCENT` of nf_conntrack_max (more than 100: at the first refusal only)"},
+		&cli.DurationFlag{Name: "pressure-quiet", Value: session.DefaultQuietPeriod, Usage: "with --hooks on-pressure, detach the per-flow hooks " +
+			"after `DURATION` without a refusal, every table 10 points below --pressure-fill"},
 	}
 }
 
@@ -37,6 +46,11 @@ type traceOptions struct {
 	duration  time.Duration
 	readyFile string
 	ringBytes uint32
+	// onPressure, fill and quiet are --hooks on-pressure, --pressure-fill
+	// (a fraction) and --pressure-quiet.
+	onPressure bool
+	fill       float64
+	quiet      time.Duration
 }
 
 func parseTraceOptions(c *cli.Context) (traceOptions, error) {
@@ -47,6 +61,19 @@ func parseTraceOptions(c *cli.Context) (traceOptions, error) {
 	}
 	if o.duration = c.Duration("duration"); o.duration < 0 {
 		return o, invalidFlag("duration", o.duration.String(), "0 or more")
+	}
+	switch c.String("hooks") {
+	case "always":
+	case "on-pressure":
+		o.onPressure = true
+	default:
+		return o, invalidFlag("hooks", c.String("hooks"), "always or on-pressure")
+	}
+	if o.fill = c.Float64("pressure-fill") / 100; !(o.fill > 0) {
+		return o, invalidFlag("pressure-fill", fmt.Sprint(c.Float64("pressure-fill")), "a percentage above 0")
+	}
+	if o.quiet = c.Duration("pressure-quiet"); o.quiet <= 0 {
+		return o, invalidFlag("pressure-quiet", o.quiet.String(), "more than 0")
 	}
 	if o.readyFile = c.String("ready-file"); o.readyFile != "" {
 		// Found out now, not after the probes are attached.
@@ -69,6 +96,7 @@ func startTrace(parent context.Context, o traceOptions, cfg session.Config) (con
 	// Once stopping, a second Ctrl-C kills at once, as with any tool.
 	context.AfterFunc(ctx, stop)
 	cfg.Backend, cfg.RingBytes, cfg.Log = o.backend, o.ringBytes, os.Stderr
+	cfg.PerFlowOnPressure, cfg.FillHigh, cfg.QuietPeriod = o.onPressure, o.fill, o.quiet
 	s, err := session.Start(cfg)
 	if err != nil {
 		stop()

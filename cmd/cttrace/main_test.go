@@ -369,7 +369,7 @@ func TestHelpCommandIsTheCommandsHelp(t *testing.T) {
 // vocabulary, so that help reads the same across commands.
 func TestFlagPlaceholders(t *testing.T) {
 	known := map[string]bool{"DURATION": true, "CIDR": true, "PATH": true, "N": true, "FORMAT": true, "BACKEND": true, "ADDRESS": true,
-		"SIZE": true, "SCHEMA": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true}
+		"SIZE": true, "SCHEMA": true, "REASON": true, "NETNS": true, "PROTO": true, "KEY": true, "/LEN": true, "MODE": true, "PERCENT": true}
 	for _, cmd := range newApp().Commands {
 		for _, f := range cmd.Flags {
 			if _, isBool := f.(*cli.BoolFlag); isBool {

@@ -32,13 +32,16 @@ func serveCommand() *cli.Command {
 			"bound on their number whatever an attacker does). With --events-file, every\n" +
 			"refusal and eviction also goes there as NDJSON (cttrace's schema or ECS), as\n" +
 			"drops --events-file writes it. SIGTERM and Ctrl-C stop it.\n\n" +
+			"It attaches the hooks every new flow passes only when a table reaches\n" +
+			"--pressure-fill or refuses a flow, so that a healthy host runs none of its\n" +
+			"programs (docs/backends.md, Per-flow hooks); --hooks always keeps them on.\n\n" +
 			"Examples:\n" +
 			"   cttrace serve\n" +
 			"   cttrace serve --listen 0.0.0.0:9469 --metrics-top 5\n" +
 			"   cttrace serve --netns /run/netns/edge\n" +
 			"   cttrace serve --events-file /var/log/cttrace/events.json --format ecs\n" +
 			"   curl -s localhost:9469/metrics | grep cttrace_events_total",
-		Flags: slices.Concat(traceFlags(), []cli.Flag{
+		Flags: slices.Concat(traceFlags("on-pressure"), []cli.Flag{
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:9469", Usage: "serve on `ADDRESS` (host:port)"},
 			&cli.IntFlag{Name: "metrics-top", Value: 10, Usage: "export at most `N` sources a namespace (0 to 100), the rest as source=\"other\"; 0: no source series, and the kernel counts per namespace only"},
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "read the kernel every `DURATION`"},

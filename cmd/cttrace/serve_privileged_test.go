@@ -275,7 +275,7 @@ func TestServeCountsDetails(t *testing.T) {
 			t.Fatal(err)
 		}
 		addr := freeAddr(t)
-		r := startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--backend", backend)
+		r := startCttrace(t, nil, "serve", "--listen", addr, "--interval", "200ms", "--backend", backend, "--hooks", "always")
 		if err := lab.Flush(time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -357,4 +357,60 @@ func TestServeWithoutSourceSeries(t *testing.T) {
 			t.Errorf("%s has %d series with --metrics-top 0", name, len(f.GetMetric()))
 		}
 	}
+}
+
+// serve --hooks on-pressure: healthy until the first refusal, whose count
+// is exact; then under pressure (the mode metric and its switch counter
+// say so), where refusals are counted under their source. The tracepoint
+// backend, with no per-flow hooks, stays healthy and never switches.
+func TestServeHooksOnPressure(t *testing.T) {
+	eachBackend(t, func(t *testing.T, backend string) {
+		lab := fullTable(t, 32)
+		addr := freeAddr(t)
+		startCttrace(t, nil, "serve", "--backend", backend, "--listen", addr, "--interval", "200ms",
+			"--hooks", "on-pressure", "--pressure-fill", "200")
+		perFlow := backend != string(probe.BackendTracepoint)
+		mode := func(f map[string]*dto.MetricFamily) (string, float64) {
+			m := labelled(f["cttrace_hooks_mode"], nil, "mode")
+			var switches float64
+			if s := f["cttrace_hooks_mode_switches_total"]; s != nil && len(s.GetMetric()) == 1 {
+				switches = s.GetMetric()[0].GetCounter().GetValue()
+			}
+			if m["pressure"] == 1 {
+				return "pressure", switches
+			}
+			if m["healthy"] == 1 {
+				return "healthy", switches
+			}
+			return "", switches
+		}
+		waitScrape(t, addr, "healthy mode", func(f map[string]*dto.MetricFamily) bool {
+			m, n := mode(f)
+			return m == "healthy" && n == 0
+		})
+		before, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		refuse(t, lab, "127.86.0.1", 30)
+		after, err := lab.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := float64(after.Sub(before).Drop)
+		netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+		wantMode, wantSwitches := "healthy", 0.0
+		if perFlow {
+			wantMode, wantSwitches = "pressure", 1
+		}
+		waitScrape(t, addr, "every refusal, and the mode after them", func(f map[string]*dto.MetricFamily) bool {
+			m, n := mode(f)
+			return m == wantMode && n == wantSwitches &&
+				labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")["table_full"] == want
+		})
+		refuse(t, lab, "127.86.0.2", 20)
+		waitScrape(t, addr, "the refusals under their source", func(f map[string]*dto.MetricFamily) bool {
+			return labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source")["127.86.0.2/32"] == 20
+		})
+	})
 }

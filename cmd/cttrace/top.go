@@ -34,7 +34,7 @@ func topCommand() *cli.Command {
 			"   cttrace top-sources -o json --interval 10s > top.ndjson\n" +
 			"   cttrace top-sources --once -o json | jq '.rows[0]'\n" +
 			"   cttrace top-sources --replay events.json --group-v4 /24 --once",
-		Flags: append(traceFlags(),
+		Flags: append(traceFlags("always"),
 			outputFlag(),
 			&cli.DurationFlag{Name: "interval", Value: def.Interval, Usage: "refresh every `DURATION`"},
 			&cli.StringFlag{Name: "sort", Value: string(def.Sort), Usage: "rank by `KEY`: drops, inserts or held"},

@@ -313,7 +313,10 @@ func TestTableFull(t *testing.T) {
 	checkTableFullLog(t, l, kmsg)
 
 	// Control: with room for 100 more, the next 100 flows pass and the 101st
-	// is refused again.
+	// is refused again, unless early_drop finds one of the 100 (unreplied,
+	// so evictable) in the 8 buckets it searches from the 101st's hash
+	// (about 1 run in 80 with 65,536 buckets): then the 101st is admitted
+	// in its place.
 	SetMax(t, maxN+100)
 	src := netip.MustParseAddr("127.1.0.4")
 	sent, refused, err := l.SendNewFlows(src, sinkDst, 101)
@@ -323,8 +326,10 @@ func TestTableFull(t *testing.T) {
 	s2 := settle(t, l)
 	d2 := s2.Sub(s1)
 	t.Logf("max %d: %d sent, %d refused; %v", maxN+100, sent, refused, d2)
-	if sent != 100 || refused != 1 || d2.Drop != 1 || d2.Entries != 100 || d2.EarlyDrop != 0 {
-		t.Errorf("with room for 100: %d sent, %d refused, %v", sent, refused, d2)
+	refusedLast := sent == 100 && refused == 1 && d2.Drop == 1 && d2.EarlyDrop == 0
+	evictedOne := sent == 101 && refused == 0 && d2.Drop == 0 && d2.EarlyDrop == 1
+	if !(refusedLast || evictedOne) || d2.Entries != 100 {
+		t.Errorf("with room for 100: %d sent, %d refused, %v; want the 101st refused, or admitted by evicting one of the 100", sent, refused, d2)
 	}
 }
 

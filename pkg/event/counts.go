@@ -153,6 +153,7 @@ type Deltas[K comparable] struct {
 type deltaRead struct {
 	counts Counts
 	gen    uint32
+	quiet  uint32 // reads in a row that found nothing new
 }
 
 // NewDeltas returns a Deltas sized for capacity keys. The kernel's maps
@@ -171,11 +172,32 @@ func (d *Deltas[K]) Begin() { d.gen++ }
 // previous one.
 func (d *Deltas[K]) Since(k K, now Counts) Counts {
 	prev, seen := d.last[k]
-	d.last[k] = deltaRead{counts: now, gen: d.gen}
 	if !seen || prev.gen != d.gen-1 {
+		d.last[k] = deltaRead{counts: now, gen: d.gen}
 		return now // new, or gone from the map for a read and back
 	}
-	return now.Since(prev.counts)
+	r := deltaRead{counts: now, gen: d.gen}
+	delta := now.Since(prev.counts)
+	if delta.IsZero() {
+		r.quiet = prev.quiet + 1
+	}
+	d.last[k] = r
+	return delta
+}
+
+// Quiet is how many reads in a row found k with nothing new, up to this
+// one.
+func (d *Deltas[K]) Quiet(k K) uint32 { return d.last[k].quiet }
+
+// Removed forgets k, which the caller removed from the map holding final,
+// and returns what k did between its last read and the removal.
+func (d *Deltas[K]) Removed(k K, final Counts) Counts {
+	prev, seen := d.last[k]
+	delete(d.last, k)
+	if !seen {
+		return final
+	}
+	return final.Since(prev.counts)
 }
 
 // Forget drops the keys match says, whose counts the map no longer holds

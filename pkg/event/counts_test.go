@@ -113,3 +113,35 @@ func TestDeltas(t *testing.T) {
 		}
 	}
 }
+
+// Quiet counts the reads in a row that found a key with nothing new, and
+// Removed returns what a key did between its last read and its removal:
+// together they let a reader remove only keys idle for a while, and lose
+// nothing that landed meanwhile.
+func TestDeltasQuietAndRemoved(t *testing.T) {
+	var c Counts
+	c.Add(ReasonTableFull, 4)
+	k := netip.MustParseAddr("10.0.0.1")
+	d := NewDeltas[netip.Addr](0)
+	wantQuiet := []uint32{0, 1, 2}
+	for i, want := range wantQuiet {
+		d.Begin()
+		d.Since(k, c)
+		d.End()
+		if q := d.Quiet(k); q != want {
+			t.Fatalf("read %d: quiet %d, want %d", i, q, want)
+		}
+	}
+	final := c
+	final.Add(ReasonTableFull, 3)
+	if late := d.Removed(k, final).Of(ReasonTableFull); late != 3 {
+		t.Errorf("removed after 3 more: %d, want 3", late)
+	}
+	d.Begin()
+	if n := d.Since(k, c).Of(ReasonTableFull); n != 4 {
+		t.Errorf("back after removal: %d, want all 4 as new", n)
+	}
+	if gone := d.End(); gone != 0 {
+		t.Errorf("removed key counted as pushed out: %d", gone)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/session"
 	"github.com/cttrace/cttrace/pkg/table"
 	"github.com/cttrace/cttrace/pkg/top"
 )
@@ -73,7 +74,15 @@ func read(now time.Time, k Kernel, live *top.Live) (*Reading, error) {
 		}
 	}
 	r.Buckets, _ = host.ConntrackBuckets()
+	if m, ok := k.(moder); ok {
+		r.Mode, r.ModeSwitches = m.Mode()
+	}
 	return r, nil
+}
+
+// moder is a kernel side that switches its per-flow hooks (session.Session).
+type moder interface {
+	Mode() (session.Mode, uint64)
 }
 
 // shown keeps the tables of the namespaces the snapshot shows: those

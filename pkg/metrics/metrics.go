@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/session"
 	"github.com/cttrace/cttrace/pkg/table"
 	"github.com/cttrace/cttrace/pkg/top"
 )
@@ -39,6 +40,11 @@ type Reading struct {
 	Tables   []table.NamespaceStats
 	Buckets  int64
 	Lost     uint64
+	// Mode is what the kernel side runs (session.Mode: healthy, or
+	// pressure with the per-flow hooks) and ModeSwitches how often it
+	// switched; "" when it cannot say.
+	Mode         session.Mode
+	ModeSwitches uint64
 }
 
 // Exporter is a prometheus.Collector of the latest Reading.
@@ -114,6 +120,10 @@ var (
 		"nf_conntrack_max, the limit each namespace's entries are compared with (as node_nf_conntrack_entries_limit).", ns, nil)
 	bucketsDesc = prometheus.NewDesc("cttrace_nf_conntrack_buckets",
 		"nf_conntrack_buckets: the size of the host's one conntrack hash table.", nil, nil)
+	modeDesc = prometheus.NewDesc("cttrace_hooks_mode",
+		"What the kernel side runs: healthy (only the hooks a table at its max calls; refusals without sources) or pressure (every hook, refusals under their sources); 1 for the current mode.", []string{"mode"}, nil)
+	modeSwitchesDesc = prometheus.NewDesc("cttrace_hooks_mode_switches_total",
+		"Switches between the healthy and pressure modes (serve --hooks on-pressure).", nil, nil)
 	sourceDropsDesc = prometheus.NewDesc("cttrace_source_drops_total",
 		"Packets refused (table_full, alloc_failed, insert_failed) per source, for the namespace's top sources by drops; source=\"other\" holds the rest, so the series of a namespace add up to its drops.",
 		[]string{"netns", "source"}, nil)
@@ -151,7 +161,7 @@ var kernelCounterDescs = func() []*prometheus.Desc {
 // Describe sends every metric's description.
 func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{eventsDesc, lostDesc, backendDesc, errorsDesc, fileErrorsDesc, readingDesc, entriesDesc,
-		limitDesc, bucketsDesc, sourceDropsDesc, sourceEntriesDesc} {
+		limitDesc, bucketsDesc, sourceDropsDesc, sourceEntriesDesc, modeDesc, modeSwitchesDesc} {
 		ch <- d
 	}
 	for _, d := range kernelCounterDescs {
@@ -182,6 +192,12 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(readingDesc, prometheus.GaugeValue, float64(r.Time.UnixNano())/1e9)
 	ch <- prometheus.MustNewConstMetric(lostDesc, prometheus.CounterValue, float64(r.Lost))
 	ch <- prometheus.MustNewConstMetric(bucketsDesc, prometheus.GaugeValue, float64(r.Buckets))
+	if r.Mode != "" {
+		for _, m := range []session.Mode{session.ModeHealthy, session.ModePressure} {
+			ch <- prometheus.MustNewConstMetric(modeDesc, prometheus.GaugeValue, boolValue(m == r.Mode), string(m))
+		}
+		ch <- prometheus.MustNewConstMetric(modeSwitchesDesc, prometheus.CounterValue, float64(r.ModeSwitches))
+	}
 	for netns, c := range r.Namespaces {
 		e.collectEvents(ch, netns.Inode, &c)
 	}
@@ -259,6 +275,13 @@ func (e *Exporter) confidence(r event.Reason) string {
 		return string(event.ConfidenceInferred)
 	}
 	return string(event.ConfidenceExact)
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func label(netns uint32) string { return strconv.FormatUint(uint64(netns), 10) }

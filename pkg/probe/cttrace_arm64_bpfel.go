@@ -35,10 +35,12 @@ type cttraceAllocScratch struct {
 	Net              uint64
 	Zone             uint64
 	Orig             uint64
+	EarlyDropNet     uint64
 	EarlyDropCalled  uint8
 	InEarlyDrop      uint8
 	EarlyDropEvicted uint8
-	_                [5]byte
+	RefusalCounted   uint8
+	_                [4]byte
 }
 
 type cttraceConfirmScratch struct {
@@ -230,6 +232,7 @@ const (
 	cttraceProgFentryCtDelete        = "fentry_ct_delete"
 	cttraceProgFentryEarlyDrop       = "fentry_early_drop"
 	cttraceProgFentryGcWorker        = "fentry_gc_worker"
+	cttraceProgFentryResolveClash    = "fentry_resolve_clash"
 	cttraceProgFexitCtAlloc          = "fexit_ct_alloc"
 	cttraceProgFexitCtConfirm        = "fexit_ct_confirm"
 	cttraceProgFexitEarlyDrop        = "fexit_early_drop"
@@ -240,6 +243,7 @@ const (
 	cttraceProgKprobeCtDelete        = "kprobe_ct_delete"
 	cttraceProgKprobeEarlyDrop       = "kprobe_early_drop"
 	cttraceProgKprobeGcWorker        = "kprobe_gc_worker"
+	cttraceProgKprobeResolveClash    = "kprobe_resolve_clash"
 	cttraceProgKretprobeCtAlloc      = "kretprobe_ct_alloc"
 	cttraceProgKretprobeCtConfirm    = "kretprobe_ct_confirm"
 	cttraceProgKretprobeEarlyDrop    = "kretprobe_early_drop"
@@ -251,6 +255,7 @@ const (
 	cttraceVarAggregatedRoom         = "aggregated_room"
 	cttraceVarCfg                    = "cfg"
 	cttraceVarCtMax                  = "ct_max"
+	cttraceVarPerFlowHooks           = "per_flow_hooks"
 	cttraceVarSourcesRoom            = "sources_room"
 	cttraceVarUnusedCtConfidence     = "unused_ct_confidence"
 	cttraceVarUnusedCtDetail         = "unused_ct_detail"
@@ -307,6 +312,7 @@ type cttraceProgramSpecs struct {
 	FentryCtDelete        *ebpf.ProgramSpec `ebpf:"fentry_ct_delete"`
 	FentryEarlyDrop       *ebpf.ProgramSpec `ebpf:"fentry_early_drop"`
 	FentryGcWorker        *ebpf.ProgramSpec `ebpf:"fentry_gc_worker"`
+	FentryResolveClash    *ebpf.ProgramSpec `ebpf:"fentry_resolve_clash"`
 	FexitCtAlloc          *ebpf.ProgramSpec `ebpf:"fexit_ct_alloc"`
 	FexitCtConfirm        *ebpf.ProgramSpec `ebpf:"fexit_ct_confirm"`
 	FexitEarlyDrop        *ebpf.ProgramSpec `ebpf:"fexit_early_drop"`
@@ -317,6 +323,7 @@ type cttraceProgramSpecs struct {
 	KprobeCtDelete        *ebpf.ProgramSpec `ebpf:"kprobe_ct_delete"`
 	KprobeEarlyDrop       *ebpf.ProgramSpec `ebpf:"kprobe_early_drop"`
 	KprobeGcWorker        *ebpf.ProgramSpec `ebpf:"kprobe_gc_worker"`
+	KprobeResolveClash    *ebpf.ProgramSpec `ebpf:"kprobe_resolve_clash"`
 	KretprobeCtAlloc      *ebpf.ProgramSpec `ebpf:"kretprobe_ct_alloc"`
 	KretprobeCtConfirm    *ebpf.ProgramSpec `ebpf:"kretprobe_ct_confirm"`
 	KretprobeEarlyDrop    *ebpf.ProgramSpec `ebpf:"kretprobe_early_drop"`
@@ -358,6 +365,7 @@ type cttraceVariableSpecs struct {
 	AggregatedRoom     *ebpf.VariableSpec `ebpf:"aggregated_room"`
 	Cfg                *ebpf.VariableSpec `ebpf:"cfg"`
 	CtMax              *ebpf.VariableSpec `ebpf:"ct_max"`
+	PerFlowHooks       *ebpf.VariableSpec `ebpf:"per_flow_hooks"`
 	SourcesRoom        *ebpf.VariableSpec `ebpf:"sources_room"`
 	UnusedCtConfidence *ebpf.VariableSpec `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.VariableSpec `ebpf:"unused_ct_detail"`
@@ -439,6 +447,7 @@ type cttraceVariables struct {
 	AggregatedRoom     *ebpf.Variable `ebpf:"aggregated_room"`
 	Cfg                *ebpf.Variable `ebpf:"cfg"`
 	CtMax              *ebpf.Variable `ebpf:"ct_max"`
+	PerFlowHooks       *ebpf.Variable `ebpf:"per_flow_hooks"`
 	SourcesRoom        *ebpf.Variable `ebpf:"sources_room"`
 	UnusedCtConfidence *ebpf.Variable `ebpf:"unused_ct_confidence"`
 	UnusedCtDetail     *ebpf.Variable `ebpf:"unused_ct_detail"`
@@ -457,6 +466,7 @@ type cttracePrograms struct {
 	FentryCtDelete        *ebpf.Program `ebpf:"fentry_ct_delete"`
 	FentryEarlyDrop       *ebpf.Program `ebpf:"fentry_early_drop"`
 	FentryGcWorker        *ebpf.Program `ebpf:"fentry_gc_worker"`
+	FentryResolveClash    *ebpf.Program `ebpf:"fentry_resolve_clash"`
 	FexitCtAlloc          *ebpf.Program `ebpf:"fexit_ct_alloc"`
 	FexitCtConfirm        *ebpf.Program `ebpf:"fexit_ct_confirm"`
 	FexitEarlyDrop        *ebpf.Program `ebpf:"fexit_early_drop"`
@@ -467,6 +477,7 @@ type cttracePrograms struct {
 	KprobeCtDelete        *ebpf.Program `ebpf:"kprobe_ct_delete"`
 	KprobeEarlyDrop       *ebpf.Program `ebpf:"kprobe_early_drop"`
 	KprobeGcWorker        *ebpf.Program `ebpf:"kprobe_gc_worker"`
+	KprobeResolveClash    *ebpf.Program `ebpf:"kprobe_resolve_clash"`
 	KretprobeCtAlloc      *ebpf.Program `ebpf:"kretprobe_ct_alloc"`
 	KretprobeCtConfirm    *ebpf.Program `ebpf:"kretprobe_ct_confirm"`
 	KretprobeEarlyDrop    *ebpf.Program `ebpf:"kretprobe_early_drop"`
@@ -482,6 +493,7 @@ func (p *cttracePrograms) Close() error {
 		p.FentryCtDelete,
 		p.FentryEarlyDrop,
 		p.FentryGcWorker,
+		p.FentryResolveClash,
 		p.FexitCtAlloc,
 		p.FexitCtConfirm,
 		p.FexitEarlyDrop,
@@ -492,6 +504,7 @@ func (p *cttracePrograms) Close() error {
 		p.KprobeCtDelete,
 		p.KprobeEarlyDrop,
 		p.KprobeGcWorker,
+		p.KprobeResolveClash,
 		p.KretprobeCtAlloc,
 		p.KretprobeCtConfirm,
 		p.KretprobeEarlyDrop,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -27,6 +28,10 @@ type Probe struct {
 	links   []link.Link
 	sources SourceOptions
 	ns      *namespaces
+	hooks   hookSet
+	// removesExactly says the kernel returns an entry's counts as it
+	// deletes it (canRemoveExactly).
+	removesExactly bool
 }
 
 // specObjects and loadedObjects are bpf2go's typed views of the object's
@@ -55,6 +60,9 @@ type Options struct {
 	Sources SourceOptions
 	// Stream bounds the stream and selects namespaces.
 	Stream StreamOptions
+	// PerFlowOnPressure leaves the per-flow hooks detached until SetPerFlow
+	// attaches them (hooks.go); else they are attached for the whole run.
+	PerFlowOnPressure bool
 }
 
 // optionalHooks are functions whose absence only costs detail: the compiler
@@ -140,13 +148,14 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		coll.Close()
 		return nil, fmt.Errorf("bpf object: %w", err)
 	}
+	p.removesExactly = canRemoveExactly(p.objs.Sources)
 	// The filter is filled before the programs are attached, so that no
 	// event of another namespace is streamed meanwhile.
 	if err := p.selectNamespaces(opts.Stream.Netns); err != nil {
 		p.Close()
 		return nil, err
 	}
-	if err := p.attachAll(spec, symbols); err != nil {
+	if err := p.attachAll(spec, symbols, opts.PerFlowOnPressure); err != nil {
 		p.Close()
 		return nil, err
 	}
@@ -157,25 +166,56 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 	return p, nil
 }
 
-// attachAll attaches every program; symbols maps a kprobe's function to the
-// symbol to attach to instead (deleteHookSymbol).
-func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string) error {
-	missing := map[string]bool{}
+// attachAll attaches every program but, with Options.PerFlowOnPressure, the
+// per-flow ones, which it keeps for SetPerFlow; symbols maps a kprobe's
+// function to the symbol to attach to instead (deleteHookSymbol).
+func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string, onPressure bool) error {
+	p.hooks.symbols = symbols
 	for name, ps := range spec.Programs {
-		l, err := attachProgram(ps, p.coll.Programs[name], cmp.Or(symbols[ps.AttachTo], ps.AttachTo))
-		if err != nil {
-			if why, ok := optionalHooks[ps.AttachTo]; ok {
-				if !missing[ps.AttachTo] {
-					p.Missing = append(p.Missing, fmt.Sprintf("%s not hooked (%v): %s", ps.AttachTo, err, why))
-				}
-				missing[ps.AttachTo] = true
-				continue
-			}
-			return fmt.Errorf("attach %s (%s): %w", name, ps.SectionName, err)
+		if perFlowHooks[ps.AttachTo] {
+			p.hooks.perFlowProgs = append(p.hooks.perFlowProgs, name)
 		}
-		p.links = append(p.links, l)
 	}
+	p.hooks.spec = spec
+	if !onPressure && len(p.hooks.perFlowProgs) > 0 {
+		// Before any program runs: early_drop's exit leaves refusals to
+		// the allocation's (bpf/cttrace.bpf.c, per_flow_hooks).
+		if err := p.objs.PerFlowHooks.Set(uint32(1)); err != nil {
+			return fmt.Errorf("set per-flow hooks: %w", err)
+		}
+	}
+	for name, ps := range spec.Programs {
+		if onPressure && perFlowHooks[ps.AttachTo] {
+			continue
+		}
+		l, err := p.attachOne(name, ps)
+		if err != nil {
+			return err
+		}
+		if l != nil {
+			p.links = append(p.links, l)
+		}
+	}
+	p.hooks.perFlowOn = !onPressure && len(p.hooks.perFlowProgs) > 0
 	return nil
+}
+
+// attachOne attaches one program, or notes in Missing an optional hook
+// that would not attach (and returns no link).
+func (p *Probe) attachOne(name string, ps *ebpf.ProgramSpec) (link.Link, error) {
+	l, err := attachProgram(ps, p.coll.Programs[name], cmp.Or(p.hooks.symbols[ps.AttachTo], ps.AttachTo))
+	if err == nil {
+		return l, nil
+	}
+	why, ok := optionalHooks[ps.AttachTo]
+	if !ok {
+		return nil, fmt.Errorf("attach %s (%s): %w", name, ps.SectionName, err)
+	}
+	prefix := ps.AttachTo + " not hooked"
+	if !slices.ContainsFunc(p.Missing, func(m string) bool { return strings.HasPrefix(m, prefix) }) {
+		p.Missing = append(p.Missing, fmt.Sprintf("%s (%v): %s", prefix, err, why))
+	}
+	return nil, nil
 }
 
 func attachProgram(ps *ebpf.ProgramSpec, prog *ebpf.Program, symbol string) (link.Link, error) {
@@ -296,11 +336,14 @@ func (p *Probe) Programs() []string {
 // Detach removes the programs from their hooks, keeping the maps: what the
 // ring buffer holds can still be read, and nothing more is added to it.
 func (p *Probe) Detach() error {
+	p.hooks.mu.Lock()
+	defer p.hooks.mu.Unlock()
 	var errs []error
-	for _, l := range p.links {
+	for _, l := range append(p.links, p.hooks.perFlow...) {
 		errs = append(errs, l.Close())
 	}
-	p.links = nil
+	p.links, p.hooks.perFlow = nil, nil
+	p.hooks.detached = true
 	return errors.Join(errs...)
 }
 

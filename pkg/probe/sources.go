@@ -81,13 +81,17 @@ func (p *Probe) Sources(clock *event.Clock, fn func(*event.SourceCounts) error) 
 }
 
 // DropSources removes sources from the kernel's map: ones user space has
-// read and that counted nothing since its previous read. Their counts are
-// user space's now; a source that comes back starts a new entry from zero.
-// Without this a spoofed flood would leave the map full of sources that
-// counted once, every one of them read and kept in user space at every
-// read. An event that lands between the read and the removal is counted
-// only in its namespace's totals.
-func (p *Probe) DropSources(keys []event.SourceKey) error {
+// read and that counted nothing lately. Their counts are user space's now;
+// a source that comes back starts a new entry from zero. Without this a
+// spoofed flood would leave the map full of sources that counted once,
+// every one of them read and kept in user space at every read.
+//
+// A refusal can land between the read and the removal. Where the kernel
+// returns an entry as it deletes it (canRemoveExactly), last gets each
+// removed source's counts at that moment, so those refusals still go to
+// their source. Elsewhere they are counted only in their namespace's
+// totals.
+func (p *Probe) DropSources(keys []event.SourceKey, clock *event.Clock, last func(*event.SourceCounts)) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -95,13 +99,45 @@ func (p *Probe) DropSources(keys []event.SourceKey) error {
 	for _, k := range keys {
 		kk = append(kk, p.encodeSource(k))
 	}
-	return dropKeys(p.objs.Sources, kk)
+	var st event.SourceCounts
+	return removeKeys(p.objs.Sources, p.removesExactly, kk, func(k *cttraceSrcKey, v *cttraceSrcStats) {
+		p.decodeSource(k, v, clock, &st)
+		last(&st)
+	})
 }
 
-// dropKeys deletes keys from a hash map in batches (BPF_MAP_DELETE_BATCH,
-// 5.6). A key already gone (pushed out meanwhile) ends a batch early, so
-// the rest are deleted one by one.
-func dropKeys[K any](m *ebpf.Map, keys []K) error {
+// canRemoveExactly says whether the kernel can look up and delete one
+// entry of a hash map in one step: BPF_MAP_LOOKUP_AND_DELETE_ELEM took
+// hash maps in 5.14 (commit 3e87f192b405, "bpf: Add support for
+// lookup_and_delete_elem for hash maps"); before, it answers ENOTSUPP. It
+// asks once, on the empty map at load, for a key no source has.
+func canRemoveExactly(m *ebpf.Map) bool {
+	var (
+		k cttraceSrcKey
+		v cttraceSrcStats
+	)
+	return errors.Is(m.LookupAndDelete(&k, &v), ebpf.ErrKeyNotExist)
+}
+
+// removeKeys deletes keys from a hash map and, where the kernel allows,
+// calls last with each one's value as it was deleted. Else it deletes in
+// batches (BPF_MAP_DELETE_BATCH, 5.6); a key already gone (pushed out
+// meanwhile) ends a batch early, so the rest are deleted one by one.
+func removeKeys[K, V any](m *ebpf.Map, exact bool, keys []K, last func(*K, *V)) error {
+	if exact {
+		var v V
+		for i := range keys {
+			err := m.LookupAndDelete(&keys[i], &v)
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("drop idle entries of %s: %w", m, err)
+			}
+			last(&keys[i], &v)
+		}
+		return nil
+	}
 	n, err := m.BatchDelete(keys, nil)
 	if err == nil {
 		return nil

@@ -3,12 +3,14 @@
 package probe
 
 import (
+	"maps"
 	"net/netip"
 	"testing"
 
 	"github.com/cttrace/cttrace/internal/ctlab"
 	"github.com/cttrace/cttrace/internal/testbed"
 	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/host"
 )
 
 // DropSources removes exactly the sources it names, IPv4 and IPv6, from
@@ -78,10 +80,24 @@ func TestDropSourcesRemovesWhatItNames(t *testing.T) {
 	// rest are still removed.
 	drop := []event.SourceKey{{Netns: ns, Prefix: netip.MustParsePrefix("127.95.0.99/32")},
 		{Netns: ns, Prefix: netip.PrefixFrom(v4, 32)}, {Netns: ns, Prefix: netip.PrefixFrom(v6, 128)}}
-	if err := p.DropSources(drop); err != nil {
+	last := map[netip.Addr]uint64{}
+	err = p.DropSources(drop, clock, func(st *event.SourceCounts) {
+		last[st.Prefix.Addr()] = st.Events.Of(event.ReasonTableFull)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got := refused(); len(got) != 1 || got[kept] != 4 {
 		t.Errorf("after dropping %s and %s: %v, want only %s at 4", v4, v6, got, kept)
+	}
+	// 5.14 returns what it deletes (canRemoveExactly); earlier kernels
+	// delete in batches and say nothing.
+	if exact := testbed.KernelAtLeast(5, 14); p.removesExactly != exact {
+		t.Fatalf("removes exactly: %v on %s, want %v", p.removesExactly, host.Release(), exact)
+	}
+	if want := map[netip.Addr]uint64{v4: 3, v6: 5}; p.removesExactly && !maps.Equal(last, want) {
+		t.Errorf("counts as removed: %v, want %v", last, want)
+	} else if !p.removesExactly && len(last) != 0 {
+		t.Errorf("counts as removed on a kernel that cannot say: %v", last)
 	}
 }

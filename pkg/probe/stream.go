@@ -59,12 +59,7 @@ func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) 
 		if p.ns.isForgotten(k.NetnsId) {
 			return nil
 		}
-		a = AggregatedCount{Netns: event.Netns{ID: k.NetnsId, Inode: v.Inum}, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
-		if k.Family == 2 {
-			a.Source = netip.AddrFrom4([4]byte(k.Addr[:4]))
-		} else {
-			a.Source = netip.AddrFrom16(k.Addr)
-		}
+		p.decodeAggregated(k, v, clock, &a)
 		return fn(&a)
 	})
 	if err != nil {
@@ -74,9 +69,10 @@ func (p *Probe) Aggregated(clock *event.Clock, fn func(*AggregatedCount) error) 
 }
 
 // DropAggregated removes entries of the aggregated map that counted
-// nothing since user space's previous read (their Count and Last are not
-// used), as DropSources does for the sources map.
-func (p *Probe) DropAggregated(idle []AggregatedCount) error {
+// nothing lately (their Count and Last are not used), as DropSources does
+// for the sources map; last gets each one's count as it was removed,
+// where the kernel can say.
+func (p *Probe) DropAggregated(idle []AggregatedCount, clock *event.Clock, last func(*AggregatedCount)) error {
 	if len(idle) == 0 {
 		return nil
 	}
@@ -86,7 +82,20 @@ func (p *Probe) DropAggregated(idle []AggregatedCount) error {
 		k.Family, k.Addr = encodeAddr(c.Source)
 		keys = append(keys, k)
 	}
-	return dropKeys(p.objs.Aggregated, keys)
+	var a AggregatedCount
+	return removeKeys(p.objs.Aggregated, p.removesExactly, keys, func(k *cttraceAggKey, v *cttraceAggValue) {
+		p.decodeAggregated(k, v, clock, &a)
+		last(&a)
+	})
+}
+
+func (p *Probe) decodeAggregated(k *cttraceAggKey, v *cttraceAggValue, clock *event.Clock, a *AggregatedCount) {
+	*a = AggregatedCount{Netns: event.Netns{ID: k.NetnsId, Inode: v.Inum}, Reason: event.ReasonFromKernel(uint32(k.Type)), Count: v.Count, Last: clock.Wall(v.LastNs)}
+	if k.Family == 2 {
+		a.Source = netip.AddrFrom4([4]byte(k.Addr[:4]))
+	} else {
+		a.Source = netip.AddrFrom16(k.Addr)
+	}
 }
 
 // AggregatedTotals returns, by reason, every event counted past the stream

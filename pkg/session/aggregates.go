@@ -38,17 +38,35 @@ type aggregates struct {
 	idle    []probe.AggregatedCount // read, and idle since the previous read
 }
 
-// dropIdle removes the entries that counted nothing since the previous
-// read from the kernel's map (probe.DropAggregated): a spoofed flood would
-// otherwise leave it, and the deltas' copy of it, full of sources that
-// counted once.
-func (a *aggregates) dropIdle(p *probe.Probe) error {
+// idleReads is how many reads in a row must find an entry with nothing
+// new before it is removed (top's idleReads says why).
+const idleReads = 4
+
+// dropIdle removes the entries that counted nothing lately from the
+// kernel's map (probe.DropAggregated): a spoofed flood would otherwise
+// leave it, and the deltas' copy of it, full of sources that counted once.
+// What an entry counted between its read and its removal, where the kernel
+// says, is added to this interval's batch.
+func (a *aggregates) dropIdle(p *probe.Probe, clock *event.Clock, now time.Time, batch []event.Aggregate) ([]event.Aggregate, error) {
+	sampling := uint64(1) << a.sampled.Shift()
+	err := p.DropAggregated(a.idle, clock, func(c *probe.AggregatedCount) {
+		var final event.Counts
+		final.Add(c.Reason, c.Count)
+		if n := a.deltas.Removed(aggKey{c.Netns, c.Source, c.Reason}, final).Of(c.Reason); n > 0 {
+			batch = append(batch, a.aggregate(now, c, n, sampling))
+		}
+	})
 	for _, c := range a.idle {
 		a.deltas.Drop(aggKey{c.Netns, c.Source, c.Reason})
 	}
-	err := p.DropAggregated(a.idle)
 	a.idle = a.idle[:0]
-	return err
+	return batch, err
+}
+
+// aggregate is the record of n events of c in the interval ending now.
+func (a *aggregates) aggregate(now time.Time, c *probe.AggregatedCount, n, sampling uint64) event.Aggregate {
+	return event.Aggregate{Time: now, Interval: now.Sub(a.last), Reason: c.Reason, Netns: c.Netns,
+		Source: c.Source, Count: n, Last: c.Last, Sampling: sampling}
 }
 
 func newAggregates(p *probe.Probe, start time.Time) (*aggregates, error) {
@@ -99,11 +117,11 @@ func (a *aggregates) interval(p *probe.Probe, clock *event.Clock, now time.Time)
 	err = p.Aggregated(clock, func(c *probe.AggregatedCount) error {
 		var count event.Counts
 		count.Add(c.Reason, c.Count)
-		d := a.deltas.Since(aggKey{c.Netns, c.Source, c.Reason}, count)
+		key := aggKey{c.Netns, c.Source, c.Reason}
+		d := a.deltas.Since(key, count)
 		if n := d.Of(c.Reason); n > 0 {
-			batch = append(batch, event.Aggregate{Time: now, Interval: now.Sub(a.last), Reason: c.Reason, Netns: c.Netns,
-				Source: c.Source, Count: n, Last: c.Last, Sampling: sampling})
-		} else {
+			batch = append(batch, a.aggregate(now, c, n, sampling))
+		} else if a.deltas.Quiet(key) >= idleReads {
 			a.idle = append(a.idle, *c)
 		}
 		return nil
@@ -112,7 +130,7 @@ func (a *aggregates) interval(p *probe.Probe, clock *event.Clock, now time.Time)
 		return nil, err
 	}
 	a.deltas.End()
-	if err := a.dropIdle(p); err != nil {
+	if batch, err = a.dropIdle(p, clock, now, batch); err != nil {
 		return nil, err
 	}
 	slices.SortFunc(batch, func(x, y event.Aggregate) int {

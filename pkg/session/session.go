@@ -7,6 +7,7 @@
 package session
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,13 @@ type Config struct {
 	Stream probe.StreamOptions
 	// Log receives the start-up lines (backend and why, missing hooks).
 	Log io.Writer
+	// PerFlowOnPressure attaches the per-flow hooks only from the first
+	// refusal until QuietPeriod passes without one (pressure.go).
+	PerFlowOnPressure bool
+	QuietPeriod       time.Duration // 0: DefaultQuietPeriod
+	// FillHigh is the fill of a table that attaches them (0:
+	// DefaultFillHigh; above 1: refusals only).
+	FillHigh float64
 }
 
 // Session is an attached probe, its reader and what keeps them current.
@@ -45,6 +53,8 @@ type Session struct {
 	agg     *aggregates    // nil without a stream limit
 	start   time.Time
 	lost    uint64 // reported in Lost records so far
+	// pressure switches the per-flow hooks; nil when they stay attached.
+	pressure *pressure
 
 	stop     chan struct{}
 	stopped  sync.WaitGroup
@@ -71,7 +81,8 @@ func Start(cfg Config) (*Session, error) {
 	if len(cfg.Reasons) == 0 {
 		ring = uint32(os.Getpagesize()) // nothing streamed: the smallest ring
 	}
-	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Reasons), RingBytes: ring, Sources: cfg.Sources, Stream: cfg.Stream})
+	p, err := probe.Attach(f, b, probe.Options{StreamMask: streamMask(cfg.Reasons), RingBytes: ring, Sources: cfg.Sources, Stream: cfg.Stream,
+		PerFlowOnPressure: cfg.PerFlowOnPressure})
 	if err != nil {
 		return nil, err
 	}
@@ -83,9 +94,20 @@ func Start(cfg Config) (*Session, error) {
 			"early_drop, insert and delete are not visible")
 	}
 	s := &Session{backend: b, probe: p, start: time.Now(), stop: make(chan struct{})}
+	if cfg.PerFlowOnPressure && p.HasPerFlowHooks() {
+		s.pressure = newPressure(cmp.Or(cfg.QuietPeriod, DefaultQuietPeriod), cmp.Or(cfg.FillHigh, DefaultFillHigh))
+	}
 	if err := s.open(cfg); err != nil {
 		s.closeProbe()
 		return nil, err
+	}
+	if s.pressure != nil {
+		// A table already past the mark (or refusing) gets the per-flow
+		// hooks now, not a maintenance tick after the caller is ready.
+		if err := s.pressure.check(s.probe, time.Now()); err != nil {
+			s.closeProbe()
+			return nil, err
+		}
 	}
 	s.stopped.Add(1)
 	go s.maintain()
@@ -158,6 +180,11 @@ func (s *Session) maintainOnce(now time.Time) error {
 	if err := s.probe.RefreshMax(); err != nil {
 		return err
 	}
+	if s.pressure != nil {
+		if err := s.pressure.check(s.probe, now); err != nil {
+			return err
+		}
+	}
 	for _, sm := range []*probe.Sampler{s.sources, s.agg.sampler()} {
 		if sm == nil {
 			continue
@@ -175,6 +202,29 @@ func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.maintErr
+}
+
+// Mode is what the kernel side runs now, and how many times it switched.
+// A backend without per-flow hooks (tracepoint) is always healthy; hooks
+// attached for the whole run are always under pressure, with no switch.
+func (s *Session) Mode() (Mode, uint64) {
+	if !s.probe.HasPerFlowHooks() {
+		return ModeHealthy, 0
+	}
+	var switches uint64
+	if s.pressure != nil {
+		switches = s.pressure.switches.Load()
+	}
+	if s.probe.PerFlow() {
+		return ModePressure, switches
+	}
+	return ModeHealthy, switches
+}
+
+// SeesEveryInsert says whether every insert and delete of the run is
+// seen: the backend sees them, and its per-flow hooks stay attached.
+func (s *Session) SeesEveryInsert() bool {
+	return s.Sees(event.ReasonInsert) && s.pressure == nil
 }
 
 // Backend is the backend in use.
@@ -201,7 +251,9 @@ func (s *Session) Sources(fn func(*event.SourceCounts) error) error {
 
 // DropSources removes idle sources from the kernel's per-source map
 // (probe.DropSources).
-func (s *Session) DropSources(keys []event.SourceKey) error { return s.probe.DropSources(keys) }
+func (s *Session) DropSources(keys []event.SourceKey, last func(*event.SourceCounts)) error {
+	return s.probe.DropSources(keys, s.reader.Clock(), last)
+}
 
 // SourceSampling is the kernel's admission of new sources into its
 // per-source map now (1 in 2^shift) and whether it ever sampled: some

@@ -127,8 +127,21 @@ type Kernel interface {
 // history already, and a flood's spoofed sources would otherwise fill the
 // map, and the ranking's copy of it, for good.
 type IdleDropper interface {
-	DropSources(keys []event.SourceKey) error
+	// DropSources removes keys and calls last with the counts of each
+	// one it removed, as it removed it, where the kernel can say.
+	DropSources(keys []event.SourceKey, last func(*event.SourceCounts)) error
 }
+
+// idleReads is how many reads in a row must find a source with nothing new
+// before it is removed from the kernel's map: the four reads the map's
+// Sampler keeps a source for (probe.Sampler). One was not enough on a
+// loaded machine (a 5.10 guest beside another): a flood's sender can be
+// descheduled for a whole interval, and reads come back to back when one
+// is late (time.Ticker). A source removed as it comes back is a new source
+// to the kernel, which takes it in only while the map has room; and on
+// kernels that cannot return what they delete, what lands between the read
+// and the removal is lost to it (probe.DropSources).
+const idleReads = 4
 
 // Ranking keeps what each source did across snapshots. The kernel's map
 // only holds the sources active lately: under a spoofed flood it pushes a
@@ -139,16 +152,19 @@ type IdleDropper interface {
 // refused once each (doc.go: a source with more than total/HistoryCapacity
 // events keeps its row).
 type Ranking struct {
-	opts      Options
-	hist      *History
-	deltas    *event.Deltas[Key]
-	idle      []event.SourceKey     // read and idle since the previous read
-	held      map[Key]int64         // seeded from the table at start
-	seeded    map[event.Netns]int64 // entries held at start, per namespace
-	prevTotal event.Counts
-	prevNs    map[event.Netns]event.Counts
-	last      time.Time
-	evicted   bool // a source was pushed out of the kernel's map
+	opts   Options
+	hist   *History
+	deltas *event.Deltas[Key]
+	idle   []event.SourceKey // read and idle since the previous read
+	held   map[Key]int64     // seeded from the table at start
+	// heldFromDumps: held is re-seeded from a dump at refreshes, not kept
+	// by insert and delete events (Tables.redump).
+	heldFromDumps bool
+	seeded        map[event.Netns]int64 // entries held at start, per namespace
+	prevTotal     event.Counts
+	prevNs        map[event.Netns]event.Counts
+	last          time.Time
+	evicted       bool // a source was pushed out of the kernel's map
 	// missing counts the reads a namespace counted in the kernel was not
 	// among the tables; dead are the namespaces found dead since the kernel
 	// side was last told (takeDead); firstSeen is the read in which each
@@ -228,7 +244,7 @@ func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace)
 		Rate: Counts{Events: rate.Minus(shown.Rate.minus(hidden.Rate).Events)}}
 	// Held reconciles like the counts: what the table held at start plus
 	// what came minus what went, less what the shown rows hold.
-	snap.Other.Total.Held = seeded + heldChange(total) - inRows.Held
+	snap.Other.Total.Held = seeded + a.heldChange(total) - inRows.Held
 	a.prevTotal = total
 	return snap, nil
 }
@@ -270,8 +286,8 @@ func (a *Ranking) readSources(k Kernel, snap *Snapshot) error {
 			return nil
 		}
 		if d := a.deltas.Since(key, st.Events); !d.IsZero() {
-			a.hist.AddCounts(key, Counts{Events: d, Held: heldChange(d)}, st.LastDropReason, st.LastDrop)
-		} else {
+			a.addSince(key, d, st)
+		} else if a.deltas.Quiet(key) >= idleReads {
 			a.idle = append(a.idle, event.SourceKey{Netns: key.Netns, Prefix: key.Prefix})
 		}
 		return nil
@@ -295,10 +311,21 @@ func (a *Ranking) dropIdle(k Kernel) error {
 	if !ok || len(idle) == 0 {
 		return nil
 	}
+	err := d.DropSources(idle, func(st *event.SourceCounts) {
+		key := Key{Netns: st.Netns, Prefix: st.Prefix}
+		if late := a.deltas.Removed(key, st.Events); !late.IsZero() {
+			a.addSince(key, late, st)
+		}
+	})
 	for _, key := range idle {
 		a.deltas.Drop(Key{Netns: key.Netns, Prefix: key.Prefix})
 	}
-	return d.DropSources(idle)
+	return err
+}
+
+// addSince adds to the history what a source did since its previous read.
+func (a *Ranking) addSince(key Key, d event.Counts, st *event.SourceCounts) {
+	a.hist.AddCounts(key, Counts{Events: d, Held: a.heldChange(d)}, st.LastDropReason, st.LastDrop)
 }
 
 // shows says whether the view includes the namespace of that inode number.
@@ -499,7 +526,16 @@ func (s *Row) add(r *Row) {
 // confirmed, less what it lost. Never below zero: a source pushed out of
 // the kernel's map loses the inserts its later deletes balance.
 func (a *Ranking) heldNow(k Key, c Counts) int64 {
-	return max(0, a.held[k]+heldChange(c.Events))
+	return max(0, a.held[k]+a.heldChange(c.Events))
+}
+
+// heldChange is the change in entries held that events make, where they
+// make it: with held from dumps (heldFromDumps), the dump has it all.
+func (a *Ranking) heldChange(e event.Counts) int64 {
+	if a.heldFromDumps {
+		return 0
+	}
+	return heldChange(e)
 }
 
 // compareRows orders rows by the chosen column: the total since start

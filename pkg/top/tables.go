@@ -73,6 +73,7 @@ func (w *Tables) Stats() []table.NamespaceStats { return w.stats }
 // what could not be read, which leaves figures unknown but stops nothing.
 func (a *Ranking) watchTables(redump bool, warn func(error)) *Tables {
 	w := &Tables{ranking: a, redump: redump, warn: warn}
+	a.heldFromDumps = redump
 	w.rescan()
 	w.seed()
 	return w

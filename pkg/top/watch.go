@@ -25,6 +25,20 @@ type LiveKernel interface {
 	Forget(dead []event.Netns) error
 }
 
+// partialFlows is a LiveKernel whose per-flow hooks may be detached for
+// part of the run (session.Session with --hooks on-pressure).
+type partialFlows interface {
+	SeesEveryInsert() bool
+}
+
+// seesEveryInsert says whether k sees every insert and delete of the run.
+func seesEveryInsert(k LiveKernel) bool {
+	if p, ok := k.(partialFlows); ok {
+		return p.SeesEveryInsert()
+	}
+	return k.Sees(event.ReasonInsert)
+}
+
 // Live is the reading of a live kernel behind top-sources, `status
 // --watch` and serve's per-source series: the ranking and the tables.
 type Live struct {
@@ -42,9 +56,10 @@ func NewLive(k LiveKernel, o Options, warn func(what string, err error)) (*Live,
 	if err != nil {
 		return nil, err
 	}
-	// A backend that sees no inserts or deletes (the tracepoint's) cannot
-	// keep "entries held" current: it comes from a fresh dump at refreshes.
-	tables := r.watchTables(!k.Sees(event.ReasonInsert), func(err error) { warn("tables", err) })
+	// A backend that sees no inserts or deletes (the tracepoint's), or
+	// sees them only under pressure, cannot keep "entries held" current:
+	// it comes from a fresh dump at refreshes.
+	tables := r.watchTables(!seesEveryInsert(k), func(err error) { warn("tables", err) })
 	return &Live{k: k, opts: o, ranking: r, tables: tables}, nil
 }
 

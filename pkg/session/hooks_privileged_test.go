@@ -1,0 +1,230 @@
+//go:build privileged
+
+package session
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/cttrace/cttrace/internal/ctlab"
+	"github.com/cttrace/cttrace/internal/testbed"
+	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/probe"
+)
+
+// With the per-flow hooks attached on pressure (--hooks on-pressure):
+//   - a healthy table's admitted flows run none of cttrace's programs, by
+//     the kernel's own run counts (while attached, each flow runs several);
+//   - refusals are counted exactly from the first, against the kernel's
+//     drop counter, before any per-flow hook is attached;
+//   - the first refusal attaches them, and later refusals are counted
+//     under their source;
+//   - once the full table is gone, a quiet period detaches them, and the
+//     next refusals are counted exactly again, from the first.
+func TestHooksOnPressure(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
+		}
+		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			t.Fatalf("turn on the kernel's BPF run counts: %v", err)
+		}
+		defer st.Close()
+		const max = 256
+		ctlab.SetMax(t, max)
+		healthy := ctlab.New(t)
+		// Refusals only: the fill's own trigger is TestHooksOnFill's.
+		s := startOnPressure(t, b, 2)
+		wantMode(t, s, ModeHealthy, 0)
+
+		admitted := netip.MustParseAddr("127.40.0.1")
+		dst := netip.MustParseAddrPort("127.0.0.1:9")
+		runsPerFlow := func(flows int) float64 {
+			t.Helper()
+			before := runs(t, s)
+			sent, refused, err := healthy.SendNewFlows(admitted, dst, flows)
+			if err != nil || sent != flows || refused != 0 {
+				t.Fatalf("admit %d flows: %d sent, %d refused, %v", flows, sent, refused, err)
+			}
+			return float64(runs(t, s)-before) / float64(flows)
+		}
+		if r := runsPerFlow(40); r != 0 {
+			t.Errorf("healthy: %.2f program runs per admitted flow, want 0", r)
+		}
+
+		// The first refusals attach the hooks; then sources are counted.
+		full := ctlab.New(t)
+		if err := full.HoldEstablished(max); err != nil {
+			t.Fatal(err)
+		}
+		before := stats(t, full)
+		first := netip.MustParseAddr("127.41.0.1")
+		start := time.Now()
+		if _, _, err := full.SendNewFlows(first, dst, 20); err != nil {
+			t.Fatal(err)
+		}
+		wantMode(t, s, ModePressure, 1)
+		t.Logf("%s: hooks attached %v after the first refusal (polled); %d of 20 refusals sent meanwhile counted without their source",
+			b, time.Since(start).Round(time.Millisecond), 20-refusedBy(t, s, full, first))
+		r := runsPerFlow(20)
+		t.Logf("%s: %.2f program runs per admitted flow under pressure", b, r)
+		if r < 1 {
+			t.Errorf("under pressure: %.2f program runs per admitted flow, want at least 1 (the measure sees nothing)", r)
+		}
+		heavy := netip.MustParseAddr("127.41.0.2")
+		if err := full.Refuse(0, heavy, 30); err != nil {
+			t.Fatal(err)
+		}
+		wantRefusedBy(t, s, full, heavy, 30)
+		wantExact(t, s, full, before, 50)
+
+		// The full table gone and quiet: detached, healthy again.
+		if err := full.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wantMode(t, s, ModeHealthy, 2)
+		if r := runsPerFlow(40); r != 0 {
+			t.Errorf("healthy again: %.2f program runs per admitted flow, want 0", r)
+		}
+		next := ctlab.New(t)
+		before = stats(t, next)
+		if err := next.Refuse(max, netip.MustParseAddr("127.41.0.3"), 10); err != nil {
+			t.Fatal(err)
+		}
+		wantExact(t, s, next, before, 10)
+	})
+}
+
+// A table that reaches the fill mark attaches the per-flow hooks before any
+// refusal.
+func TestHooksOnFill(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
+		}
+		const max = 200
+		ctlab.SetMax(t, max)
+		lab := ctlab.New(t)
+		s := startOnPressure(t, b, DefaultFillHigh)
+		before := stats(t, lab)
+		if err := lab.HoldEstablished(max * 85 / 100); err != nil {
+			t.Fatal(err)
+		}
+		// Below the mark: stays healthy for a few fill reads.
+		deadline := time.Now().Add(3 * fillEvery)
+		for time.Now().Before(deadline) {
+			if m, _ := s.Mode(); m != ModeHealthy {
+				t.Fatalf("at 85 %% of the max: mode %s, want healthy", m)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := lab.HoldEstablished(max * 5 / 100); err != nil {
+			t.Fatal(err)
+		}
+		wantMode(t, s, ModePressure, 1)
+		if d := stats(t, lab).Sub(before); d.Drop != 0 {
+			t.Errorf("the kernel dropped %d: the hooks must come before any refusal", d.Drop)
+		}
+	})
+}
+
+// startOnPressure starts a session of backend b counting per source, with
+// the per-flow hooks attached at fill high or at the first refusal.
+func startOnPressure(t *testing.T, b probe.Backend, high float64) *Session {
+	t.Helper()
+	quiet := 3 * time.Second
+	if testbed.Tier() == testbed.VM {
+		quiet = 10 * time.Second
+	}
+	s, err := Start(Config{Backend: b, Sources: probe.SourceOptions{Enabled: true}, PerFlowOnPressure: true,
+		QuietPeriod: quiet, FillHigh: high, Log: testWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// wantExact checks that the session counted as table_full, in the lab's
+// namespace, what the kernel dropped there since before: want refusals.
+func wantExact(t *testing.T, s *Session, lab *ctlab.Lab, before ctlab.Stats, want uint64) {
+	t.Helper()
+	drops := uint64(stats(t, lab).Sub(before).Drop)
+	if drops != want {
+		t.Fatalf("the kernel dropped %d, the test refused %d: the test bed is off", drops, want)
+	}
+	if got := tableFull(t, s, lab.Inode()); got != drops {
+		t.Errorf("table_full counted %d, the kernel's drop counter %d", got, drops)
+	}
+}
+
+// wantMode polls until the session runs mode after switches switches.
+func wantMode(t *testing.T, s *Session, mode Mode, switches uint64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		m, n := s.Mode()
+		if m == mode && n == switches {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mode %s after %d switches, want %s after %d", m, n, mode, switches)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func runs(t *testing.T, s *Session) uint64 {
+	t.Helper()
+	n, err := s.probe.Runs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// tableFull is what the session counted as table_full in one namespace.
+func tableFull(t *testing.T, s *Session, inode uint32) uint64 {
+	t.Helper()
+	counts, err := s.NamespaceCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ns, c := range counts {
+		if ns.Inode == inode {
+			return c.Events.Of(event.ReasonTableFull)
+		}
+	}
+	return 0
+}
+
+// wantRefusedBy checks that the kernel's per-source map holds want
+// refusals of src in the lab's namespace.
+func wantRefusedBy(t *testing.T, s *Session, lab *ctlab.Lab, src netip.Addr, want uint64) {
+	t.Helper()
+	if got := refusedBy(t, s, lab, src); got != want {
+		t.Errorf("%s: %d refusals under its source, want %d", src, got, want)
+	}
+}
+
+// refusedBy is what the kernel's per-source map holds of src's refusals in
+// the lab's namespace.
+func refusedBy(t *testing.T, s *Session, lab *ctlab.Lab, src netip.Addr) uint64 {
+	t.Helper()
+	var got uint64
+	err := s.Sources(func(st *event.SourceCounts) error {
+		if st.Netns.Inode == lab.Inode() && st.Prefix.Addr() == src {
+			got = st.Events.Of(event.ReasonTableFull)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}

@@ -1,0 +1,70 @@
+package session
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cttrace/cttrace/pkg/event"
+)
+
+// fakeHooks counts refusals and switches as the test says.
+type fakeHooks struct {
+	produced event.Counts
+	on       bool
+}
+
+func (f *fakeHooks) Produced() (event.Counts, error) { return f.produced, nil }
+func (f *fakeHooks) PerFlow() bool                   { return f.on }
+func (f *fakeHooks) SetPerFlow(on bool) error        { f.on = on; return nil }
+
+// The policy: attached at the first refusal or at the high mark, kept
+// while a table stays above the low mark or refusals keep coming, and
+// detached after the quiet period; a table hovering between the marks
+// does not flap.
+func TestPressurePolicy(t *testing.T) {
+	const quiet = time.Minute
+	fill := 0.0
+	pr := newPressure(quiet, DefaultFillHigh)
+	pr.fill = func() (float64, error) { return fill, nil }
+	h := &fakeHooks{}
+	t0 := time.Unix(1_000_000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	steps := []struct {
+		name    string
+		at      time.Duration
+		fill    float64
+		refused uint64
+		want    bool
+	}{
+		{"healthy", 0, 0.50, 0, false},
+		{"hovering under the high mark", 2 * time.Second, 0.89, 0, false},
+		{"at the high mark", 4 * time.Second, 0.90, 0, true},
+		{"between the marks: kept", 4*time.Second + quiet, 0.85, 0, true},
+		{"below the low mark, not yet quiet", 5*time.Second + quiet, 0.70, 0, true},
+		{"quiet: detached", 5*time.Second + 2*quiet, 0.70, 0, false},
+		{"between the marks again: no flap", 7*time.Second + 2*quiet, 0.85, 0, false},
+		{"a refusal, table at 10 %", 9*time.Second + 2*quiet, 0.10, 1, true},
+		{"refusals keep it", 9*time.Second + 3*quiet - time.Second, 0.10, 2, true},
+		{"quiet after the last refusal", 9*time.Second + 4*quiet, 0.10, 2, false},
+	}
+	var switches uint64
+	for _, s := range steps {
+		fill = s.fill
+		var c event.Counts
+		c.Add(event.ReasonTableFull, s.refused)
+		h.produced = c
+		before := h.on
+		if err := pr.check(h, at(s.at)); err != nil {
+			t.Fatal(err)
+		}
+		if h.on != s.want {
+			t.Errorf("%s: per-flow hooks %v, want %v", s.name, h.on, s.want)
+		}
+		if h.on != before {
+			switches++
+		}
+	}
+	if got := pr.switches.Load(); got != switches || switches != 4 {
+		t.Errorf("switches counted %d, happened %d, want 4", got, switches)
+	}
+}
