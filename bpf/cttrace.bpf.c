@@ -57,6 +57,9 @@ struct alloc_scratch {
 	__u8 in_early_drop;
 	__u8 early_drop_evicted;
 	__u8 refusal_counted; /* by early_drop's exit (per_flow_hooks) */
+	__u8 source_pending;  /* its source, for the packet's kfree_skb */
+	__u32 pending_inum;
+	__u64 pending_netns_id;
 };
 
 struct {
@@ -165,6 +168,7 @@ static __always_inline void alloc_begin(struct net *net, const struct nf_conntra
 	s->in_early_drop = 0;
 	s->early_drop_evicted = 0;
 	s->refusal_counted = 0;
+	s->source_pending = 0;
 }
 
 /* The scratch is created here too: without the per-flow hooks nothing else
@@ -178,11 +182,14 @@ static __always_inline void early_drop_begin(struct net *net)
 	s->early_drop_net = (__u64)net;
 	s->early_drop_called = 1;
 	s->in_early_drop = 1;
+	s->source_pending = 0; /* a mark no packet took is stale now */
 }
 
 /* A refusal counted where early_drop() returns: exact, in its namespace,
- * without its source (no per-flow hook kept the tuple). */
-static __always_inline void refused_without_source(struct net *net, const bool direct)
+ * without its source (no per-flow hook kept the tuple). Where the kernel
+ * frees the refused packet with a drop reason (5.17+), the source comes
+ * from it (refused_packet_freed). */
+static __always_inline void refused_without_source(struct alloc_scratch *s, struct net *net, const bool direct)
 {
 	struct ct_event ev, *e = &ev;
 
@@ -191,6 +198,43 @@ static __always_inline void refused_without_source(struct net *net, const bool d
 	event_netns(e, net, direct);
 	e->count = e->max;
 	event_publish(e);
+	if (s && cfg.count_sources) {
+		s->source_pending = 1;
+		s->pending_inum = e->netns;
+		s->pending_netns_id = e->netns_id;
+	}
+}
+
+/*
+ * The refused packet, freed: after early_drop() returned 0 the error goes
+ * back through nf_conntrack_in(), and nf_hook_slow() frees the packet with
+ * SKB_DROP_REASON_NETFILTER_DROP, on the same task and CPU, carrying no
+ * entry. Its source is credited to the refusal early_drop's exit counted
+ * (and only to it: the mark is taken once), in the per-source map only:
+ * the refusal is in its namespace's totals already. Every other freed
+ * packet costs this two comparisons.
+ */
+static __always_inline void refused_packet_freed(const struct sk_buff *skb, __u32 reason)
+{
+	struct ct_event ev = {}, *e = &ev;
+	struct alloc_scratch *s;
+	__u32 nf_drop;
+
+	if (per_flow_hooks)
+		return;
+	nf_drop = netfilter_drop_reason();
+	if (!nf_drop || reason != nf_drop)
+		return;
+	s = alloc_scratch(false);
+	if (!s || !s->source_pending || conn_of_nfct(skb_nfct_raw(skb, true)))
+		return;
+	s->source_pending = 0;
+	e->type = CT_EV_TABLE_FULL;
+	e->netns = s->pending_inum;
+	e->netns_id = s->pending_netns_id;
+	e->cpu = bpf_get_smp_processor_id();
+	tuple_from_skb(&e->tuple, skb, false);
+	account_source(e);
 }
 
 /* early_drop() returns how many entries it evicted: 0 refuses the
@@ -207,7 +251,7 @@ static __always_inline void early_drop_done(struct net *net, int evicted, const 
 		return;
 	if (s)
 		s->refusal_counted = 1;
-	refused_without_source(net, direct);
+	refused_without_source(s, net, direct);
 }
 
 /*
@@ -671,5 +715,15 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	skb_freed(skb, reason);
+	return 0;
+}
+
+/* Not the tracepoint backend's: the fentry and kprobe backends' source of
+ * the refusals counted without the per-flow hooks, where the kernel has
+ * drop reasons (pkg/probe keeps it by name). */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_btf_kfree_skb_source, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	refused_packet_freed(skb, reason);
 	return 0;
 }

@@ -40,7 +40,11 @@ type cttraceAllocScratch struct {
 	InEarlyDrop      uint8
 	EarlyDropEvicted uint8
 	RefusalCounted   uint8
+	SourcePending    uint8
+	_                [3]byte
+	PendingInum      uint32
 	_                [4]byte
+	PendingNetnsId   uint64
 }
 
 type cttraceConfirmScratch struct {
@@ -250,6 +254,7 @@ const (
 	cttraceProgKretprobeGcWorker     = "kretprobe_gc_worker"
 	cttraceProgKretprobeResolveClash = "kretprobe_resolve_clash"
 	cttraceProgTpBtfKfreeSkb         = "tp_btf_kfree_skb"
+	cttraceProgTpBtfKfreeSkbSource   = "tp_btf_kfree_skb_source"
 	cttraceVarAdmitShift             = "admit_shift"
 	cttraceVarAggAdmitShift          = "agg_admit_shift"
 	cttraceVarAggregatedRoom         = "aggregated_room"
@@ -330,6 +335,7 @@ type cttraceProgramSpecs struct {
 	KretprobeGcWorker     *ebpf.ProgramSpec `ebpf:"kretprobe_gc_worker"`
 	KretprobeResolveClash *ebpf.ProgramSpec `ebpf:"kretprobe_resolve_clash"`
 	TpBtfKfreeSkb         *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
+	TpBtfKfreeSkbSource   *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb_source"`
 }
 
 // cttraceMapSpecs contains maps before they are loaded into the kernel.
@@ -484,6 +490,7 @@ type cttracePrograms struct {
 	KretprobeGcWorker     *ebpf.Program `ebpf:"kretprobe_gc_worker"`
 	KretprobeResolveClash *ebpf.Program `ebpf:"kretprobe_resolve_clash"`
 	TpBtfKfreeSkb         *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
+	TpBtfKfreeSkbSource   *ebpf.Program `ebpf:"tp_btf_kfree_skb_source"`
 }
 
 func (p *cttracePrograms) Close() error {
@@ -511,6 +518,7 @@ func (p *cttracePrograms) Close() error {
 		p.KretprobeGcWorker,
 		p.KretprobeResolveClash,
 		p.TpBtfKfreeSkb,
+		p.TpBtfKfreeSkbSource,
 	)
 }
 

@@ -73,6 +73,21 @@ var optionalHooks = map[string]string{
 	"nf_ct_resolve_clash": "resolved clashes are not counted and failed ones are reported as chain_too_long",
 }
 
+// refusedSourceProgram is the fentry and kprobe backends' tp_btf program:
+// it gives the refusals early_drop's exit counts, while the per-flow hooks
+// are detached, their source from the freed packet (bpf/cttrace.bpf.c,
+// refused_packet_freed). It needs the kernel's drop reasons (5.17+).
+const refusedSourceProgram = "tp_btf_kfree_skb_source"
+
+// hasDropReasons says whether kfree_skb carries drop reasons here.
+func hasDropReasons(f *Features) bool {
+	if f == nil {
+		return false
+	}
+	x, _ := f.Get(FeatDropReason)
+	return x.Usable
+}
+
 // sectionBackend maps a program's ELF section prefix to its backend: each
 // backend's wrappers live in sections of their own kind.
 func sectionBackend(section string) Backend {
@@ -106,6 +121,9 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 		keep := sectionBackend(p.SectionName) == b
 		if clone != "" && p.AttachTo == "nf_ct_delete" {
 			keep = strings.HasPrefix(p.SectionName, "kprobe/")
+		}
+		if name == refusedSourceProgram {
+			keep = b != BackendTracepoint && hasDropReasons(f)
 		}
 		if !keep {
 			delete(spec.Programs, name)
@@ -208,6 +226,9 @@ func (p *Probe) attachOne(name string, ps *ebpf.ProgramSpec) (link.Link, error) 
 		return l, nil
 	}
 	why, ok := optionalHooks[ps.AttachTo]
+	if name == refusedSourceProgram {
+		why, ok = "refusals counted while the per-flow hooks are detached have no source", true
+	}
 	if !ok {
 		return nil, fmt.Errorf("attach %s (%s): %w", name, ps.SectionName, err)
 	}
