@@ -198,7 +198,7 @@ func wantMode(t *testing.T, s *Session, mode Mode, switches uint64) {
 
 func runs(t *testing.T, s *Session) uint64 {
 	t.Helper()
-	n, err := s.probe.Runs()
+	n, err := s.probe.FlowRuns()
 	if err != nil {
 		t.Fatal(err)
 	}
