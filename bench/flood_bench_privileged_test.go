@@ -525,7 +525,7 @@ func steadyKinds(kinds []Kind) []Kind {
 	drops := map[string]bool{} // by backend
 	for _, k := range kinds {
 		switch k.Base() {
-		case Untraced, TopSources, FlowFloor:
+		case Untraced, TopSources, TopSourcesOnPressure, FlowFloor:
 			out = append(out, k)
 		case DropsFile, DropsNull, DropsFileAll:
 			if !drops[k.Backend()] {

@@ -454,6 +454,51 @@ func testTopHeld(t *testing.T, backend string) {
 	}
 }
 
+// With --hooks on-pressure, entries held come from dumps: every 30 s while
+// the tables are healthy, and at once when one comes under pressure (here,
+// past 90 % of the max), then at every refresh.
+func TestTopSourcesHeldOnPressure(t *testing.T) {
+	lab := ctlab.New(t)
+	ctlab.SetMax(t, 100)
+	dst := netip.MustParseAddrPort("127.0.0.1:9")
+	send := func(src string, n int) {
+		if sent, _, err := lab.SendNewFlows(netip.MustParseAddr(src), dst, n); err != nil || sent != n {
+			t.Fatalf("send from %s: %d of %d, %v", src, sent, n, err)
+		}
+	}
+	send("127.72.0.1", 30)
+	send("127.72.0.2", 10)
+	start := time.Now()
+	r := startTop(t, "-o", "json", "--interval", "500ms", "--sort", "held", "--hooks", "on-pressure", "--netns", "/run/netns/"+lab.Name())
+	send("127.72.0.3", 15)
+	send("127.72.0.4", 40) // 95 entries of 100
+	dump, err := lab.DumpBySource()
+	if err != nil {
+		t.Fatal(err)
+	}
+	matches := func(rec topRecord) bool {
+		held := map[string]int64{}
+		for _, row := range rec.Rows {
+			held[row.Source] = row.Held
+		}
+		for src, n := range dump {
+			if held[netip.PrefixFrom(src, 32).String()] != int64(n) {
+				return false
+			}
+		}
+		return true
+	}
+	rec := waitSnapshot(t, r, fmt.Sprintf("entries held as the dump shows them: %v", dump), matches)
+	if took := time.Since(start); took >= healthyDumpEvery*5/6 {
+		t.Errorf("entries held matched the dump %v after start: the dump every %v while healthy, not the one pressure brings", took, healthyDumpEvery)
+	}
+	t.Logf("%s: rows %+v after %v", rec.Backend, rec.Rows, time.Since(start).Round(time.Millisecond))
+}
+
+// healthyDumpEvery is pkg/top's: how often entries held are dumped while
+// the tables are healthy.
+const healthyDumpEvery = 30 * time.Second
+
 // topFlood is what a top-sources test reads of every snapshot.
 type topFlood struct {
 	Type      string  `json:"type"`

@@ -227,6 +227,10 @@ func (s *Session) SeesEveryInsert() bool {
 	return s.Sees(event.ReasonInsert) && s.pressure == nil
 }
 
+// AwaitsPressure says the per-flow hooks are detached until a table comes
+// under pressure (Config.PerFlowOnPressure, and healthy now).
+func (s *Session) AwaitsPressure() bool { return s.pressure != nil && !s.probe.PerFlow() }
+
 // Backend is the backend in use.
 func (s *Session) Backend() string { return string(s.backend) }
 

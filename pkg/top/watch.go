@@ -29,6 +29,19 @@ type LiveKernel interface {
 // part of the run (session.Session with --hooks on-pressure).
 type partialFlows interface {
 	SeesEveryInsert() bool
+	// AwaitsPressure says the per-flow hooks are detached now, until a
+	// table comes under pressure.
+	AwaitsPressure() bool
+}
+
+// healthyNow is a kernel side's test of its healthy mode (its per-flow
+// hooks detached until a table comes under pressure), or nil for one that
+// never detaches them.
+func healthyNow(k LiveKernel) func() bool {
+	if p, ok := k.(partialFlows); ok {
+		return p.AwaitsPressure
+	}
+	return nil
 }
 
 // seesEveryInsert says whether k sees every insert and delete of the run.
@@ -59,7 +72,7 @@ func NewLive(k LiveKernel, o Options, warn func(what string, err error)) (*Live,
 	// A backend that sees no inserts or deletes (the tracepoint's), or
 	// sees them only under pressure, cannot keep "entries held" current:
 	// it comes from a fresh dump at refreshes.
-	tables := r.watchTables(!seesEveryInsert(k), func(err error) { warn("tables", err) })
+	tables := r.watchTables(!seesEveryInsert(k), healthyNow(k), func(err error) { warn("tables", err) })
 	return &Live{k: k, opts: o, ranking: r, tables: tables}, nil
 }
 
