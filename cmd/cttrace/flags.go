@@ -31,10 +31,10 @@ func traceFlags(hooks string) []cli.Flag {
 		&cli.DurationFlag{Name: "duration", Usage: "exit after `DURATION` (for example 30s; 0: until Ctrl-C)"},
 		&cli.StringFlag{Name: "ready-file", Usage: "write `PATH` once the probes are attached (for scripts)"},
 		&cli.StringFlag{Name: "hooks", Value: hooks, Usage: "attach the per-flow hooks in `MODE`: always, or on-pressure " +
-			"(from --pressure-fill or the first refusal until --pressure-quiet; healthy tables then run no program, " +
+			"(from --pressure-fill, the first refusal or insert failure, until --pressure-quiet; healthy tables then run no program, " +
 			"and refusals are counted exactly but without their sources)"},
 		&cli.Float64Flag{Name: "pressure-fill", Value: session.DefaultFillHigh * 100, Usage: "with --hooks on-pressure, attach the per-flow hooks " +
-			"when a table reaches `PERCENT` of nf_conntrack_max (more than 100: at the first refusal only)"},
+			"when a table reaches `PERCENT` of nf_conntrack_max (more than 100: only at the first refusal or insert failure)"},
 		&cli.DurationFlag{Name: "pressure-quiet", Value: session.DefaultQuietPeriod, Usage: "with --hooks on-pressure, detach the per-flow hooks " +
 			"after `DURATION` without a refusal, every table 10 points below --pressure-fill"},
 	}

@@ -139,6 +139,39 @@ func TestHooksOnFill(t *testing.T) {
 	})
 }
 
+// Insert failures no pressure-only hook sees (hash chains too long, 5.15+)
+// attach the per-flow hooks through the kernel's own counters, with every
+// table far from full and no refusal.
+func TestHooksOnInsertFailures(t *testing.T) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
+		}
+		lab := ctlab.New(t)
+		ctlab.SetBuckets(t, 512)
+		ctlab.SetMax(t, 1<<20)
+		before := stats(t, lab)
+		if !before.HasChainTooLong {
+			t.Skip("this kernel has no chaintoolong counter (before 5.15): a chain has no length limit")
+		}
+		s := startOnPressure(t, b, 2) // not the fill
+		wantMode(t, s, ModeHealthy, 0)
+		var srcs []netip.Addr
+		for i := 0; i < 16; i++ {
+			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 31, 0, byte(1 + i)}))
+		}
+		if _, _, err := lab.RawFlood(srcs, netip.MustParseAddrPort("127.0.0.1:9"), scale(50000)); err != nil {
+			t.Fatal(err)
+		}
+		d := stats(t, lab).Sub(before)
+		if d.ChainTooLong == 0 || d.Drop != 0 {
+			t.Fatalf("test bed off: chaintoolong %d, drop %d", d.ChainTooLong, d.Drop)
+		}
+		wantMode(t, s, ModePressure, 1)
+		t.Logf("%s: %d insert failures (chain too long) attached the per-flow hooks", b, d.InsertFailed)
+	})
+}
+
 // startOnPressure starts a session of backend b counting per source, with
 // the per-flow hooks attached at fill high or at the first refusal.
 func startOnPressure(t *testing.T, b probe.Backend, high float64) *Session {

@@ -10,9 +10,11 @@ import (
 )
 
 // The per-flow hooks' policy (Config.PerFlowOnPressure). They are attached
-// when a table's fill reaches DefaultFillHigh of its max, or at the first
-// refusal, whichever comes first; and detached once every table is below
-// FillLow and no refusal came for the quiet period.
+// when a table's fill reaches DefaultFillHigh of its max, at the first
+// refusal, or when the kernel's own failure counters move (an insert
+// failure no pressure-only hook sees), whichever comes first; and detached
+// once every table is ten points below the mark and nothing of the kind
+// came for the quiet period.
 //
 //   - 90 %: the kernel's gc starts evicting unassured entries at 95 %
 //     (gc_worker, net/netfilter/nf_conntrack_core.c, since 4.19), and a
@@ -54,18 +56,30 @@ const (
 // session's maintenance goroutine only.
 type pressure struct {
 	quiet    time.Duration
-	high     float64                 // fill that attaches them
-	fill     func() (float64, error) // the fullest table's fill now
-	seen     uint64                  // refusals counted at the last check
-	last     time.Time               // of the last refusal, or fill above the low mark
+	high     float64                       // fill that attaches them
+	tables   func() (tablesReading, error) // the tables now
+	seen     uint64                        // refusals counted at the last check
+	last     time.Time                     // of the last refusal, or fill above the low mark
 	nextFill time.Time
-	fillNow  float64
+	read     tablesReading // the last reading of the tables
+	readOnce bool
+	failing  bool          // the kernel's failure counters moved at the last reading
 	fillErr  error         // the last failed read of the tables
 	switches atomic.Uint64 // read by Session.Mode, from any goroutine
 }
 
+// tablesReading is what the policy reads of the tables once a second.
+type tablesReading struct {
+	fill float64 // the fullest table's, of nf_conntrack_max
+	// failures sums the kernel's own drop, early_drop and insert_failed
+	// counters over the namespaces: they count, among others, the insert
+	// failures no pressure-only hook sees (a hash chain too long, a dying
+	// entry), which attach the per-flow hooks too.
+	failures int64
+}
+
 func newPressure(quiet time.Duration, high float64) *pressure {
-	return &pressure{quiet: quiet, high: high, fill: fullestTable}
+	return &pressure{quiet: quiet, high: high, tables: readTables}
 }
 
 // refusals are what the kernel side counts without the per-flow hooks:
@@ -97,9 +111,9 @@ func (pr *pressure) check(p hooks, now time.Time) error {
 	if refused {
 		pr.last = now
 	}
-	pr.readFill(now)
+	pr.readTables(now)
 	switch on := p.PerFlow(); {
-	case !on && (refused || pr.fillNow >= pr.high):
+	case !on && (refused || pr.failing || pr.read.fill >= pr.high):
 		if err := p.SetPerFlow(true); err != nil {
 			return err
 		}
@@ -114,36 +128,43 @@ func (pr *pressure) check(p hooks, now time.Time) error {
 	return nil
 }
 
-// readFill reads the tables' fill every fillEvery. A failed read keeps the
+// readTables reads the tables every fillEvery. A failed read keeps the
 // last one (fillErr says why): refusals still attach the hooks.
-func (pr *pressure) readFill(now time.Time) {
+func (pr *pressure) readTables(now time.Time) {
+	pr.failing = false
 	if now.Before(pr.nextFill) {
 		return
 	}
 	pr.nextFill = now.Add(fillEvery)
-	f, err := pr.fill()
+	r, err := pr.tables()
 	if pr.fillErr = err; err != nil {
 		return
 	}
-	pr.fillNow = f
-	if f >= pr.high-fillHysteresis {
+	pr.failing = pr.readOnce && r.failures > pr.read.failures
+	pr.read, pr.readOnce = r, true
+	if r.fill >= pr.high-fillHysteresis || pr.failing {
 		pr.last = now
 	}
 }
 
-// fullestTable is the highest fill of nf_conntrack_max among the
-// namespaces that track connections (the max is global, the count per
-// namespace). A max of 0, unlimited before 6.18, is never full.
-func fullestTable() (float64, error) {
+// readTables reads every namespace that tracks connections: the highest
+// fill of nf_conntrack_max (the max is global, the count per namespace; a
+// max of 0, unlimited before 6.18, is never full) and the kernel's failure
+// counters.
+func readTables() (tablesReading, error) {
 	all, err := table.InUse()
 	if err != nil {
-		return 0, err
+		return tablesReading{}, err
 	}
-	var fill float64
+	var r tablesReading
 	for _, ns := range all {
-		if ns.Err == nil && ns.Stats.Max > 0 {
-			fill = max(fill, float64(ns.Stats.Entries)/float64(ns.Stats.Max))
+		if ns.Err != nil {
+			continue
+		}
+		r.failures += ns.Stats.Drop + ns.Stats.EarlyDrop + ns.Stats.InsertFailed
+		if ns.Stats.Max > 0 {
+			r.fill = max(r.fill, float64(ns.Stats.Entries)/float64(ns.Stats.Max))
 		}
 	}
-	return fill, nil
+	return r, nil
 }

@@ -17,39 +17,43 @@ func (f *fakeHooks) Produced() (event.Counts, error) { return f.produced, nil }
 func (f *fakeHooks) PerFlow() bool                   { return f.on }
 func (f *fakeHooks) SetPerFlow(on bool) error        { f.on = on; return nil }
 
-// The policy: attached at the first refusal or at the high mark, kept
-// while a table stays above the low mark or refusals keep coming, and
-// detached after the quiet period; a table hovering between the marks
-// does not flap.
+// The policy: attached at the first refusal, at the high mark or when the
+// kernel's failure counters move, kept while a table stays above the low
+// mark or refusals keep coming, and detached after the quiet period; a
+// table hovering between the marks does not flap.
 func TestPressurePolicy(t *testing.T) {
 	const quiet = time.Minute
 	fill := 0.0
+	var failures int64
 	pr := newPressure(quiet, DefaultFillHigh)
-	pr.fill = func() (float64, error) { return fill, nil }
+	pr.tables = func() (tablesReading, error) { return tablesReading{fill: fill, failures: failures}, nil }
 	h := &fakeHooks{}
 	t0 := time.Unix(1_000_000, 0)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	steps := []struct {
-		name    string
-		at      time.Duration
-		fill    float64
-		refused uint64
-		want    bool
+		name     string
+		at       time.Duration
+		fill     float64
+		refused  uint64
+		failures int64 // the kernel's drop, early_drop and insert_failed
+		want     bool
 	}{
-		{"healthy", 0, 0.50, 0, false},
-		{"hovering under the high mark", 2 * time.Second, 0.89, 0, false},
-		{"at the high mark", 4 * time.Second, 0.90, 0, true},
-		{"between the marks: kept", 4*time.Second + quiet, 0.85, 0, true},
-		{"below the low mark, not yet quiet", 5*time.Second + quiet, 0.70, 0, true},
-		{"quiet: detached", 5*time.Second + 2*quiet, 0.70, 0, false},
-		{"between the marks again: no flap", 7*time.Second + 2*quiet, 0.85, 0, false},
-		{"a refusal, table at 10 %", 9*time.Second + 2*quiet, 0.10, 1, true},
-		{"refusals keep it", 9*time.Second + 3*quiet - time.Second, 0.10, 2, true},
-		{"quiet after the last refusal", 9*time.Second + 4*quiet, 0.10, 2, false},
+		{"healthy, counters as found", 0, 0.50, 0, 7, false},
+		{"hovering under the high mark", 2 * time.Second, 0.89, 0, 7, false},
+		{"at the high mark", 4 * time.Second, 0.90, 0, 7, true},
+		{"between the marks: kept", 4*time.Second + quiet, 0.85, 0, 7, true},
+		{"below the low mark, not yet quiet", 5*time.Second + quiet, 0.70, 0, 7, true},
+		{"quiet: detached", 5*time.Second + 2*quiet, 0.70, 0, 7, false},
+		{"between the marks again: no flap", 7*time.Second + 2*quiet, 0.85, 0, 7, false},
+		{"a refusal, table at 10 %", 9*time.Second + 2*quiet, 0.10, 1, 8, true},
+		{"refusals keep it", 9*time.Second + 3*quiet - time.Second, 0.10, 2, 9, true},
+		{"quiet after the last refusal", 9*time.Second + 4*quiet, 0.10, 2, 9, false},
+		{"an insert failure only the kernel counted", 11*time.Second + 4*quiet, 0.10, 2, 10, true},
+		{"quiet after it", 11*time.Second + 5*quiet, 0.10, 2, 10, false},
 	}
 	var switches uint64
 	for _, s := range steps {
-		fill = s.fill
+		fill, failures = s.fill, s.failures
 		var c event.Counts
 		c.Add(event.ReasonTableFull, s.refused)
 		h.produced = c
@@ -64,7 +68,7 @@ func TestPressurePolicy(t *testing.T) {
 			switches++
 		}
 	}
-	if got := pr.switches.Load(); got != switches || switches != 4 {
-		t.Errorf("switches counted %d, happened %d, want 4", got, switches)
+	if got := pr.switches.Load(); got != switches || switches != 6 {
+		t.Errorf("switches counted %d, happened %d, want 6", got, switches)
 	}
 }
