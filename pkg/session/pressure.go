@@ -65,6 +65,7 @@ type pressure struct {
 	readOnce bool
 	failing  bool          // the kernel's failure counters moved at the last reading
 	fillErr  error         // the last failed read of the tables
+	warn     func(error)   // hears a read of the tables failing (not each time)
 	switches atomic.Uint64 // read by Session.Mode, from any goroutine
 }
 
@@ -78,8 +79,8 @@ type tablesReading struct {
 	failures int64
 }
 
-func newPressure(quiet time.Duration, high float64) *pressure {
-	return &pressure{quiet: quiet, high: high, tables: readTables}
+func newPressure(quiet time.Duration, high float64, warn func(error)) *pressure {
+	return &pressure{quiet: quiet, high: high, tables: readTables, warn: warn}
 }
 
 // refusals are what the kernel side counts without the per-flow hooks:
@@ -137,6 +138,9 @@ func (pr *pressure) readTables(now time.Time) {
 	}
 	pr.nextFill = now.Add(fillEvery)
 	r, err := pr.tables()
+	if err != nil && pr.fillErr == nil && pr.warn != nil {
+		pr.warn(err)
+	}
 	if pr.fillErr = err; err != nil {
 		return
 	}

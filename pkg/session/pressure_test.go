@@ -1,6 +1,7 @@
 package session
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func TestPressurePolicy(t *testing.T) {
 	const quiet = time.Minute
 	fill := 0.0
 	var failures int64
-	pr := newPressure(quiet, DefaultFillHigh)
+	pr := newPressure(quiet, DefaultFillHigh, nil)
 	pr.tables = func() (tablesReading, error) { return tablesReading{fill: fill, failures: failures}, nil }
 	h := &fakeHooks{}
 	t0 := time.Unix(1_000_000, 0)
@@ -70,5 +71,30 @@ func TestPressurePolicy(t *testing.T) {
 	}
 	if got := pr.switches.Load(); got != switches || switches != 6 {
 		t.Errorf("switches counted %d, happened %d, want 6", got, switches)
+	}
+}
+
+// A failed read of the tables is told once, not every second, and refusals
+// still attach the per-flow hooks.
+func TestPressureWarnsOnceWhenTablesCannotBeRead(t *testing.T) {
+	var warned []error
+	pr := newPressure(time.Minute, DefaultFillHigh, func(err error) { warned = append(warned, err) })
+	pr.tables = func() (tablesReading, error) { return tablesReading{}, errors.New("no netlink here") }
+	h := &fakeHooks{}
+	t0 := time.Unix(1_000_000, 0)
+	for i := range 3 {
+		if err := pr.check(h, t0.Add(time.Duration(i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(warned) != 1 || h.on {
+		t.Fatalf("warned %v, hooks on %v: want one warning, hooks off", warned, h.on)
+	}
+	h.produced.Add(event.ReasonTableFull, 1)
+	if err := pr.check(h, t0.Add(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if !h.on {
+		t.Error("a refusal did not attach the per-flow hooks while the tables could not be read")
 	}
 }

@@ -95,7 +95,11 @@ func Start(cfg Config) (*Session, error) {
 	}
 	s := &Session{backend: b, probe: p, start: time.Now(), stop: make(chan struct{})}
 	if cfg.PerFlowOnPressure && p.HasPerFlowHooks() {
-		s.pressure = newPressure(cmp.Or(cfg.QuietPeriod, DefaultQuietPeriod), cmp.Or(cfg.FillHigh, DefaultFillHigh))
+		s.pressure = newPressure(cmp.Or(cfg.QuietPeriod, DefaultQuietPeriod), cmp.Or(cfg.FillHigh, DefaultFillHigh), func(err error) {
+			if cfg.Log != nil {
+				fmt.Fprintf(cfg.Log, "cttrace: warning: the tables' fill cannot be read (%v): only refusals and clashes attach the per-flow hooks until it can\n", err)
+			}
+		})
 	}
 	if err := s.open(cfg); err != nil {
 		s.closeProbe()
