@@ -720,7 +720,8 @@ int BPF_PROG(tp_btf_kfree_skb, struct sk_buff *skb, void *location, enum skb_dro
 
 /* Not the tracepoint backend's: the fentry and kprobe backends' source of
  * the refusals counted without the per-flow hooks, where the kernel has
- * drop reasons (pkg/probe keeps it by name). */
+ * drop reasons. pkg/probe keeps it by name, and attaches it only while the
+ * per-flow hooks are detached: a flood's refused packets do not run it. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(tp_btf_kfree_skb_source, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {

@@ -31,6 +31,9 @@ func TestEveryConfigurationLoads(t *testing.T) {
 		{"count-only", Options{Sources: SourceOptions{Enabled: true}}},
 		// serve --metrics-top 0: counted per namespace only.
 		{"namespaces-only", Options{Sources: SourceOptions{Enabled: true, NamespacesOnly: true}}},
+		// serve's default: the per-flow hooks loaded but not attached, and
+		// the freed-packet program where the kernel has drop reasons.
+		{"on-pressure", Options{Sources: SourceOptions{Enabled: true}, PerFlowOnPressure: true}},
 		// Everything at once (every type streamed, past a limit, for one
 		// namespace, and counted per source): the most code any
 		// combination keeps. TestAttachEveryUsableBackend loads the

@@ -31,6 +31,11 @@ type hookSet struct {
 	perFlowProgs []string    // the programs on perFlowHooks
 	perFlow      []link.Link // their links, while attached
 	perFlowOn    bool
+	// healthyProgs run only while the per-flow hooks are detached (the
+	// freed-packet program, refusedSourceProgram): attached, they would
+	// cost every refused packet of a flood a run that returns at once.
+	healthyProgs []string
+	healthy      []link.Link
 	detached     bool
 }
 
@@ -49,46 +54,70 @@ func (p *Probe) HasPerFlowHooks() bool { return len(p.hooks.perFlowProgs) > 0 }
 // SetPerFlow attaches the per-flow hooks (on) or detaches them. With them,
 // every refusal is counted under its source and inserts, evictions and
 // deletes are seen; without them, a healthy table runs no program, and
-// early_drop's exit counts each refusal, without its source
-// (bpf/cttrace.bpf.c, per_flow_hooks). The order keeps each refusal
-// counted once while both are attached: the kernel side is told after
-// attaching and before detaching.
+// early_drop's exit counts each refusal, its source coming from the freed
+// packet where the kernel has drop reasons (bpf/cttrace.bpf.c,
+// per_flow_hooks). The order keeps each refusal counted once, and with its
+// source where it can be: the side coming is attached, then the kernel side
+// is told, then the side going is detached.
 func (p *Probe) SetPerFlow(on bool) error {
 	p.hooks.mu.Lock()
 	defer p.hooks.mu.Unlock()
 	if p.hooks.detached || on == p.hooks.perFlowOn || len(p.hooks.perFlowProgs) == 0 {
 		return nil
 	}
-	if !on {
-		p.hooks.perFlowOn = false
-		errs := []error{p.objs.PerFlowHooks.Set(uint32(0))}
-		for _, l := range p.hooks.perFlow {
-			errs = append(errs, l.Close())
-		}
-		p.hooks.perFlow = nil
-		if err := errors.Join(errs...); err != nil {
-			return fmt.Errorf("detach the per-flow hooks: %w", err)
-		}
-		return nil
+	coming, going := p.hooks.healthyProgs, &p.hooks.perFlow
+	if on {
+		coming, going = p.hooks.perFlowProgs, &p.hooks.healthy
 	}
-	for _, name := range p.hooks.perFlowProgs {
+	links, err := p.attachSet(coming)
+	if err != nil {
+		return fmt.Errorf("switch the per-flow hooks: %w", err)
+	}
+	flag := uint32(0)
+	if on {
+		flag = 1
+	}
+	if err := p.objs.PerFlowHooks.Set(flag); err != nil {
+		closeAll(links)
+		return fmt.Errorf("switch the per-flow hooks: %w", err)
+	}
+	errs := closeAll(*going)
+	*going = nil
+	if on {
+		p.hooks.perFlow = links
+	} else {
+		p.hooks.healthy = links
+	}
+	p.hooks.perFlowOn = on
+	if errs != nil {
+		return fmt.Errorf("switch the per-flow hooks: %w", errs)
+	}
+	return nil
+}
+
+// attachSet attaches the named programs; on a failure it detaches those it
+// attached.
+func (p *Probe) attachSet(names []string) ([]link.Link, error) {
+	var links []link.Link
+	for _, name := range names {
 		l, err := p.attachOne(name, p.hooks.spec.Programs[name])
 		if err != nil {
-			for _, l := range p.hooks.perFlow {
-				l.Close()
-			}
-			p.hooks.perFlow = nil
-			return fmt.Errorf("attach the per-flow hooks: %w", err)
+			closeAll(links)
+			return nil, err
 		}
 		if l != nil {
-			p.hooks.perFlow = append(p.hooks.perFlow, l)
+			links = append(links, l)
 		}
 	}
-	if err := p.objs.PerFlowHooks.Set(uint32(1)); err != nil {
-		return fmt.Errorf("attach the per-flow hooks: %w", err)
+	return links, nil
+}
+
+func closeAll(links []link.Link) error {
+	var errs []error
+	for _, l := range links {
+		errs = append(errs, l.Close())
 	}
-	p.hooks.perFlowOn = true
-	return nil
+	return errors.Join(errs...)
 }
 
 // FlowRuns sums how many times the kernel ran this probe's programs on

@@ -123,7 +123,7 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 			keep = strings.HasPrefix(p.SectionName, "kprobe/")
 		}
 		if name == refusedSourceProgram {
-			keep = b != BackendTracepoint && hasDropReasons(f)
+			keep = b != BackendTracepoint && opts.PerFlowOnPressure && hasDropReasons(f)
 		}
 		if !keep {
 			delete(spec.Programs, name)
@@ -190,8 +190,11 @@ func Attach(f *Features, b Backend, opts Options) (*Probe, error) {
 func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string, onPressure bool) error {
 	p.hooks.symbols = symbols
 	for name, ps := range spec.Programs {
-		if perFlowHooks[ps.AttachTo] {
+		switch {
+		case perFlowHooks[ps.AttachTo]:
 			p.hooks.perFlowProgs = append(p.hooks.perFlowProgs, name)
+		case name == refusedSourceProgram:
+			p.hooks.healthyProgs = append(p.hooks.healthyProgs, name)
 		}
 	}
 	p.hooks.spec = spec
@@ -203,7 +206,7 @@ func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string, 
 		}
 	}
 	for name, ps := range spec.Programs {
-		if onPressure && perFlowHooks[ps.AttachTo] {
+		if onPressure && perFlowHooks[ps.AttachTo] || name == refusedSourceProgram {
 			continue
 		}
 		l, err := p.attachOne(name, ps)
@@ -215,7 +218,12 @@ func (p *Probe) attachAll(spec *ebpf.CollectionSpec, symbols map[string]string, 
 		}
 	}
 	p.hooks.perFlowOn = !onPressure && len(p.hooks.perFlowProgs) > 0
-	return nil
+	if p.hooks.perFlowOn {
+		return nil
+	}
+	var err error
+	p.hooks.healthy, err = p.attachSet(p.hooks.healthyProgs)
+	return err
 }
 
 // attachOne attaches one program, or notes in Missing an optional hook
@@ -360,10 +368,10 @@ func (p *Probe) Detach() error {
 	p.hooks.mu.Lock()
 	defer p.hooks.mu.Unlock()
 	var errs []error
-	for _, l := range append(p.links, p.hooks.perFlow...) {
+	for _, l := range slices.Concat(p.links, p.hooks.perFlow, p.hooks.healthy) {
 		errs = append(errs, l.Close())
 	}
-	p.links, p.hooks.perFlow = nil, nil
+	p.links, p.hooks.perFlow, p.hooks.healthy = nil, nil, nil
 	p.hooks.detached = true
 	return errors.Join(errs...)
 }
