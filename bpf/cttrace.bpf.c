@@ -237,8 +237,9 @@ static __always_inline void refused_packet_freed(const struct sk_buff *skb, __u3
 	account_source(e);
 }
 
-/* early_drop() returns how many entries it evicted: 0 refuses the
- * allocation, and the count goes back down (the table is full). */
+/* early_drop() returns whether it evicted anything (1 or 0, however many
+ * it evicted): 0 refuses the allocation, and the count goes back down (the
+ * table is full). */
 static __always_inline void early_drop_done(struct net *net, int evicted, const bool direct)
 {
 	struct alloc_scratch *s = alloc_scratch(false);
