@@ -182,7 +182,11 @@ static __always_inline void early_drop_begin(struct net *net)
 	s->early_drop_net = (__u64)net;
 	s->early_drop_called = 1;
 	s->in_early_drop = 1;
-	s->source_pending = 0; /* a mark no packet took is stale now */
+	/* Marks of an earlier refusal are stale now: an allocation that began
+	 * just before its hooks attached (so alloc_begin did not clear them)
+	 * would otherwise take this refusal for one counted here and skip it. */
+	s->refusal_counted = 0;
+	s->source_pending = 0;
 }
 
 /* A refusal counted where early_drop() returns: exact, in its namespace,

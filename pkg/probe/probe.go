@@ -367,13 +367,10 @@ func (p *Probe) Programs() []string {
 func (p *Probe) Detach() error {
 	p.hooks.mu.Lock()
 	defer p.hooks.mu.Unlock()
-	var errs []error
-	for _, l := range slices.Concat(p.links, p.hooks.perFlow, p.hooks.healthy) {
-		errs = append(errs, l.Close())
-	}
+	err := closeAll(slices.Concat(p.links, p.hooks.perFlow, p.hooks.healthy))
 	p.links, p.hooks.perFlow, p.hooks.healthy = nil, nil, nil
 	p.hooks.detached = true
-	return errors.Join(errs...)
+	return err
 }
 
 // Close detaches every link before closing the programs and maps.

@@ -79,8 +79,9 @@ type tablesReading struct {
 	failures int64
 }
 
-func newPressure(quiet time.Duration, high float64, warn func(error)) *pressure {
-	return &pressure{quiet: quiet, high: high, tables: readTables, warn: warn}
+func newPressure(quiet time.Duration, high float64, scan func() ([]table.NamespaceStats, error), warn func(error)) *pressure {
+	tables := func() (tablesReading, error) { return readTables(scan) }
+	return &pressure{quiet: quiet, high: high, tables: tables, warn: warn}
 }
 
 // refusals are what the kernel side counts without the per-flow hooks:
@@ -155,14 +156,14 @@ func (pr *pressure) readTables(now time.Time) {
 // fill of nf_conntrack_max (the max is global, the count per namespace; a
 // max of 0, unlimited before 6.18, is never full) and the kernel's failure
 // counters.
-func readTables() (tablesReading, error) {
-	all, err := table.InUse()
+func readTables(scan func() ([]table.NamespaceStats, error)) (tablesReading, error) {
+	all, err := scan()
 	if err != nil {
 		return tablesReading{}, err
 	}
 	var r tablesReading
 	for _, ns := range all {
-		if ns.Err != nil {
+		if !ns.InUse || ns.Err != nil {
 			continue
 		}
 		r.failures += ns.Stats.Drop + ns.Stats.EarlyDrop + ns.Stats.InsertFailed

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cttrace/cttrace/pkg/event"
+	"github.com/cttrace/cttrace/pkg/table"
 )
 
 // fakeHooks counts refusals and switches as the test says.
@@ -26,7 +27,7 @@ func TestPressurePolicy(t *testing.T) {
 	const quiet = time.Minute
 	fill := 0.0
 	var failures int64
-	pr := newPressure(quiet, DefaultFillHigh, nil)
+	pr := newPressure(quiet, DefaultFillHigh, nil, nil)
 	pr.tables = func() (tablesReading, error) { return tablesReading{fill: fill, failures: failures}, nil }
 	h := &fakeHooks{}
 	t0 := time.Unix(1_000_000, 0)
@@ -78,7 +79,7 @@ func TestPressurePolicy(t *testing.T) {
 // still attach the per-flow hooks.
 func TestPressureWarnsOnceWhenTablesCannotBeRead(t *testing.T) {
 	var warned []error
-	pr := newPressure(time.Minute, DefaultFillHigh, func(err error) { warned = append(warned, err) })
+	pr := newPressure(time.Minute, DefaultFillHigh, nil, func(err error) { warned = append(warned, err) })
 	pr.tables = func() (tablesReading, error) { return tablesReading{}, errors.New("no netlink here") }
 	h := &fakeHooks{}
 	t0 := time.Unix(1_000_000, 0)
@@ -96,5 +97,30 @@ func TestPressureWarnsOnceWhenTablesCannotBeRead(t *testing.T) {
 	}
 	if !h.on {
 		t.Error("a refusal did not attach the per-flow hooks while the tables could not be read")
+	}
+}
+
+// The fill is the fullest table's among those in use, of its max: a
+// namespace not in use, one whose statistics could not be read and a max
+// of 0 (unlimited) take no part; the failures add up over the rest.
+func TestReadTables(t *testing.T) {
+	scan := func() ([]table.NamespaceStats, error) {
+		return []table.NamespaceStats{
+			{InUse: true, Stats: table.Stats{Entries: 50, Max: 100, Drop: 2, EarlyDrop: 1}},
+			{InUse: true, Stats: table.Stats{Entries: 70, Max: 100, InsertFailed: 4}},
+			{InUse: false, Stats: table.Stats{Entries: 99, Max: 100, Drop: 100}},
+			{InUse: true, Err: errors.New("no netlink"), Stats: table.Stats{Entries: 99, Max: 100}},
+			{InUse: true, Stats: table.Stats{Entries: 10, Max: 0}},
+		}, nil
+	}
+	r, err := readTables(scan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.fill != 0.70 || r.failures != 7 {
+		t.Errorf("fill %.2f, failures %d: want 0.70 and 7", r.fill, r.failures)
+	}
+	if _, err := readTables(func() ([]table.NamespaceStats, error) { return nil, errors.New("no /proc") }); err == nil {
+		t.Error("a failed scan read as tables")
 	}
 }

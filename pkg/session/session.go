@@ -18,6 +18,7 @@ import (
 	"github.com/cttrace/cttrace/pkg/event"
 	"github.com/cttrace/cttrace/pkg/host"
 	"github.com/cttrace/cttrace/pkg/probe"
+	"github.com/cttrace/cttrace/pkg/table"
 )
 
 // Config says what to trace and where to tell the operator about it.
@@ -55,6 +56,9 @@ type Session struct {
 	lost    uint64 // reported in Lost records so far
 	// pressure switches the per-flow hooks; nil when they stay attached.
 	pressure *pressure
+	// tables is the scan of every namespace's table that the pressure
+	// policy and the ranking (ScanTables) share.
+	tables *table.SharedScan
 
 	stop     chan struct{}
 	stopped  sync.WaitGroup
@@ -93,9 +97,9 @@ func Start(cfg Config) (*Session, error) {
 		fmt.Fprintln(cfg.Log, "cttrace: the tracepoint backend sees only dropped packets: table_full and insert_failed are inferred, "+
 			"early_drop, insert and delete are not visible")
 	}
-	s := &Session{backend: b, probe: p, start: time.Now(), stop: make(chan struct{})}
+	s := &Session{backend: b, probe: p, start: time.Now(), stop: make(chan struct{}), tables: table.NewSharedScan(sharedScanAge)}
 	if cfg.PerFlowOnPressure && p.HasPerFlowHooks() {
-		s.pressure = newPressure(cmp.Or(cfg.QuietPeriod, DefaultQuietPeriod), cmp.Or(cfg.FillHigh, DefaultFillHigh), func(err error) {
+		s.pressure = newPressure(cmp.Or(cfg.QuietPeriod, DefaultQuietPeriod), cmp.Or(cfg.FillHigh, DefaultFillHigh), s.tables.Scan, func(err error) {
 			if cfg.Log != nil {
 				fmt.Fprintf(cfg.Log, "cttrace: warning: the tables' fill cannot be read (%v): only refusals and clashes attach the per-flow hooks until it can\n", err)
 			}
@@ -234,6 +238,15 @@ func (s *Session) SeesEveryInsert() bool {
 // AwaitsPressure says the per-flow hooks are detached until a table comes
 // under pressure (Config.PerFlowOnPressure, and healthy now).
 func (s *Session) AwaitsPressure() bool { return s.pressure != nil && !s.probe.PerFlow() }
+
+// ScanTables is every namespace's table, read at most sharedScanAge ago:
+// the ranking's refresh and the per-flow hooks' policy, which each read
+// the tables about every second, share one reading.
+func (s *Session) ScanTables() ([]table.NamespaceStats, error) { return s.tables.Scan() }
+
+// sharedScanAge keeps a reading for the other reader of the same second
+// (fillEvery), and no longer: the ranking's interval may be shorter.
+const sharedScanAge = fillEvery * 3 / 4
 
 // Backend is the backend in use.
 func (s *Session) Backend() string { return string(s.backend) }

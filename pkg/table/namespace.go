@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -128,6 +130,38 @@ func Scan() ([]NamespaceStats, error) {
 		out = append(out, NamespaceStats{Namespace: ns, Cookie: cookie, Stats: s, Err: err, InUse: inUse})
 	}
 	return out, nil
+}
+
+// SharedScan hands one Scan to several readers that each want one about
+// every second (serve's per-flow hook policy reads the fill, its ranking
+// the entries and which namespaces live): a scan younger than maxAge is
+// handed out again. A scan walks /proc and asks every namespace's counters
+// over ctnetlink, which on a node of a few hundred pods is what a healthy
+// serve spends most of its CPU on.
+type SharedScan struct {
+	maxAge time.Duration
+	read   func() ([]NamespaceStats, error) // Scan; tests count calls
+	mu     sync.Mutex
+	at     time.Time
+	all    []NamespaceStats
+	err    error
+}
+
+// NewSharedScan shares scans younger than maxAge.
+func NewSharedScan(maxAge time.Duration) *SharedScan {
+	return &SharedScan{maxAge: maxAge, read: Scan}
+}
+
+// Scan is Scan's result, at most maxAge old: a copy, which the caller may
+// change.
+func (s *SharedScan) Scan() ([]NamespaceStats, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.at.IsZero() || time.Since(s.at) >= s.maxAge {
+		s.all, s.err = s.read()
+		s.at = time.Now()
+	}
+	return slices.Clone(s.all), s.err
 }
 
 // discover lists the namespaces reachable through run (named) and proc

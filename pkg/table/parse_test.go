@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -279,5 +280,26 @@ func TestNamespaceGone(t *testing.T) {
 		if _, err := ns.Dial(); !errors.Is(err, ErrNamespaceGone) {
 			t.Errorf("%+v: %v", ns, err)
 		}
+	}
+}
+
+// A shared scan is read once for the readers within its age, and afresh
+// after it; each reader gets its own copy to change.
+func TestSharedScanIsReadOncePerAge(t *testing.T) {
+	reads := 0
+	s := NewSharedScan(time.Hour)
+	s.read = func() ([]NamespaceStats, error) {
+		reads++
+		return []NamespaceStats{{Namespace: Namespace{Inode: 7}, InUse: true}}, nil
+	}
+	a, _ := s.Scan()
+	a[0].Inode = 8
+	b, err := s.Scan()
+	if err != nil || reads != 1 || len(b) != 1 || b[0].Inode != 7 {
+		t.Fatalf("second reader: %+v, %v after %d reads: want the first reading, unchanged, from one read", b, err, reads)
+	}
+	s.maxAge = 0
+	if _, err := s.Scan(); err != nil || reads != 2 {
+		t.Fatalf("past its age: %d reads, %v: want a second read", reads, err)
 	}
 }

@@ -56,6 +56,7 @@ func (a *Ranking) seedHeld(namespaces []table.NamespaceStats) error {
 // source holds, from a fresh dump.
 type Tables struct {
 	ranking  *Ranking
+	scan     func() ([]table.NamespaceStats, error)
 	redump   bool
 	nextDump time.Time
 	stats    []table.NamespaceStats
@@ -80,14 +81,14 @@ const healthyDumpEvery = 30 * time.Second
 // Stats are the namespaces' statistics as the last refresh read them.
 func (w *Tables) Stats() []table.NamespaceStats { return w.stats }
 
-// watchTables lists the namespaces and seeds "entries held" from a dump of
-// their tables. Call it once the probes are attached: an entry confirmed
+// watchTables lists the namespaces (with scan) and seeds "entries held"
+// from a dump of their tables. Call it once the probes are attached: an entry confirmed
 // in between is counted by both the dump and its insert event, which errs
 // by the entries of a few milliseconds rather than missing them. redump
 // re-seeds at refreshes (for a backend that sees no inserts); warn hears
 // what could not be read, which leaves figures unknown but stops nothing.
-func (a *Ranking) watchTables(redump bool, healthy func() bool, warn func(error)) *Tables {
-	w := &Tables{ranking: a, redump: redump, healthy: healthy, warn: warn}
+func (a *Ranking) watchTables(scan func() ([]table.NamespaceStats, error), redump bool, healthy func() bool, warn func(error)) *Tables {
+	w := &Tables{ranking: a, scan: scan, redump: redump, healthy: healthy, warn: warn}
 	a.heldFromDumps = redump
 	w.rescan()
 	w.seed()
@@ -112,7 +113,7 @@ func (w *Tables) isHealthy() bool { return w.healthy != nil && w.healthy() }
 // rescan lists the namespaces in use now, by inode number (nil when they
 // could not be listed: then nothing is known to have died).
 func (w *Tables) rescan() map[uint32]Namespace {
-	all, err := table.Scan()
+	all, err := w.scan()
 	if err != nil {
 		w.warn(fmt.Errorf("list network namespaces: %w", err))
 		return nil

@@ -34,6 +34,20 @@ type partialFlows interface {
 	AwaitsPressure() bool
 }
 
+// sharedTables is a LiveKernel that reads the tables for others too
+// (session.Session): a refresh takes its reading rather than making one.
+type sharedTables interface {
+	ScanTables() ([]table.NamespaceStats, error)
+}
+
+// scanOf is how a refresh reads the tables behind k.
+func scanOf(k LiveKernel) func() ([]table.NamespaceStats, error) {
+	if s, ok := k.(sharedTables); ok {
+		return s.ScanTables
+	}
+	return table.Scan
+}
+
 // healthyNow is a kernel side's test of its healthy mode (its per-flow
 // hooks detached until a table comes under pressure), or nil for one that
 // never detaches them.
@@ -72,7 +86,7 @@ func NewLive(k LiveKernel, o Options, warn func(what string, err error)) (*Live,
 	// A backend that sees no inserts or deletes (the tracepoint's), or
 	// sees them only under pressure, cannot keep "entries held" current:
 	// it comes from a fresh dump at refreshes.
-	tables := r.watchTables(!seesEveryInsert(k), healthyNow(k), func(err error) { warn("tables", err) })
+	tables := r.watchTables(scanOf(k), !seesEveryInsert(k), healthyNow(k), func(err error) { warn("tables", err) })
 	return &Live{k: k, opts: o, ranking: r, tables: tables}, nil
 }
 
