@@ -105,7 +105,7 @@ struct {
 } netns_verdict SEC(".maps");
 
 /*
- * Counts the event, and says whether anyone wants its details: user space
+ * Readies an event, and says whether anyone wants its details: user space
  * one by one (cfg.stream_mask) or per namespace and source
  * (cfg.count_namespaces, cfg.count_sources).
  *
@@ -118,9 +118,8 @@ struct {
  * whatever the stack held: table_full floods counted per source then showed
  * evictions, by the gc and for new flows, that the kernel never made.
  */
-static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
+static __always_inline bool event_prepare(struct ct_event *e, __u32 type, __u8 confidence)
 {
-	count_event(type);
 	if (streamed(type)) {
 		__builtin_memset(e, 0, sizeof(*e));
 		e->ts_boot_ns = bpf_ktime_get_boot_ns();
@@ -143,6 +142,14 @@ static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 con
 	e->confidence = confidence;
 	e->max = ct_max;
 	return true;
+}
+
+/* An event counted in the totals, then readied for its readers
+ * (event_prepare). */
+static __always_inline bool event_begin(struct ct_event *e, __u32 type, __u8 confidence)
+{
+	count_event(type);
+	return event_prepare(e, type, confidence);
 }
 
 static __always_inline __u64 ringbuf_wakeup(void)
@@ -227,17 +234,15 @@ static __always_inline void aggregate_event(const struct ct_event *e)
 	counter_inc(&aggregated_total, e->type);
 }
 
-/* Hands a complete event to whoever wants it. The kernel side never waits:
- * when the ring buffer is full the event is counted as lost. */
-static __always_inline void event_publish(const struct ct_event *e)
+/* Hands a complete event to its readers, its namespace's totals aside:
+ * its source's count, and the stream. The kernel side never waits: when
+ * the ring buffer is full the event is counted as lost. */
+static __always_inline void event_deliver(const struct ct_event *e)
 {
 	__u32 netns = e->netns;
 
-	if (cfg.count_namespaces) {
-		account_netns(e);
-		if (cfg.count_sources)
-			account_source(e);
-	}
+	if (cfg.count_namespaces && cfg.count_sources)
+		account_source(e);
 	if (!streamed(e->type))
 		return;
 	if (cfg.netns_filter && !netns_selected(netns))
@@ -248,6 +253,14 @@ static __always_inline void event_publish(const struct ct_event *e)
 	}
 	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), ringbuf_wakeup()))
 		count_lost();
+}
+
+/* Counts a complete event in its namespace and hands it to its readers. */
+static __always_inline void event_publish(const struct ct_event *e)
+{
+	if (cfg.count_namespaces)
+		account_netns(e);
+	event_deliver(e);
 }
 
 #endif

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -425,4 +426,47 @@ func TestServeHooksOnPressure(t *testing.T) {
 	waitScrape(t, addr, "the refusals under their source", func(f map[string]*dto.MetricFamily) bool {
 		return labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source")["127.86.0.2/32"] == 20
 	})
+}
+
+// serveMemoryBound is what serve may hold, resident, through a spoofed
+// flood: it runs on every node, beside node_exporter (18 MiB here with its
+// default collectors).
+const serveMemoryBound = 32 << 20
+
+// serve through a million refused flows from random spoofed sources, with
+// five real offenders refused 600 times each in a burst in the middle:
+// its peak resident memory stays within serveMemoryBound, the five are
+// its source series at 600 each, and the namespace's table_full counter is
+// the kernel's drop counter.
+func TestServeMemoryThroughASpoofedFlood(t *testing.T) {
+	if testbed.Tier() == testbed.VM {
+		t.Skip("a million-flow flood is sized for the host: under emulation it would take many minutes")
+	}
+	lab := fullTable(t, 32)
+	addr := freeAddr(t)
+	r := startMeasured(t, "serve", "--listen", addr, "--metrics-top", "5", "--netns", "/run/netns/"+lab.Name())
+	drops := float64(floodWithHeavyBurst(t, lab))
+	netns := strconv.FormatUint(uint64(lab.Inode()), 10)
+	heavy := map[string]float64{}
+	for i := range burstSources {
+		a := burstBase.As4()
+		a[3] += byte(i)
+		heavy[netip.AddrFrom4(a).String()+"/32"] = burstPerSource
+	}
+	_, fams := waitScrape(t, addr, "every refusal, the five heavy sources first", func(f map[string]*dto.MetricFamily) bool {
+		events := labelled(f["cttrace_events_total"], map[string]string{"netns": netns}, "reason")
+		got := labelled(f["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source")
+		for src, n := range heavy {
+			if got[src] != n {
+				return false
+			}
+		}
+		return events["table_full"] == drops
+	})
+	peak := peakResidentBytes(t, r.cmd.Process.Pid)
+	t.Logf("kernel drops %.0f; serve's peak RSS %.1f MiB; source series %v", drops, float64(peak)/(1<<20),
+		labelled(fams["cttrace_source_drops_total"], map[string]string{"netns": netns}, "source"))
+	if peak > serveMemoryBound {
+		t.Errorf("serve's peak resident memory %.1f MiB, over %d MiB", float64(peak)/(1<<20), serveMemoryBound>>20)
+	}
 }

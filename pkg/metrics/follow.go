@@ -18,8 +18,7 @@ type Kernel = top.LiveKernel
 
 // Follow refreshes the exporter from k every interval until ctx ends: the
 // per-namespace counts, the tables and the top sources (top-sources' own
-// reading, with every source ranked: the exporter picks its topN a
-// namespace). A failed read is counted (cttrace_read_errors_total), told
+// reading, each namespace's topN ranked). A failed read is counted (cttrace_read_errors_total), told
 // to warn, and the next one tried: a scrape shows it. Only the end of
 // nf_conntrack (probe.ErrConntrackGone) ends it with an error: a run that
 // lost the kernel side must not look healthy.
@@ -30,6 +29,9 @@ func (e *Exporter) Follow(ctx context.Context, k Kernel, interval time.Duration,
 	}
 	o := top.DefaultOptions()
 	o.Limit, o.Interval, o.Netns = top.HistoryCapacity, interval, e.netns
+	// Only the topN a namespace are exported: ranking the rest each second
+	// would copy every row of the history for nothing.
+	o.PerNetns = max(e.topN, 1)
 	live, err := top.NewLive(k, o, failed)
 	if err != nil {
 		return err

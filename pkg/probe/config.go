@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	ebpffeatures "github.com/cilium/ebpf/features"
 )
 
 // configure decides everything that is fixed at load: the kernel side's
@@ -40,6 +42,12 @@ func configure(specs *specObjects, f *Features, opts Options, clone bool) error 
 	}
 	if clone {
 		cfg.DeleteHookIsClone = 1
+	}
+	// Tracing programs get bpf_jiffies64() from bpf_tracing_func_proto,
+	// as raw tracepoints do: a trial with the latter, which every kernel
+	// with a backend loads.
+	if ebpffeatures.HaveProgramHelper(ebpf.RawTracepoint, asm.FnJiffies64) == nil {
+		cfg.TickClock = 1
 	}
 	if err := specs.Cfg.Set(cfg); err != nil {
 		return fmt.Errorf("set the programs' configuration: %w", err)

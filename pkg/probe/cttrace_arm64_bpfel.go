@@ -77,7 +77,7 @@ type cttraceCtConfig struct {
 	DeleteHookIsClone    uint32
 	NetnsCookie          uint32
 	SketchAggregatedBase uint32
-	Pad                  uint32
+	TickClock            uint32
 	_                    [4]byte
 	SketchSeed           uint64
 }
@@ -209,6 +209,12 @@ type cttraceStreamBudget struct {
 	Pad      uint32
 }
 
+type cttraceTickTime struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	BootNs  uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -231,6 +237,7 @@ const (
 	cttraceMapSources                = "sources"
 	cttraceMapStreamBudget           = "stream_budget"
 	cttraceMapStreamNetns            = "stream_netns"
+	cttraceMapTickTime               = "tick_time"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
 	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
 	cttraceProgFentryCtDelete        = "fentry_ct_delete"
@@ -360,6 +367,7 @@ type cttraceMapSpecs struct {
 	Sources         *ebpf.MapSpec `ebpf:"sources"`
 	StreamBudget    *ebpf.MapSpec `ebpf:"stream_budget"`
 	StreamNetns     *ebpf.MapSpec `ebpf:"stream_netns"`
+	TickTime        *ebpf.MapSpec `ebpf:"tick_time"`
 }
 
 // cttraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -419,6 +427,7 @@ type cttraceMaps struct {
 	Sources         *ebpf.Map `ebpf:"sources"`
 	StreamBudget    *ebpf.Map `ebpf:"stream_budget"`
 	StreamNetns     *ebpf.Map `ebpf:"stream_netns"`
+	TickTime        *ebpf.Map `ebpf:"tick_time"`
 }
 
 func (m *cttraceMaps) Close() error {
@@ -441,6 +450,7 @@ func (m *cttraceMaps) Close() error {
 		m.Sources,
 		m.StreamBudget,
 		m.StreamNetns,
+		m.TickTime,
 	)
 }
 

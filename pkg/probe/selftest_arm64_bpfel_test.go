@@ -24,6 +24,7 @@ const (
 	selftestMapSketches       = "sketches"
 	selftestMapSourceStats    = "source_stats"
 	selftestMapSources        = "sources"
+	selftestMapTickTime       = "tick_time"
 	selftestProgTestIsDrop    = "test_is_drop"
 	selftestVarAdmitShift     = "admit_shift"
 	selftestVarAggAdmitShift  = "agg_admit_shift"
@@ -90,6 +91,7 @@ type selftestMapSpecs struct {
 	Sketches    *ebpf.MapSpec `ebpf:"sketches"`
 	SourceStats *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources     *ebpf.MapSpec `ebpf:"sources"`
+	TickTime    *ebpf.MapSpec `ebpf:"tick_time"`
 }
 
 // selftestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,6 +134,7 @@ type selftestMaps struct {
 	Sketches    *ebpf.Map `ebpf:"sketches"`
 	SourceStats *ebpf.Map `ebpf:"source_stats"`
 	Sources     *ebpf.Map `ebpf:"sources"`
+	TickTime    *ebpf.Map `ebpf:"tick_time"`
 }
 
 func (m *selftestMaps) Close() error {
@@ -144,6 +147,7 @@ func (m *selftestMaps) Close() error {
 		m.Sketches,
 		m.SourceStats,
 		m.Sources,
+		m.TickTime,
 	)
 }
 

@@ -317,6 +317,16 @@ func (s *Tally) Bounded() bool { return s.Evictions > 0 }
 // Read returns every row (Rate: since the previous Read; Err: see doc.go)
 // and starts a new interval. It allocates only the rows it returns.
 func (t *History) Read() Tally {
+	rows := make([]Row, 0, len(t.rows)-len(t.gone))
+	s := t.ReadEach(func(r Row) { rows = append(rows, r) })
+	s.Rows = rows
+	return s
+}
+
+// ReadEach is Read with each row handed to fn rather than returned in
+// Rows, which it leaves nil: a ranking that keeps a few rows of its
+// capacity (serve's) does not copy every row each second.
+func (t *History) ReadEach(fn func(Row)) Tally {
 	now := time.Now()
 	s := Tally{
 		Other:     t.other.row(),
@@ -325,7 +335,6 @@ func (t *History) Read() Tally {
 		Capacity:  t.capacity,
 		Evictions: t.evictions,
 		Interval:  now.Sub(t.since),
-		Rows:      make([]Row, 0, len(t.rows)-len(t.gone)),
 	}
 	for i := range t.rows {
 		r := &t.rows[i]
@@ -334,7 +343,7 @@ func (t *History) Read() Tally {
 		}
 		row := r.tally.row()
 		row.Key, row.Err = r.key, r.err
-		s.Rows = append(s.Rows, row)
+		fn(row)
 	}
 	for i := range t.rows {
 		t.rows[i].atRead = t.rows[i].now

@@ -96,8 +96,12 @@ func ParseSortBy(s string) (SortBy, bool) {
 // Options shape the view.
 type Options struct {
 	Sort  SortBy
-	Limit int             // rows shown
-	Netns map[uint32]bool // only these namespaces, by inode number (empty: all)
+	Limit int // rows shown
+	// PerNetns, when set, also keeps at most that many rows a namespace:
+	// serve exports its top sources a namespace, and a limit of rows for
+	// all would leave out a small namespace's.
+	PerNetns int
+	Netns    map[uint32]bool // only these namespaces, by inode number (empty: all)
 	// Capacity is how many sources the kernel's map holds (--max-sources).
 	Capacity int
 	Grouping Grouping
@@ -224,13 +228,13 @@ func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace)
 	perNs := a.living(tables, counted)
 	total, seeded := a.totals(perNs)
 	nsIndex := a.namespaces(tables, perNs)
-	best, shown, hidden, historyBounded := a.rank()
+	rows, shown, hidden, historyBounded := a.rank()
 	snap.Bounded = a.evicted || historyBounded || (snap.Capacity > 0 && snap.Tracked >= snap.Capacity)
 	for _, ns := range nsIndex {
 		snap.Namespaces = append(snap.Namespaces, *ns)
 	}
 	slices.SortFunc(snap.Namespaces, func(x, y Namespace) int { return cmp.Compare(x.Netns.Inode, y.Netns.Inode) })
-	snap.Rows = best.rows
+	snap.Rows = rows
 	for i := range snap.Rows {
 		if ns := nsIndex[snap.Rows[i].Netns.Inode]; ns != nil && ns.Entries > 0 {
 			snap.Rows[i].Share = float64(snap.Rows[i].Total.Held) / float64(ns.Entries)
@@ -252,27 +256,48 @@ func (a *Ranking) Snapshot(now time.Time, k Kernel, tables map[uint32]Namespace)
 // rank offers every source of the history, and every source seeded as
 // holding entries that has had no event since, to the shortlist of rows
 // shown. shown sums every row offered, hidden those the list left out.
-func (a *Ranking) rank() (best shortlist, shown, hidden Row, bounded bool) {
-	best = shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+func (a *Ranking) rank() (rows []Row, shown, hidden Row, bounded bool) {
+	best := shortlist{limit: a.opts.Limit, by: a.opts.Sort}
+	perNetns := map[event.Netns]*shortlist{}
+	list := func(ns event.Netns) *shortlist {
+		if a.opts.PerNetns <= 0 {
+			return &best
+		}
+		l := perNetns[ns]
+		if l == nil {
+			l = &shortlist{limit: a.opts.PerNetns, by: a.opts.Sort}
+			perNetns[ns] = l
+		}
+		return l
+	}
 	offer := func(r Row) {
 		shown.add(&r)
-		if out, pushed := best.offer(r); pushed {
+		if out, pushed := list(r.Netns).offer(r); pushed {
 			hidden.add(&out)
 		}
 	}
-	hs := a.hist.Read()
-	inHistory := make(map[Key]bool, len(hs.Rows))
-	for _, r := range hs.Rows {
+	inHistory := make(map[Key]bool, len(a.held))
+	hs := a.hist.ReadEach(func(r Row) {
 		r.Total.Held = a.heldNow(r.Key, r.Total)
-		inHistory[r.Key] = true
+		if _, ok := a.held[r.Key]; ok {
+			inHistory[r.Key] = true
+		}
 		offer(r)
-	}
+	})
 	for key, n := range a.held {
 		if !inHistory[key] && a.shows(key.Netns.Inode) {
 			offer(Row{Key: key, Total: Counts{Held: n}})
 		}
 	}
-	return best, shown, hidden, hs.Bounded()
+	// Each namespace's best, then the limit of rows for all.
+	for _, l := range perNetns {
+		for _, r := range l.rows {
+			if out, pushed := best.offer(r); pushed {
+				hidden.add(&out)
+			}
+		}
+	}
+	return best.rows, shown, hidden, hs.Bounded()
 }
 
 // readSources feeds what each source in the kernel's map did since the

@@ -1,6 +1,7 @@
 package top
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -145,6 +146,36 @@ func TestRowsPlusOtherEqualKernelTotals(t *testing.T) {
 	}
 	if !s.Bounded {
 		t.Error("a source left the kernel map but the view does not say the bound is in effect")
+	}
+}
+
+// A limit a namespace keeps each namespace's best rows, a small
+// namespace's too, ranked together; the rows left out are in other, and
+// rows + other still add up to the kernel's totals.
+func TestPerNetnsLimitKeepsEachNamespacesBest(t *testing.T) {
+	k := newFakeKernel()
+	start := time.Unix(1000, 0)
+	a := newRanking(t, Options{Sort: SortDrops, Limit: 100, PerNetns: 2}, start)
+	for i, n := range []uint64{90, 80, 70, 60} {
+		k.add(1, fmt.Sprintf("10.0.0.%d/32", i+1), event.ReasonTableFull, n, true)
+	}
+	k.add(2, "10.0.1.1/32", event.ReasonTableFull, 3, true)
+	s, err := a.Snapshot(start.Add(time.Second), k, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var drops uint64
+	for _, r := range s.Rows {
+		got = append(got, fmt.Sprintf("%d %s %d", r.Netns.Inode, r.Prefix, r.Total.Drops()))
+		drops += r.Total.Drops()
+	}
+	want := []string{"1 10.0.0.1/32 90", "1 10.0.0.2/32 80", "2 10.0.1.1/32 3"}
+	if !slices.Equal(got, want) {
+		t.Errorf("rows %q, want %q", got, want)
+	}
+	if drops+s.Other.Total.Drops() != 303 || s.Other.Total.Drops() != 130 {
+		t.Errorf("rows %d + other %d drops, want 173 + 130 = 303", drops, s.Other.Total.Drops())
 	}
 }
 
