@@ -124,7 +124,7 @@ struct {
 } netns_slots SEC(".maps");
 
 /* The clock as last read on this CPU, and the tick it was read in. */
-struct tick_time {
+struct tick_clock {
 	__u64 jiffies;
 	__u64 boot_ns;
 };
@@ -133,27 +133,27 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct tick_time);
-} tick_time SEC(".maps");
+	__type(value, struct tick_clock);
+} tick_clock SEC(".maps");
 
 /*
- * A source's last drop, to a tick (1 to 10 ms): shown to the second, and
- * read on every refusal counted under its source. Measured with perf on
- * the 6.18 development machine (a KVM guest, kvm-clock) during a flood from
- * 1,000 sources, reading the clock (read_tsc through pvclock) was a fifth
- * of top-sources' BPF time per refusal; jiffies are a load. Where
- * bpf_jiffies64() cannot be called from tracing programs, every refusal
- * reads the clock.
+ * The time to a tick (1 to 10 ms), for what is shown to the second and
+ * read on every refusal: a source's last drop, an aggregate's, the stream
+ * budget's window. Measured with perf on the 6.18 development machine (a
+ * KVM guest, kvm-clock) during a flood from 1,000 sources, reading the
+ * clock (read_tsc through pvclock) was a fifth of top-sources' BPF time per
+ * refusal; jiffies are a load. Where bpf_jiffies64() cannot be called from
+ * tracing programs, every call reads the clock.
  */
-static __always_inline __u64 last_drop_time(void)
+static __always_inline __u64 tick_time(void)
 {
-	struct tick_time *t;
+	struct tick_clock *t;
 	__u32 zero = 0;
 	__u64 now;
 
 	if (!cfg.tick_clock)
 		return bpf_ktime_get_boot_ns();
-	t = bpf_map_lookup_elem(&tick_time, &zero);
+	t = bpf_map_lookup_elem(&tick_clock, &zero);
 	if (!t)
 		return bpf_ktime_get_boot_ns();
 	now = bpf_jiffies64();
@@ -394,7 +394,7 @@ static __always_inline void account_source(const struct ct_event *e)
 	__sync_fetch_and_add(&st->events[type], n);
 	st->inum = e->netns;
 	if (is_drop(type)) {
-		st->last_drop_ns = e->ts_boot_ns ?: last_drop_time();
+		st->last_drop_ns = e->ts_boot_ns ?: tick_time();
 		st->last_drop_type = type;
 	}
 }

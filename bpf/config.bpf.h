@@ -54,9 +54,9 @@ struct ct_config {
 	 * sketches array (sketch.bpf.h): the possible CPUs, or 0 where
 	 * sources are not counted. */
 	__u32 sketch_aggregated_base;
-	/* Whether bpf_jiffies64() may be called here, so that a source's last
-	 * drop reads the clock once a tick per CPU (accounting.bpf.h,
-	 * last_drop_time). */
+	/* Whether bpf_jiffies64() may be called here, so that what needs the
+	 * time only to a tick reads the clock once a tick per CPU
+	 * (accounting.bpf.h, tick_time). */
 	__u32 tick_clock;
 	/* Seeds the sketch's hash, drawn at random at each load, so that an
 	 * attacker cannot choose sources that share its cells. */

@@ -122,7 +122,9 @@ static __always_inline bool event_prepare(struct ct_event *e, __u32 type, __u8 c
 {
 	if (streamed(type)) {
 		__builtin_memset(e, 0, sizeof(*e));
-		e->ts_boot_ns = bpf_ktime_get_boot_ns();
+		/* Precise only for the events written one by one (event_deliver):
+		 * the others, past the budget, are counted per source a second. */
+		e->ts_boot_ns = tick_time();
 	} else if (cfg.count_namespaces) {
 		/* Counted per source: the tuple's family and source address. */
 		__builtin_memset(&e->tuple, 0, sizeof(e->tuple));
@@ -237,7 +239,7 @@ static __always_inline void aggregate_event(const struct ct_event *e)
 /* Hands a complete event to its readers, its namespace's totals aside:
  * its source's count, and the stream. The kernel side never waits: when
  * the ring buffer is full the event is counted as lost. */
-static __always_inline void event_deliver(const struct ct_event *e)
+static __always_inline void event_deliver(struct ct_event *e)
 {
 	__u32 netns = e->netns;
 
@@ -251,12 +253,13 @@ static __always_inline void event_deliver(const struct ct_event *e)
 		aggregate_event(e);
 		return;
 	}
+	e->ts_boot_ns = bpf_ktime_get_boot_ns();
 	if (bpf_ringbuf_output(&events, (void *)e, sizeof(*e), ringbuf_wakeup()))
 		count_lost();
 }
 
 /* Counts a complete event in its namespace and hands it to its readers. */
-static __always_inline void event_publish(const struct ct_event *e)
+static __always_inline void event_publish(struct ct_event *e)
 {
 	if (cfg.count_namespaces)
 		account_netns(e);

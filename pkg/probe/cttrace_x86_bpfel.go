@@ -209,7 +209,7 @@ type cttraceStreamBudget struct {
 	Pad      uint32
 }
 
-type cttraceTickTime struct {
+type cttraceTickClock struct {
 	_       structs.HostLayout
 	Jiffies uint64
 	BootNs  uint64
@@ -237,7 +237,7 @@ const (
 	cttraceMapSources                = "sources"
 	cttraceMapStreamBudget           = "stream_budget"
 	cttraceMapStreamNetns            = "stream_netns"
-	cttraceMapTickTime               = "tick_time"
+	cttraceMapTickClock              = "tick_clock"
 	cttraceProgFentryCtAlloc         = "fentry_ct_alloc"
 	cttraceProgFentryCtConfirm       = "fentry_ct_confirm"
 	cttraceProgFentryCtDelete        = "fentry_ct_delete"
@@ -367,7 +367,7 @@ type cttraceMapSpecs struct {
 	Sources         *ebpf.MapSpec `ebpf:"sources"`
 	StreamBudget    *ebpf.MapSpec `ebpf:"stream_budget"`
 	StreamNetns     *ebpf.MapSpec `ebpf:"stream_netns"`
-	TickTime        *ebpf.MapSpec `ebpf:"tick_time"`
+	TickClock       *ebpf.MapSpec `ebpf:"tick_clock"`
 }
 
 // cttraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -427,7 +427,7 @@ type cttraceMaps struct {
 	Sources         *ebpf.Map `ebpf:"sources"`
 	StreamBudget    *ebpf.Map `ebpf:"stream_budget"`
 	StreamNetns     *ebpf.Map `ebpf:"stream_netns"`
-	TickTime        *ebpf.Map `ebpf:"tick_time"`
+	TickClock       *ebpf.Map `ebpf:"tick_clock"`
 }
 
 func (m *cttraceMaps) Close() error {
@@ -450,7 +450,7 @@ func (m *cttraceMaps) Close() error {
 		m.Sources,
 		m.StreamBudget,
 		m.StreamNetns,
-		m.TickTime,
+		m.TickClock,
 	)
 }
 

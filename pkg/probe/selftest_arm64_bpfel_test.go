@@ -24,7 +24,7 @@ const (
 	selftestMapSketches       = "sketches"
 	selftestMapSourceStats    = "source_stats"
 	selftestMapSources        = "sources"
-	selftestMapTickTime       = "tick_time"
+	selftestMapTickClock      = "tick_clock"
 	selftestProgTestIsDrop    = "test_is_drop"
 	selftestVarAdmitShift     = "admit_shift"
 	selftestVarAggAdmitShift  = "agg_admit_shift"
@@ -91,7 +91,7 @@ type selftestMapSpecs struct {
 	Sketches    *ebpf.MapSpec `ebpf:"sketches"`
 	SourceStats *ebpf.MapSpec `ebpf:"source_stats"`
 	Sources     *ebpf.MapSpec `ebpf:"sources"`
-	TickTime    *ebpf.MapSpec `ebpf:"tick_time"`
+	TickClock   *ebpf.MapSpec `ebpf:"tick_clock"`
 }
 
 // selftestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -134,7 +134,7 @@ type selftestMaps struct {
 	Sketches    *ebpf.Map `ebpf:"sketches"`
 	SourceStats *ebpf.Map `ebpf:"source_stats"`
 	Sources     *ebpf.Map `ebpf:"sources"`
-	TickTime    *ebpf.Map `ebpf:"tick_time"`
+	TickClock   *ebpf.Map `ebpf:"tick_clock"`
 }
 
 func (m *selftestMaps) Close() error {
@@ -147,7 +147,7 @@ func (m *selftestMaps) Close() error {
 		m.Sketches,
 		m.SourceStats,
 		m.Sources,
-		m.TickTime,
+		m.TickClock,
 	)
 }
 
