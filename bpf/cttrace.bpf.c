@@ -246,9 +246,6 @@ static __always_inline void refused_packet_freed(const struct sk_buff *skb, __u3
 	account_source(e);
 }
 
-/* early_drop() returns whether it evicted anything (1 or 0, however many
- * it evicted): 0 refuses the allocation, and the count goes back down (the
- * table is full). */
 /* A refusal counted where the kernel decides it, in the totals and its
  * namespace's, for the allocation's exit to publish with its flow. */
 static __always_inline void refusal_counted_here(struct net *net, const bool direct)
@@ -264,6 +261,9 @@ static __always_inline void refusal_counted_here(struct net *net, const bool dir
 	account_netns(e);
 }
 
+/* early_drop() returns whether it evicted anything (1 or 0, however many
+ * it evicted): 0 refuses the allocation, and the count goes back down (the
+ * table is full). */
 static __always_inline void early_drop_done(struct net *net, int evicted, const bool direct)
 {
 	struct alloc_scratch *s = alloc_scratch(false);
