@@ -229,8 +229,9 @@ static __always_inline void refused_packet_freed(const struct sk_buff *skb, __u3
 	struct alloc_scratch *s;
 	__u32 nf_drop;
 
-	if (per_flow_hooks)
-		return;
+	/* Not per_flow_hooks: a refusal counted just before the flag was set
+	 * still waits for its source here, and only such a refusal leaves a
+	 * mark (refused_without_source). */
 	nf_drop = netfilter_drop_reason();
 	if (!nf_drop || reason != nf_drop)
 		return;

@@ -732,7 +732,7 @@ func testBurstBetweenTwoFloods(t *testing.T, backend string, spec ctlab.FloodSpe
 			t.Errorf("namespace line says %d drops, the kernel counted %d", ns.Drops, drop)
 		}
 	}
-	checkHeavyFirst(t, last.Rows, burstBase, burstSources, burstPerSource)
+	checkHeavyFirst(t, last.Rows, heavyBase, heavyN, perHeavy)
 }
 
 // checkMemoryBound fails if cttrace's resident memory passed the 64 MiB

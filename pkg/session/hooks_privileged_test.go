@@ -26,10 +26,7 @@ import (
 //   - once the full table is gone, a quiet period detaches them, and the
 //     next refusals are counted exactly again, from the first.
 func TestHooksOnPressure(t *testing.T) {
-	usableBackends(t, func(t *testing.T, b probe.Backend) {
-		if b == probe.BackendTracepoint {
-			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
-		}
+	perFlowBackends(t, func(t *testing.T, b probe.Backend) {
 		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 		if err != nil {
 			t.Fatalf("turn on the kernel's BPF run counts: %v", err)
@@ -109,10 +106,7 @@ func TestHooksOnPressure(t *testing.T) {
 // A table that reaches the fill mark attaches the per-flow hooks before any
 // refusal.
 func TestHooksOnFill(t *testing.T) {
-	usableBackends(t, func(t *testing.T, b probe.Backend) {
-		if b == probe.BackendTracepoint {
-			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
-		}
+	perFlowBackends(t, func(t *testing.T, b probe.Backend) {
 		const max = 200
 		ctlab.SetMax(t, max)
 		lab := ctlab.New(t)
@@ -143,10 +137,7 @@ func TestHooksOnFill(t *testing.T) {
 // attach the per-flow hooks through the kernel's own counters, with every
 // table far from full and no refusal.
 func TestHooksOnInsertFailures(t *testing.T) {
-	usableBackends(t, func(t *testing.T, b probe.Backend) {
-		if b == probe.BackendTracepoint {
-			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
-		}
+	perFlowBackends(t, func(t *testing.T, b probe.Backend) {
 		lab := ctlab.New(t)
 		ctlab.SetBuckets(t, 512)
 		ctlab.SetMax(t, 1<<20)
@@ -169,6 +160,65 @@ func TestHooksOnInsertFailures(t *testing.T) {
 		}
 		wantMode(t, s, ModePressure, 1)
 		t.Logf("%s: %d insert failures (chain too long) attached the per-flow hooks", b, d.InsertFailed)
+	})
+}
+
+// The switch under a sudden fill: a table at half its max fills within a
+// second and a flood is refused. table_full is the kernel's drop count from
+// the first refusal, one switch brings the per-flow hooks, and where the
+// kernel frees refused packets with a drop reason (5.17+) every refusal is
+// under its source; elsewhere only those after the switch are (logged:
+// the window docs/backends.md states).
+func TestHooksThroughASuddenFill(t *testing.T) {
+	perFlowBackends(t, func(t *testing.T, b probe.Backend) {
+		const max = 400
+		ctlab.SetMax(t, max)
+		lab := ctlab.New(t)
+		if err := lab.HoldEstablished(max / 2); err != nil {
+			t.Fatal(err)
+		}
+		s := startOnPressure(t, b, DefaultFillHigh)
+		wantMode(t, s, ModeHealthy, 0)
+		before := stats(t, lab)
+		var srcs []netip.Addr
+		for i := range 20 {
+			srcs = append(srcs, netip.AddrFrom4([4]byte{127, 43, 0, byte(1 + i)}))
+		}
+		flows := scale(20000)
+		start := time.Now()
+		if err := lab.HoldEstablished(max / 2); err != nil {
+			t.Fatal(err)
+		}
+		full := time.Since(start)
+		sent, refused, err := lab.RawFlood(srcs, netip.MustParseAddrPort("127.0.0.1:9"), flows)
+		if err != nil || refused != flows {
+			t.Fatalf("flood: %d sent, %d refused of %d: %v", sent, refused, flows, err)
+		}
+		wantMode(t, s, ModePressure, 1)
+		wantExact(t, s, lab, before, uint64(flows))
+		var attributed uint64
+		for _, src := range srcs {
+			attributed += refusedBy(t, s, lab, src)
+		}
+		t.Logf("%s: half full to full in %v, then %d refusals in %v; %d of them under their source",
+			b, full.Round(time.Millisecond), flows, (time.Since(start) - full).Round(time.Millisecond), attributed)
+		if dropReasons(t) && attributed != uint64(flows) {
+			t.Errorf("%d of %d refusals under their source, want every one: the kernel has drop reasons", attributed, flows)
+		}
+		if attributed > uint64(flows) {
+			t.Errorf("%d refusals under their source, more than the %d refused", attributed, flows)
+		}
+	})
+}
+
+// perFlowBackends is usableBackends for the backends with per-flow hooks
+// to switch: the tracepoint backend runs on dropped packets only.
+func perFlowBackends(t *testing.T, fn func(t *testing.T, b probe.Backend)) {
+	usableBackends(t, func(t *testing.T, b probe.Backend) {
+		if b == probe.BackendTracepoint {
+			t.Skip("the tracepoint backend has no per-flow hooks: it runs on dropped packets only (docs/backends.md)")
+		}
+		fn(t, b)
 	})
 }
 
