@@ -239,13 +239,16 @@ func (s *Session) SeesEveryInsert() bool {
 // under pressure (Config.PerFlowOnPressure, and healthy now).
 func (s *Session) AwaitsPressure() bool { return s.pressure != nil && !s.probe.PerFlow() }
 
-// ScanTables is every namespace's table, read at most sharedScanAge ago:
-// the ranking's refresh and the per-flow hooks' policy, which each read
-// the tables about every second, share one reading.
-func (s *Session) ScanTables() ([]table.NamespaceStats, error) { return s.tables.Scan() }
+// ScanTables is every namespace's table, read now: the ranking's refresh,
+// whose reading the per-flow hooks' policy takes when it is recent
+// (pressure.go), rather than reading every namespace itself.
+func (s *Session) ScanTables() ([]table.NamespaceStats, error) { return s.tables.Fresh() }
 
-// sharedScanAge keeps a reading for the other reader of the same second
-// (fillEvery), and no longer: the ranking's interval may be shorter.
+// sharedScanAge is how old a reading the policy takes (it reads the fill
+// every fillEvery): a ranking that refreshes every second spares it three
+// reads in four. The ranking itself always reads afresh: a namespace born
+// since a reading it took again would be missing, and one missing for a
+// few reads is taken for dead.
 const sharedScanAge = fillEvery * 3 / 4
 
 // Backend is the backend in use.

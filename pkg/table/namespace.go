@@ -133,9 +133,10 @@ func Scan() ([]NamespaceStats, error) {
 }
 
 // SharedScan hands one Scan to several readers that each want one about
-// every second (serve's per-flow hook policy reads the fill, its ranking
-// the entries and which namespaces live): a scan younger than maxAge is
-// handed out again. A scan walks /proc and asks every namespace's counters
+// every second: the ranking, which must see every namespace that lives now
+// (one missing from a few reads in a row is taken for dead), scans afresh
+// (Fresh); the per-flow hooks' policy, which only reads the fill, takes a
+// scan younger than maxAge (Scan). A scan walks /proc and asks every namespace's counters
 // over ctnetlink, which on a node of a few hundred pods is what a healthy
 // serve spends most of its CPU on.
 type SharedScan struct {
@@ -150,6 +151,16 @@ type SharedScan struct {
 // NewSharedScan shares scans younger than maxAge.
 func NewSharedScan(maxAge time.Duration) *SharedScan {
 	return &SharedScan{maxAge: maxAge, read: Scan}
+}
+
+// Fresh scans now, and keeps the scan for Scan: a copy, which the caller
+// may change.
+func (s *SharedScan) Fresh() ([]NamespaceStats, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.all, s.err = s.read()
+	s.at = time.Now()
+	return slices.Clone(s.all), s.err
 }
 
 // Scan is Scan's result, at most maxAge old: a copy, which the caller may

@@ -284,7 +284,7 @@ func TestNamespaceGone(t *testing.T) {
 }
 
 // A shared scan is read once for the readers within its age, and afresh
-// after it; each reader gets its own copy to change.
+// after it or when asked (Fresh); each reader gets its own copy to change.
 func TestSharedScanIsReadOncePerAge(t *testing.T) {
 	reads := 0
 	s := NewSharedScan(time.Hour)
@@ -301,5 +301,13 @@ func TestSharedScanIsReadOncePerAge(t *testing.T) {
 	s.maxAge = 0
 	if _, err := s.Scan(); err != nil || reads != 2 {
 		t.Fatalf("past its age: %d reads, %v: want a second read", reads, err)
+	}
+	// Fresh reads whatever the age, and leaves its reading to Scan.
+	s.maxAge = time.Hour
+	if _, err := s.Fresh(); err != nil || reads != 3 {
+		t.Fatalf("fresh: %d reads, %v: want a third read", reads, err)
+	}
+	if _, err := s.Scan(); err != nil || reads != 3 {
+		t.Fatalf("after a fresh one: %d reads, %v: want its reading", reads, err)
 	}
 }
