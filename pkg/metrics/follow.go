@@ -18,10 +18,11 @@ type Kernel = top.LiveKernel
 
 // Follow refreshes the exporter from k every interval until ctx ends: the
 // per-namespace counts, the tables and the top sources (top-sources' own
-// reading, each namespace's topN ranked). A failed read is counted (cttrace_read_errors_total), told
-// to warn, and the next one tried: a scrape shows it. Only the end of
-// nf_conntrack (probe.ErrConntrackGone) ends it with an error: a run that
-// lost the kernel side must not look healthy.
+// reading, each namespace's topN ranked). A failed read is counted
+// (cttrace_read_errors_total), told to warn, and the next one tried: a
+// scrape shows it. Only the end of nf_conntrack (probe.ErrConntrackGone)
+// ends it with an error: a run that lost the kernel side must not look
+// healthy.
 func (e *Exporter) Follow(ctx context.Context, k Kernel, interval time.Duration, warn func(what string, err error)) error {
 	failed := func(what string, err error) {
 		e.Failed(what)
